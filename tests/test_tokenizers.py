@@ -1,0 +1,155 @@
+import json
+
+import pytest
+import torch
+
+from visgen.checkpoint import CheckpointError, load_model
+from visgen.config import ConfigError
+from visgen.data import DataConfig, build_dataset, collate
+from visgen.tokenizers import (
+    DiffusersKLTokenizer,
+    DiffusersVAEConfig,
+    DiffusersVQTokenizer,
+    KLConfig,
+    KLTokenizer,
+    VQConfig,
+    VQTokenizer,
+    build_tokenizer,
+)  # fmt: skip
+from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
+
+TINY_VQ = VQConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, codebook_size=32, codebook_dim=4)
+TINY_KL = KLConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=3)
+TINY_DIFFUSERS = {
+    "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 8], "layers_per_block": 1, "norm_num_groups": 4,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+}  # fmt: skip
+
+
+def tiny_tokenizers():
+    return [
+        VQTokenizer(TINY_VQ),
+        KLTokenizer(TINY_KL),
+        DiffusersKLTokenizer(DiffusersVAEConfig(model_config={**TINY_DIFFUSERS, "latent_channels": 4})),
+        DiffusersVQTokenizer(
+            DiffusersVAEConfig(model_config={**TINY_DIFFUSERS, "latent_channels": 4, "num_vq_embeddings": 16})
+        ),
+    ]
+
+
+@pytest.mark.parametrize("tok", tiny_tokenizers(), ids=lambda t: t.model_type)
+def test_shapes(tok):
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    tokens = tok.encode(x)
+    h, w = tok.grid_shape(16)
+    if tok.discrete:
+        assert tokens.shape == (2, h, w) and tokens.dtype == torch.long and tokens.max() < tok.vocab_size
+    else:
+        assert tokens.shape == (2, tok.latent_channels, h, w)
+    assert tok.decode(tokens).shape == x.shape
+
+
+@pytest.mark.parametrize("tok", tiny_tokenizers(), ids=lambda t: t.model_type)
+def test_save_load_round_trip(tok, tmp_path):
+    tok.eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        before = tok.decode(tok.encode(x))
+    tok.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path).eval()
+    assert type(loaded) is type(tok)
+    with torch.no_grad():
+        assert torch.allclose(loaded.decode(loaded.encode(x)), before, atol=1e-5)
+    assert type(tok).from_pretrained(tmp_path) is not None
+
+
+def test_loading_another_model_type_fails(tmp_path):
+    VQTokenizer(TINY_VQ).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="holds a 'vq' model"):
+        KLTokenizer.from_pretrained(tmp_path)
+
+
+def test_corrupt_weights_fail_clearly(tmp_path):
+    VQTokenizer(TINY_VQ).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="missing or corrupt"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "nope")
+
+
+def test_weights_of_another_config_fail(tmp_path):
+    VQTokenizer(TINY_VQ).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["config"]["codebook_dim"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(tmp_path)
+
+
+def test_build_tokenizer_errors():
+    with pytest.raises(ConfigError, match="unknown tokenizer type"):
+        build_tokenizer({"type": "vqgan9000"})
+    with pytest.raises(ConfigError, match="unknown field"):
+        build_tokenizer({"type": "vq", "codebok_size": 3})
+
+
+def test_diffusers_offline_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="local-dir"):
+        DiffusersKLTokenizer(DiffusersVAEConfig(pretrained="no-such-user/no-such-vae"))
+
+
+def test_diffusers_local_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(**TINY_DIFFUSERS, latent_channels=4).save_pretrained(tmp_path / "vae")
+    tok = DiffusersKLTokenizer(DiffusersVAEConfig(pretrained=str(tmp_path), subfolder="vae"))
+    assert tok.encode(torch.zeros(1, 3, 16, 16)).shape == (1, 4, 8, 8)
+
+
+def test_perceptual_loss_needs_local_weights(tmp_path):
+    with pytest.raises(ConfigError, match="perceptual_weights"):
+        TokenizerTask(VQTokenizer(TINY_VQ), TokenizerLossConfig(perceptual_weight=1.0))
+    from safetensors.torch import save_file
+    from torchvision.models import vgg16
+
+    from visgen.losses.perceptual import _CHANNELS, _TAPS
+
+    state = {f"features.{k}": v for k, v in vgg16().features[: _TAPS[-1] + 1].state_dict().items()}
+    state.update({f"lin.{i}.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(_CHANNELS)})
+    save_file(state, str(tmp_path / "lpips.safetensors"))
+    task = TokenizerTask(
+        VQTokenizer(TINY_VQ),
+        TokenizerLossConfig(perceptual_weight=1.0, perceptual_weights=str(tmp_path / "lpips.safetensors")),
+    )
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    loss, logs = task({"image": x}, step=0)
+    assert torch.isfinite(loss) and logs["perceptual"] > 0
+
+
+@pytest.mark.parametrize("cfg", [TINY_VQ, TINY_KL], ids=["vq", "kl"])
+def test_brief_training_lowers_reconstruction_error(cfg, cifar_train):
+    torch.manual_seed(0)
+    tok = VQTokenizer(cfg) if isinstance(cfg, VQConfig) else KLTokenizer(cfg)
+    task = TokenizerTask(tok, TokenizerLossConfig(adv_weight=0.1, adv_start=20))
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=64))
+    x = collate([ds[i] for i in range(64)])["image"]
+    opt = torch.optim.Adam(task.parameters(), lr=3e-3)
+
+    def err():
+        with torch.no_grad():
+            return (tok.reconstruct(x) - x).pow(2).mean().item()
+
+    start = err()
+    for step in range(40):
+        loss, logs = task({"image": x[(step % 4) * 16 : (step % 4 + 1) * 16]}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert "d_loss" in logs
+    assert err() < 0.6 * start

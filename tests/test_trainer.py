@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tests.conftest import REPO
+from tests.test_tokenizers import TINY_VQ
+from visgen.cli.train import main as train_main
+from visgen.config import ConfigError, apply_overrides, load_recipe
+from visgen.data import DataConfig, build_dataset
+from visgen.tokenizers import VQTokenizer
+from visgen.train.trainer import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint, lr_factor
+
+TINY = [
+    "model.channels=8", "model.channel_mult=[1,2]", "model.z_channels=8", "model.codebook_size=32",
+    "model.codebook_dim=4", "data.image_size=16", "data.limit=64", "val.limit=16", "train.batch_size=8",
+    "train.num_workers=0", "train.log_every=1", "train.lr_schedule=constant", "train.warmup_steps=2",
+    "train.ema_decay=0.9", "loss.adv_weight=0.1", "loss.adv_start=2",
+]  # fmt: skip
+
+
+def run_cli(*args):
+    cmd = [sys.executable, "train.py", "tokenizer", "--recipe", "tokenizers/quickstart.yaml", *TINY, *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_resume_is_exact(tmp_path):
+    straight = run_cli(f"train.out_dir={tmp_path}/a", "train.steps=6", "train.grad_accum=2", "train.ckpt_every=0")
+    assert straight.returncode == 0, straight.stderr
+    half = run_cli(f"train.out_dir={tmp_path}/b", "train.steps=3", "train.grad_accum=2", "train.ckpt_every=0")
+    assert half.returncode == 0, half.stderr
+    rest = run_cli(f"train.out_dir={tmp_path}/b", "train.steps=6", "train.grad_accum=2", "train.ckpt_every=0")
+    assert rest.returncode == 0, rest.stderr
+    assert "resumed from" in rest.stdout + rest.stderr
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(f"{tmp_path}/a/final/{name}"), load_file(f"{tmp_path}/b/final/{name}")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6), (name, k)
+    # and it really trained: the weights moved from the first checkpoint
+    first = load_file(f"{tmp_path}/b/checkpoints/step-0000003/model/model.safetensors")
+    assert any(not torch.equal(first[k], a[k]) for k in a if k.endswith("weight"))
+
+
+def test_checkpoints_are_pruned_and_complete(tmp_path):
+    r = run_cli(f"train.out_dir={tmp_path}", "train.steps=4", "train.ckpt_every=1", "train.keep_ckpts=2")
+    assert r.returncode == 0, r.stderr
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["step-0000003", "step-0000004"]
+    assert latest_checkpoint(tmp_path).name == "step-0000004"
+    (tmp_path / "checkpoints" / "step-0000005.tmp").mkdir()  # an interrupted write is never taken for a checkpoint
+    assert latest_checkpoint(tmp_path).name == "step-0000004"
+    summary = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert summary["step"] == 4 and 0 < summary["metrics"]["codebook_usage"] <= 1
+
+
+class NaNAfter(nn.Module):
+    """A tokenizer task whose loss turns NaN from step ``good`` on."""
+
+    def __init__(self, good: int):
+        super().__init__()
+        self.model, self.good = VQTokenizer(TINY_VQ), good
+
+    def forward(self, batch, step):
+        loss = self.model.reconstruct(batch["image"]).pow(2).mean()
+        return (loss * float("nan") if step >= self.good else loss), {"loss": loss.detach()}
+
+    def validate(self, model, batches, acc):
+        return {}
+
+    def preview(self, model, batch):
+        return batch["image"]
+
+
+def test_nan_guard_stops_with_checkpoint(tmp_path, cifar_train):
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32))
+    cfg = TrainConfig(out_dir=str(tmp_path), steps=20, batch_size=8, num_workers=0, max_bad_steps=3, ckpt_every=0,
+                      log_every=0, eval_every=0, sample_every=0)  # fmt: skip
+    task = NaNAfter(good=3)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 3"):
+        Trainer(task, ds, ds, cfg).fit()
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt.name == "step-0000003"
+    weights = load_file(str(ckpt / "model" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0) and lr_factor(cfg, 100) == pytest.approx(0.1)
+    assert lr_factor(TrainConfig(steps=100, lr_schedule="constant"), 70) == 1.0
+
+
+def test_recipe_and_override_errors(tmp_path):
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+    base = {"train": {"steps": 1}}
+    assert apply_overrides(base, ["train.steps=5"])["train"]["steps"] == 5
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides(base, ["train.steps"])
+    with pytest.raises(ConfigError, match="no section 'trian'"):
+        apply_overrides(base, ["trian.steps=5"])
+    with pytest.raises(ConfigError, match="must name a section and a field"):
+        apply_overrides(base, ["steps=5"])
+
+
+def test_cli_reports_errors(capsys):
+    assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart.yaml", "train.stepz=3"]) == 2
+    assert "unknown field(s) ['stepz']" in capsys.readouterr().err
+    assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart.yaml", "data.path=/nowhere"]) == 2
+    assert "data path not found" in capsys.readouterr().err
+    assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart.yaml", "model.type=magic"]) == 2
+    assert "unknown tokenizer type" in capsys.readouterr().err

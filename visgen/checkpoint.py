@@ -1,0 +1,135 @@
+"""Model folders: ``config.json`` + ``model.safetensors`` (+ ``ema.safetensors``), never pickle.
+
+Every saveable model registers its type name; ``load_model(dir)`` reads the type from the folder and builds the
+right class, and ``Cls.from_pretrained(dir)`` refuses a folder of another type with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from visgen.config import from_dict, to_dict
+
+MODEL_TYPES: dict[str, type] = {}
+CONFIG_NAME, WEIGHTS_NAME, EMA_NAME = "config.json", "model.safetensors", "ema.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A model folder that is missing, corrupt, or holds another kind of model."""
+
+
+def register_model(name: str):
+    """Class decorator: make ``name`` loadable by ``load_model`` and tag the class with it."""
+
+    def wrap(cls):
+        cls.model_type = name
+        MODEL_TYPES[name] = cls
+        return cls
+
+    return wrap
+
+
+def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights) and non-contiguous views
+    out, seen = {}, {}
+    for k, v in module.state_dict().items():
+        key = (v.data_ptr(), v.shape, v.dtype)
+        if v.numel() and key in seen:
+            continue
+        seen[key] = k
+        out[k] = v.detach().contiguous().cpu()
+    return out
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` whose ``config`` is a dataclass."""
+
+    model_type: str
+    config_class: type
+
+    def save_pretrained(self, directory: str | Path, ema_state: dict | None = None, dtype: torch.dtype | None = None):
+        """Write config, weights and, if given, EMA weights to ``directory``.
+
+        ``dtype`` stores floating-point weights in that type (fp16 halves the files; loading casts back).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"model_type": self.model_type, "config": to_dict(self.config)}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        cast = lambda v: v.to(dtype) if dtype is not None and v.dtype.is_floating_point else v
+        save_file({k: cast(v) for k, v in _state_dict_for_save(self).items()}, str(directory / WEIGHTS_NAME))
+        if ema_state is not None:
+            save_file({k: cast(v.contiguous().cpu()) for k, v in ema_state.items()}, str(directory / EMA_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, ema: bool = False, map_location: str = "cpu"):
+        """Load a folder written by ``save_pretrained``; ``ema=True`` takes the EMA weights where present."""
+        meta = read_config(directory)
+        if meta["model_type"] != cls.model_type:
+            raise CheckpointError(
+                f"{directory} holds a {meta['model_type']!r} model, not a {cls.model_type!r}; "
+                f"load it with visgen.load_model() or point to a {cls.model_type!r} checkpoint"
+            )
+        model = cls.from_config(meta, directory)
+        model.load_weights(directory, ema=ema, map_location=map_location)
+        return model
+
+    @classmethod
+    def from_config(cls, meta: dict, directory: str | Path | None = None):
+        """Build an untrained model from a folder's parsed ``config.json``."""
+        return cls(from_dict(cls.config_class, meta["config"], f"{cls.model_type} config"))
+
+    def load_weights(self, directory: str | Path, ema: bool = False, map_location: str = "cpu"):
+        directory = Path(directory)
+        path = directory / EMA_NAME if ema and (directory / EMA_NAME).is_file() else directory / WEIGHTS_NAME
+        try:
+            state = load_file(str(path), device=map_location)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read weights {path}: {e}. The file is missing or corrupt.") from e
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"weights in {path} do not fit this {self.model_type} config: {e}") from e
+        # tied weights are saved once; anything else missing means the file belongs to another config
+        missing = [k for k in missing if not self._is_tied(k)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights in {path} do not fit this {self.model_type} config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+
+    def _is_tied(self, key: str) -> bool:
+        return False
+
+
+def read_config(directory: str | Path) -> dict:
+    """Parse a model folder's ``config.json``, with a clear error for every way it can be wrong."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {directory}")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a visgen model folder: it has no {CONFIG_NAME}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from e
+    if not isinstance(meta, dict) or "model_type" not in meta or "config" not in meta:
+        raise CheckpointError(f"{path} is not a visgen config (no model_type/config)")
+    return meta
+
+
+def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):
+    """Load any registered visgen model from its folder."""
+    import visgen.tokenizers  # noqa: F401  (registers the model types)
+
+    meta = read_config(directory)
+    cls = MODEL_TYPES.get(meta["model_type"])
+    if cls is None:
+        raise CheckpointError(f"{directory}: unknown model type {meta['model_type']!r}; known: {sorted(MODEL_TYPES)}")
+    return cls.from_pretrained(directory, ema=ema, map_location=map_location)

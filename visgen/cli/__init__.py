@@ -1,0 +1,1 @@
+"""Command lines behind the root scripts ``train.py`` and ``sample.py``."""

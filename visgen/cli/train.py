@@ -1,0 +1,70 @@
+"""``train.py tokenizer|generator --recipe FILE [section.key=value ...]``: train from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from visgen.checkpoint import CheckpointError
+from visgen.config import ConfigError, from_dict, load_recipe
+from visgen.data import DataConfig, DataError, build_dataset
+from visgen.train.trainer import NonFiniteLossError, TrainConfig, Trainer
+
+KNOWN_SECTIONS = {
+    "tokenizer": {"model", "loss", "data", "val", "train"},
+    "generator": {"model", "tokenizer", "data", "val", "train"},
+}
+
+
+def build_datasets(recipe: dict, seed: int):
+    data_cfg = from_dict(DataConfig, recipe.get("data"), "data")
+    val_cfg = from_dict(DataConfig, {**recipe.get("data", {}), "random_flip": False, **recipe.get("val", {})}, "val")
+    return build_dataset(data_cfg, seed), build_dataset(val_cfg, seed)
+
+
+def build_task(kind: str, recipe: dict, train_set):
+    if kind == "tokenizer":
+        from visgen.tokenizers import build_tokenizer
+        from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
+
+        return TokenizerTask(
+            build_tokenizer(recipe["model"]), from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
+        )
+    from visgen.train.generator_task import build_generator_task
+
+    return build_generator_task(recipe, train_set)
+
+
+def run(kind: str, recipe: dict) -> dict:
+    """Train a ``kind`` model as ``recipe`` says; returns the trainer's summary."""
+    unknown = set(recipe) - KNOWN_SECTIONS[kind]
+    if unknown:
+        raise ConfigError(
+            f"unknown recipe section(s) {sorted(unknown)} for {kind}; known: {sorted(KNOWN_SECTIONS[kind])}"
+        )
+    if "model" not in recipe:
+        raise ConfigError("the recipe has no model section")
+    cfg = from_dict(TrainConfig, recipe.get("train"), "train")
+    train_set, val_set = build_datasets(recipe, cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run of the recipe
+    task = build_task(kind, recipe, train_set)
+    return Trainer(task, train_set, val_set, cfg, recipe).fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__)
+    p.add_argument("kind", choices=sorted(KNOWN_SECTIONS), help="what to train")
+    p.add_argument("--recipe", required=True, help="YAML recipe (tokenizers/*.yaml, generators/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
+    args = p.parse_intermixed_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        summary = run(args.kind, recipe)
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, default=float))
+    return 0

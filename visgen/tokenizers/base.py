@@ -1,0 +1,44 @@
+"""The one tokenizer interface every generator family reads and writes through."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visgen.checkpoint import PretrainedMixin
+
+
+class Tokenizer(PretrainedMixin, nn.Module):
+    """``encode(images) -> tokens`` and ``decode(tokens) -> images``, images in [-1, 1] as (B, C, H, W).
+
+    Discrete tokenizers give indices (B, h, w) and have ``vocab_size``; continuous ones give latents
+    (B, latent_channels, h, w), already multiplied by the tokenizer's latent scaling factor so that generators
+    see roughly unit variance.
+    """
+
+    discrete: bool = True
+    downsample: int = 1
+    vocab_size: int = 0
+    latent_channels: int = 0
+    image_channels: int = 3
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grid_shape(self, image_size: int) -> tuple[int, int]:
+        """The token grid (h, w) for square images of side ``image_size``."""
+        return image_size // self.downsample, image_size // self.downsample
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    def training_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction (before decoding to the image loss) and the tokenizer's own regulariser.
+
+        Returns the reconstructed images and a dict of named auxiliary terms already weighted (commitment for VQ,
+        KL for the VAE) plus any statistics worth logging.
+        """
+        raise NotImplementedError

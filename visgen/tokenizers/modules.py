@@ -1,0 +1,74 @@
+"""Convolutional encoder and decoder shared by the VQ and KL tokenizers (VQGAN, Esser et al. 2021, without attention
+at these small resolutions)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, c // 4) if c >= 8 else 1, c, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+            _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+        )  # fmt: skip
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class Encoder(nn.Module):
+    """Image (B, in_ch, H, W) -> features (B, out_ch, H / 2^(len(mult)-1), ...)."""
+
+    def __init__(self, in_ch: int, ch: int, mult: tuple[int, ...], num_res_blocks: int, out_ch: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, ch * mult[0], 3, padding=1)]
+        c = ch * mult[0]
+        for i, m in enumerate(mult):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock(c, ch * m))
+                c = ch * m
+            if i < len(mult) - 1:
+                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        layers += [ResBlock(c, c), _norm(c), nn.SiLU(), nn.Conv2d(c, out_ch, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Decoder(nn.Module):
+    """Latent (B, in_ch, h, w) -> image (B, out_ch, h * 2^(len(mult)-1), ...); mirrors ``Encoder``."""
+
+    def __init__(self, in_ch: int, ch: int, mult: tuple[int, ...], num_res_blocks: int, out_ch: int):
+        super().__init__()
+        c = ch * mult[-1]
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, c, 3, padding=1), ResBlock(c, c)]
+        for i, m in reversed(list(enumerate(mult))):
+            for _ in range(num_res_blocks + 1):
+                layers.append(ResBlock(c, ch * m))
+                c = ch * m
+            if i > 0:
+                layers.append(Upsample(c))
+        layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, out_ch, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

@@ -1,0 +1,53 @@
+"""Exponential moving average of a model's parameters, kept in fp32."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Shadow parameters ``s <- d s + (1 - d) w`` with the warm-up ``d = min(decay, (1 + n) / (10 + n))``.
+
+    Buffers (a measured latent scale, codebook usage counts) are not averaged: they always come from the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.named_parameters():
+            self.shadow[k].lerp_(v.detach().float(), 1 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]):
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state dict with EMA parameters: what ``ema.safetensors`` holds."""
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        state.update({k: v.to(state[k].dtype) for k, v in self.shadow.items()})
+        return state
+
+    @contextlib.contextmanager
+    def applied_to(self, model: nn.Module):
+        """Temporarily put the EMA parameters into ``model`` (for validation and previews)."""
+        params = dict(model.named_parameters())
+        backup = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(self.shadow[k])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(backup[k])
