@@ -14,6 +14,11 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004) with an 11x11 Gaussian window, on the [0, 1] scale, channels averaged."""
+    with torch.autocast(x.device.type, enabled=False):  # E[x^2] - E[x]^2 cancels catastrophically in bf16
+        return _ssim(x, y, window, sigma)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
     c = x.shape[1]
     g = torch.exp(-((torch.arange(window, device=x.device) - window // 2) ** 2) / (2 * sigma**2))
