@@ -126,7 +126,8 @@ def read_config(directory: str | Path) -> dict:
 
 def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):
     """Load any registered visgen model from its folder."""
-    import visgen.tokenizers  # noqa: F401  (registers the model types)
+    import visgen.generator  # noqa: F401  (registers the model types)
+    import visgen.tokenizers  # noqa: F401
 
     meta = read_config(directory)
     cls = MODEL_TYPES.get(meta["model_type"])

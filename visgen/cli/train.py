@@ -26,6 +26,7 @@ def build_datasets(recipe: dict, seed: int):
 
 
 def build_task(kind: str, recipe: dict, train_set):
+    """The training task and the data set it trains on."""
     if kind == "tokenizer":
         from visgen.tokenizers import build_tokenizer
         from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
@@ -50,7 +51,7 @@ def run(kind: str, recipe: dict) -> dict:
     cfg = from_dict(TrainConfig, recipe.get("train"), "train")
     train_set, val_set = build_datasets(recipe, cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run of the recipe
-    task = build_task(kind, recipe, train_set)
+    task, train_set = build_task(kind, recipe, train_set)
     return Trainer(task, train_set, val_set, cfg, recipe).fit()
 
 

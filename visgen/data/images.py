@@ -274,12 +274,14 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> ImageDataset:
 
 
 def collate(items: list[dict | None]) -> dict:
-    """Stack a batch, dropping images that failed to decode and counting them in ``batch['skipped']``."""
+    """Stack a batch, dropping items that failed to decode and counting them in ``batch['skipped']``."""
     good = [it for it in items if it is not None]
     if not good:
         return {"image": torch.empty(0), "label": torch.empty(0, dtype=torch.long), "skipped": len(items)}
-    return {
-        "image": torch.stack([it["image"] for it in good]),
-        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
-        "skipped": len(items) - len(good),
-    }
+    batch = {k: torch.stack([torch.as_tensor(it[k]) for it in good]) for k in good[0]}
+    batch["skipped"] = len(items) - len(good)
+    return batch
+
+
+def batch_size_of(batch: dict) -> int:
+    return len(next(v for v in batch.values() if torch.is_tensor(v)))

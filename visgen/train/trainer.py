@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from visgen.data import collate
+from visgen.data import batch_size_of, collate
 from visgen.train.ema import EMA
 
 
@@ -236,7 +236,7 @@ class Trainer:
             num_workers=self.cfg.num_workers, generator=torch.Generator(),
         )  # fmt: skip
         for batch in loader:
-            if len(batch["image"]):
+            if batch_size_of(batch):
                 yield {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _ema_weights(self):
@@ -317,7 +317,7 @@ class Trainer:
             for batch in self._epoch_loader():
                 self.micro_in_epoch += 1
                 self.skipped_images += batch["skipped"]
-                if not len(batch["image"]):
+                if not batch_size_of(batch):
                     continue
                 batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 if preview_batch is None:
@@ -333,7 +333,7 @@ class Trainer:
                         window_bad = True
                 for k, v in logs.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + float(v)
-                images_seen += len(batch["image"]) * acc.num_processes
+                images_seen += batch_size_of(batch) * acc.num_processes
                 if not boundary:
                     continue
                 if window_bad:

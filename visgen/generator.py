@@ -1,0 +1,160 @@
+"""The AR generator: tokenizer reference + schedule + backbone + head, one class for every family.
+
+Sequence layout (DESIGN.md): position i predicts token i of the schedule's order. Unit 0 reads the class
+embedding (the prefix token, repeated over unit 0's positions); unit k >= 1 reads ``schedule.next_input`` of the
+units before it. With ``backbone.adaln`` the class also modulates every block.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
+from visgen.config import ConfigError, from_dict
+from visgen.heads import CategoricalHead
+from visgen.nn import Transformer, backbone_config
+from visgen.schedules import build_schedule
+from visgen.tokenizers.base import Tokenizer
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class GeneratorConfig:
+    """Generator settings.
+
+    tokenizer: the tokenizer folder: ``asset:NAME`` for one bundled under ``visgen/assets``, or a path (a saved
+        generator keeps a copy in its own ``tokenizer/`` subfolder, so a checkpoint folder is self-contained).
+    image_size: side of the generated images.
+    num_classes: classes for conditioning; index ``num_classes`` is the null class used for guidance.
+    schedule: unit schedule (``raster``).
+    backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
+    class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
+        Ho & Salimans 2022).
+    head: ``categorical`` for discrete tokenizers.
+    class_names: names of the classes, in label order (filled from the training data).
+    """
+
+    tokenizer: str = "asset:cifar10-vq"
+    image_size: int = 32
+    num_classes: int = 10
+    schedule: str = "raster"
+    backbone: str | dict = field(default_factory=lambda: "cifar")
+    class_dropout: float = 0.1
+    head: str = "categorical"
+    class_names: list[str] = field(default_factory=list)
+
+
+def resolve_tokenizer(ref: str, base: Path | None = None) -> Path:
+    """The folder a tokenizer reference points at."""
+    if ref.startswith("asset:"):
+        path = ASSETS / ref[len("asset:") :]
+    else:
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and base is not None and (base / path).exists():
+            path = base / path
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"tokenizer {ref!r} not found (looked in {path})")
+    return path
+
+
+@register_model("ar-generator")
+class Generator(PretrainedMixin, nn.Module):
+    """An AR generator over a tokenizer's tokens; see ``GeneratorConfig`` and the module docstring."""
+
+    config_class = GeneratorConfig
+
+    def __init__(self, config: GeneratorConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.config = config
+        if tokenizer is None:
+            tokenizer = load_model(resolve_tokenizer(config.tokenizer))
+        object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
+        grid = tokenizer.grid_shape(config.image_size)
+        self.schedule = build_schedule(config.schedule, grid, not tokenizer.discrete, tokenizer.latent_channels)
+        self.backbone_cfg = backbone_config(config.backbone)
+        d = self.backbone_cfg.d_model
+        self.backbone = Transformer(self.backbone_cfg)
+        self.class_emb = nn.Embedding(config.num_classes + 1, d)
+        nn.init.normal_(self.class_emb.weight, std=0.02)
+        if self.schedule.input_kind == "tokens":
+            self.input_emb = nn.Embedding(tokenizer.vocab_size, d)
+            nn.init.normal_(self.input_emb.weight, std=0.02)
+        else:
+            self.input_emb = nn.Linear(self.schedule.input_dim, d)
+        if config.head != "categorical":
+            raise ConfigError(f"unknown head {config.head!r}; known: categorical")
+        if not tokenizer.discrete:
+            raise ConfigError("the categorical head needs a discrete tokenizer (VQ); this one is continuous")
+        self.head = CategoricalHead(d, tokenizer.vocab_size)
+        s = self.schedule
+        self.register_buffer("positions", s.positions.clone(), persistent=False)
+        self.register_buffer("unit_ids", s.unit_ids, persistent=False)
+        self.register_buffer("unit_offsets", torch.tensor(s.unit_offsets), persistent=False)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory, ema_state=None, dtype=None):
+        directory = Path(directory)
+        ref = self.config.tokenizer
+        if not ref.startswith("asset:"):
+            tok_dir = directory / "tokenizer"
+            shutil.rmtree(tok_dir, ignore_errors=True)
+            self.tokenizer.save_pretrained(tok_dir)
+            self.config.tokenizer = "tokenizer"
+        super().save_pretrained(directory, ema_state=ema_state, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, meta: dict, directory=None):
+        cfg = from_dict(GeneratorConfig, meta["config"], "generator config")
+        base = Path(directory) if directory is not None else None
+        return cls(cfg, tokenizer=load_model(resolve_tokenizer(cfg.tokenizer, base)))
+
+    # ---- the sequence ------------------------------------------------------------------------------------------
+
+    def start(self, labels_B: torch.Tensor, n: int) -> torch.Tensor:
+        """Unit 0's input: the class embedding at each of its ``n`` positions."""
+        return self.class_emb(labels_B)[:, None].expand(-1, n, -1)
+
+    def cond(self, labels_B: torch.Tensor) -> torch.Tensor | None:
+        return self.class_emb(labels_B) if self.backbone_cfg.adaln else None
+
+    def features(self, seq: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced features (B, L, d) for a known sequence in generation order."""
+        s = self.schedule
+        x = torch.cat([self.start(labels_B, s.unit_sizes[0]), self.input_emb(s.teacher_inputs(seq))], dim=1)
+        mask = None if s.is_causal else self.unit_ids[None, :] <= self.unit_ids[:, None]
+        return self.backbone(x, self.positions, self.cond(labels_B), mask=mask, is_causal=s.is_causal)
+
+    def loss(self, tokens: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Training loss for a batch of token grids; labels are dropped to the null class at ``class_dropout``."""
+        if self.training and self.config.class_dropout > 0:
+            drop = torch.rand(labels_B.shape, device=labels_B.device) < self.config.class_dropout
+            labels_B = labels_B.masked_fill(drop, self.null_class)
+        seq = self.schedule.to_sequence(tokens)
+        return self.head.loss(seq, self.features(seq, labels_B))
+
+    def decode_unit(self, k_t: torch.Tensor, n: int, inputs, labels_B: torch.Tensor, cache) -> torch.Tensor:
+        """Features (B, n, d) of unit ``k_t`` (a device scalar, so one captured graph serves every unit of size n),
+        appending its keys and values to ``cache``; ``inputs`` is None for unit 0."""
+        # index_select, not [k_t]: indexing by a 0-d tensor would read it back to the host (no graph capture)
+        input_pos = self.unit_offsets.index_select(0, k_t.view(1)) + torch.arange(n, device=k_t.device)
+        x = self.start(labels_B, n) if inputs is None else self.input_emb(inputs)
+        mask = self.unit_ids[None, :] <= self.unit_ids[input_pos][:, None]  # (n, L): this unit and all before
+        return self.backbone(
+            x, self.positions[input_pos], self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos
+        )
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token grid -> images in [-1, 1] through the tokenizer."""
+        tok = self.tokenizer.to(tokens.device)
+        return tok.decode(tokens).float().clamp(-1, 1)

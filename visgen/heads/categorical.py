@@ -1,0 +1,66 @@
+"""Categorical head: softmax over a codebook, with temperature, top-k and top-p (nucleus) sampling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visgen.sampling.noise import CounterNoise
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / the smallest set with probability >= top_p (Holtzman et al. 2020) to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep each token whose predecessors' mass is below top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class CategoricalHead(nn.Module):
+    """Linear map from features to logits over ``vocab_size`` tokens."""
+
+    discrete = True
+
+    def __init__(self, d_model: int, vocab_size: int):
+        super().__init__()
+        self.proj = nn.Linear(d_model, vocab_size)
+        nn.init.zeros_(self.proj.weight)  # start from the uniform distribution
+        nn.init.zeros_(self.proj.bias)
+
+    def logits(self, h_BLD: torch.Tensor) -> torch.Tensor:
+        return self.proj(h_BLD).float()
+
+    def loss(self, target_BL: torch.Tensor, h_BLD: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in nats per token."""
+        return F.cross_entropy(self.logits(h_BLD).flatten(0, 1), target_BL.flatten())
+
+    def guided_logits(self, h, h_uncond, cfg_scale) -> torch.Tensor:
+        """Classifier-free guidance on logits: u + s (c - u) (LlamaGen, sec. 3.3)."""
+        c = self.logits(h)
+        if h_uncond is None:
+            return c
+        u = self.logits(h_uncond)
+        return u + cfg_scale * (c - u)
+
+    def sample(
+        self,
+        h_BnD: torch.Tensor,
+        h_uncond: torch.Tensor | None,
+        cfg_scale,
+        noise: CounterNoise,
+        step,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> torch.Tensor:
+        """Tokens (B, n) by the Gumbel-max trick: argmax(logits / T + g) samples softmax(logits / T) exactly."""
+        logits = filter_logits(self.guided_logits(h_BnD, h_uncond, cfg_scale), top_k, top_p)
+        if temperature == 0:
+            return logits.argmax(-1)
+        return (logits / temperature + noise.gumbel(step, logits.shape[1:])).argmax(-1)

@@ -1,0 +1,180 @@
+"""The decoder-only backbone every AR family shares: Llama-style blocks (RMSNorm, SwiGLU, RoPE over 1-3 axes),
+optional AdaLN class conditioning, block-causal attention through ``scaled_dot_product_attention``, and a static
+KV cache that appends a unit of any size.
+
+Attention rule (DESIGN.md): position i sees position j iff ``unit_id[j] <= unit_id[i]``. With one-token units this
+is plain causal attention; the same rule, read off the cache, serves decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TransformerConfig:
+    """Backbone size and options.
+
+    n_layer, n_head, d_model: depth, heads, width.
+    mlp_ratio: SwiGLU hidden width / d_model (8/3 keeps the parameter count of a 4x GELU MLP, Llama).
+    rope_axes: axes RoPE rotates over (1: sequence, 2: rows/cols, 3: time/rows/cols); head_dim splits evenly.
+    rope_theta: RoPE base frequency.
+    adaln: condition every block on the class by adaptive LayerNorm (DiT / VAR) as well as the prefix token.
+    dropout: attention and residual dropout in training.
+    """
+
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    mlp_ratio: float = 8 / 3
+    rope_axes: int = 2
+    rope_theta: float = 10000.0
+    adaln: bool = False
+    dropout: float = 0.0
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+def rope_tables(positions_LA: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (L, head_dim / 2) for positions with A axes; each axis gets an equal share of the frequencies."""
+    n_axes = positions_LA.shape[1]
+    per_axis = head_dim // 2 // n_axes
+    freqs = 1.0 / theta ** (torch.arange(per_axis, device=positions_LA.device).float() / per_axis)
+    angles = torch.cat([positions_LA[:, a, None].float() * freqs for a in range(n_axes)], dim=-1)
+    pad = head_dim // 2 - angles.shape[1]  # frequencies left over when head_dim/2 is not divisible: no rotation
+    angles = F.pad(angles, (0, pad))
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x_BHLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BHLD.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(x_BHLD)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for every layer; ``write`` puts a unit at ``input_pos`` (a device tensor), so
+    one decoding step has fixed shapes and can be captured in a CUDA graph."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def write(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer].index_copy_(2, input_pos, k)
+        self.v[layer].index_copy_(2, input_pos, v)
+        return self.k[layer], self.v[layer]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope, mask, is_causal, cache: KVCache | None, layer: int, input_pos):
+        B, L, _ = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.write(layer, input_pos, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, ratio: float):
+        super().__init__()
+        hidden = int(d * ratio + 63) // 64 * 64  # a multiple of 64 for tensor-core-friendly shapes
+        self.w12 = nn.Linear(d, 2 * hidden, bias=False)
+        self.w3 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(cfg.d_model, affine=not cfg.adaln), RMSNorm(cfg.d_model, affine=not cfg.adaln)
+        self.attn, self.mlp = Attention(cfg), SwiGLU(cfg.d_model, cfg.mlp_ratio)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.adaln:
+            # shift, scale, gate for attention and MLP from the class embedding (DiT, Peebles & Xie 2023, sec. 3.2)
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.d_model, 6 * cfg.d_model))
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
+        else:
+            self.ada = None
+
+    def forward(self, x, cond, rope, mask, is_causal, cache, layer, input_pos):
+        if self.ada is None:
+            x = x + self.drop(self.attn(self.norm1(x), rope, mask, is_causal, cache, layer, input_pos))
+            return x + self.drop(self.mlp(self.norm2(x)))
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + sc1) + sh1
+        x = x + (1 + g1) * self.drop(self.attn(h, rope, mask, is_causal, cache, layer, input_pos))
+        return x + (1 + g2) * self.drop(self.mlp(self.norm2(x) * (1 + sc2) + sh2))
+
+
+class Transformer(nn.Module):
+    """Blocks + final norm over embedded inputs (B, L, d_model); see ``TransformerConfig``."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_head:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_head {cfg.n_head}")
+        self.cfg = cfg
+        self.head_dim = cfg.d_model // cfg.n_head
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module):
+        if isinstance(m, nn.Linear) and m.weight.std() != 0:  # keep the zero-initialised AdaLN projections
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layer, batch, c.n_head, max_len, self.head_dim, dtype, device)
+
+    def forward(
+        self,
+        x_BLD: torch.Tensor,
+        positions_LA: torch.Tensor,
+        cond_BD: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Features (B, L, d_model). Training: the whole sequence with ``mask`` (bool, True = attend) or
+        ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, with ``mask``
+        (n, max_len) saying which cache slots it may read."""
+        rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
+        for i, block in enumerate(self.blocks):
+            x_BLD = block(x_BLD, cond_BD, rope, mask, is_causal, cache, i, input_pos)
+        return self.norm(x_BLD)

@@ -1,0 +1,167 @@
+"""One sampling loop over units for every family: KV cache, classifier-free guidance, per-sample seeds, batching,
+and CUDA-graph replay of each decoding step on GPUs."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from visgen.config import ConfigError
+from visgen.sampling.noise import CounterNoise
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings.
+
+    cfg_scale: classifier-free guidance scale s in u + s (c - u); 1 turns guidance off.
+    cfg_schedule: ``constant``; ``linear`` ramps s from 1 at the first unit to cfg_scale at the last
+        (VAR, Tian et al. 2024); ``interval`` applies cfg_scale only to units whose fraction k / K lies in
+        ``cfg_interval`` (Kynkaanniemi et al. 2024) and 1 elsewhere.
+    temperature, top_k, top_p: categorical sampling (temperature 0 is greedy; top_k 0 and top_p 1 keep all).
+    seed: with the sample index, fixes each sample's randomness.
+    batch_size: samples per forward pass (doubled internally when guiding).
+    cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
+    dtype: ``bf16``, ``fp16`` or ``fp32`` weights and cache for sampling (GPU; the CPU always uses fp32).
+    """
+
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "constant"
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    cuda_graph: bool = True
+    dtype: str = "bf16"
+
+
+def guidance_scales(cfg: SamplingConfig, num_units: int) -> list[float]:
+    """The guidance scale of each unit under ``cfg.cfg_schedule``."""
+    s, K = cfg.cfg_scale, num_units
+    if cfg.cfg_schedule == "constant":
+        return [s] * K
+    if cfg.cfg_schedule == "linear":
+        return [1 + (s - 1) * k / max(1, K - 1) for k in range(K)]
+    if cfg.cfg_schedule == "interval":
+        lo, hi = cfg.cfg_interval
+        return [s if lo <= k / K < hi else 1.0 for k in range(K)]
+    raise ConfigError(f"unknown cfg_schedule {cfg.cfg_schedule!r}; known: constant, linear, interval")
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class _BatchState:
+    """Buffers and captured graphs for one batch size; reused across batches so graphs are captured once."""
+
+    def __init__(self, model, batch: int, guided: bool, dtype, device):
+        self.B, self.guided = batch, guided
+        rows = 2 * batch if guided else batch
+        self.cache = model.backbone.new_cache(rows, model.schedule.seq_len, dtype, device)
+        self.labels = torch.zeros(rows, dtype=torch.long, device=device)
+        self.ids = torch.zeros(batch, dtype=torch.long, device=device)
+        self.noise = CounterNoise(0, self.ids)
+        self.k = torch.zeros((), dtype=torch.long, device=device)
+        self.graphs: dict[int, tuple] = {}  # unit size -> (graph, static inputs, static output)
+
+
+class Sampler:
+    """Samples token grids or images from a ``Generator``; see ``SamplingConfig``."""
+
+    def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None):
+        self.cfg = cfg or SamplingConfig()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.cfg.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {self.cfg.dtype!r}")
+        self.dtype = _DTYPES[self.cfg.dtype] if device.type == "cuda" else torch.float32
+        model = generator
+        if next(generator.parameters()).dtype != self.dtype or next(generator.parameters()).device != device:
+            model = copy.deepcopy(generator).to(device=device, dtype=self.dtype)
+        self.model, self.device = model.eval(), device
+        self.use_graph = self.cfg.cuda_graph and device.type == "cuda"
+        self.scales = guidance_scales(self.cfg, model.schedule.num_units)
+        self.guided = any(s != 1.0 for s in self.scales)
+        self.scales_t = torch.tensor(self.scales, device=device, dtype=torch.float32)
+        self._states: dict[int, _BatchState] = {}
+        if self.cfg.top_k < 0 or not 0 < self.cfg.top_p <= 1 or self.cfg.temperature < 0:
+            raise ConfigError("need top_k >= 0, 0 < top_p <= 1 and temperature >= 0")
+
+    # ---- one unit ------------------------------------------------------------------------------------------------
+
+    def _step(self, st: _BatchState, n: int, inputs):
+        """Sample unit ``st.k`` from ``inputs`` (None for unit 0): the body a CUDA graph captures."""
+        m, c = self.model, self.cfg
+        if inputs is not None and st.guided:
+            inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
+        h = m.decode_unit(st.k, n, inputs, st.labels, st.cache)
+        hc, hu = (h[: st.B], h[st.B :]) if st.guided else (h, None)
+        scale = self.scales_t.index_select(0, st.k.view(1))
+        return m.head.sample(hc, hu, scale, st.noise, st.k, c.temperature, c.top_k, c.top_p)
+
+    def _graphed_step(self, st: _BatchState, n: int, inputs):
+        if n not in st.graphs:
+            static_in = inputs.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._step(st, n, static_in)  # warm-up run: computes this unit for real
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._step(st, n, static_in)
+            st.graphs[n] = (graph, static_in, static_out)
+            return out.clone()
+        graph, static_in, static_out = st.graphs[n]
+        static_in.copy_(inputs)
+        graph.replay()
+        return static_out.clone()
+
+    # ---- a batch -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        B, m = len(labels), self.model
+        st = self._states.get(B)
+        if st is None:
+            st = self._states[B] = _BatchState(m, B, self.guided, self.dtype, self.device)
+        st.labels[:B].copy_(labels)
+        if st.guided:
+            st.labels[B:].fill_(m.null_class)
+        st.ids.copy_(ids)
+        st.noise.key.copy_(CounterNoise(self.cfg.seed, ids).key)
+        units: list[torch.Tensor] = []
+        for k, n in enumerate(m.schedule.unit_sizes):
+            st.k.fill_(k)
+            inputs = m.schedule.next_input(units) if k else None
+            if self.use_graph and k:
+                units.append(self._graphed_step(st, n, inputs))
+            else:
+                units.append(self._step(st, n, inputs))
+        return m.schedule.from_sequence(torch.cat(units, dim=1))
+
+    @torch.no_grad()
+    def sample_tokens(self, labels, sample_ids=None, progress: bool = False) -> torch.Tensor:
+        """Token grids for ``labels`` (N,); sample i's randomness depends only on (seed, sample_ids[i])."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        n_cls = self.model.config.num_classes
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
+            raise ConfigError(
+                f"class labels must lie in [0, {n_cls - 1}], got {labels.min().item()}..{labels.max().item()}"
+            )
+        ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
+        bs, out = self.cfg.batch_size, []
+        for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
+            out.append(self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device)))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample_images(self, labels, sample_ids=None, progress: bool = False) -> torch.Tensor:
+        """Images in [-1, 1], (N, C, H, W)."""
+        tokens = self.sample_tokens(labels, sample_ids, progress)
+        bs = self.cfg.batch_size
+        return torch.cat([self.model.decode_tokens(tokens[i : i + bs]) for i in range(0, len(tokens), bs)])

@@ -1,0 +1,112 @@
+"""Training task for AR generators, on tokens computed on the fly or cached once with the tokenizer."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from visgen.config import from_dict
+from visgen.data import ImageDataset, collate
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import Sampler, SamplingConfig
+
+
+@dataclass
+class TokenCacheConfig:
+    """The recipe's ``tokenizer`` section for generator training.
+
+    cache: encode the training set once before training (both orientations when ``data.random_flip``), instead
+        of running the tokenizer's encoder at every step.
+    batch_size: images per encoding batch.
+    """
+
+    cache: bool = True
+    batch_size: int = 512
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Tokens of an image data set, encoded once; flips chosen per (seed, epoch, index) like ``ImageDataset``."""
+
+    def __init__(self, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0):
+        self.seed, self.epoch, self.flip = seed, 0, images.cfg.random_flip
+        images.cfg.random_flip = False
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = tokenizer.to(device)
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, collate_fn=collate, num_workers=4)
+        tokens, flipped, labels, self.skipped = [], [], [], 0
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="encode", disable=len(images) < 10 * batch_size):
+                self.skipped += batch["skipped"]
+                if not len(batch["image"]):
+                    continue
+                x = batch["image"].to(device)
+                tokens.append(tokenizer.encode(x).cpu())
+                if self.flip:
+                    flipped.append(tokenizer.encode(x.flip(-1)).cpu())
+                labels.append(batch["label"])
+        self.tokens, self.labels = torch.cat(tokens), torch.cat(labels)
+        self.flipped = torch.cat(flipped) if self.flip else None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict:
+        use_flip = self.flip and random.Random(hash((self.seed, self.epoch, i))).random() < 0.5
+        return {"tokens": (self.flipped if use_flip else self.tokens)[i], "label": self.labels[i]}
+
+
+class GeneratorTask(nn.Module):
+    """Trains a ``Generator`` by teacher forcing; validation reports the held-out loss."""
+
+    def __init__(self, model: Generator):
+        super().__init__()
+        self.model = model
+
+    def _tokens(self, batch: dict) -> torch.Tensor:
+        if "tokens" in batch:
+            return batch["tokens"]
+        with torch.no_grad():
+            return self.model.tokenizer.to(batch["image"].device).encode(batch["image"])
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = self.model.loss(self._tokens(batch), batch["label"].clamp_min(0))
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def validate(self, model: Generator, batches, accelerator) -> dict[str, float]:
+        sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+        for batch in batches:
+            n = len(batch["label"])
+            sums += torch.stack([model.loss(self._tokens(batch), batch["label"].clamp_min(0)) * n, torch.tensor(n)])
+        sums = accelerator.reduce(sums, "sum")
+        return {"loss": sums[0].item() / max(sums[1].item(), 1)}
+
+    @torch.no_grad()
+    def preview(self, model: Generator, batch: dict) -> torch.Tensor:
+        """Eight samples per class for the first eight classes (guidance 2, fixed seed)."""
+        n_cls = min(8, model.config.num_classes)
+        labels = torch.arange(n_cls).repeat_interleave(8)
+        sampler = Sampler(
+            model, SamplingConfig(cfg_scale=2.0, batch_size=64, cuda_graph=False), device=batch["label"].device
+        )
+        return sampler.sample_images(labels)
+
+
+def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[GeneratorTask, torch.utils.data.Dataset]:
+    """The task and the data set it trains on (tokens cached once when the recipe asks for it)."""
+    cfg = from_dict(GeneratorConfig, recipe["model"], "model")
+    if not cfg.class_names and train_set.classes:
+        cfg.class_names = list(train_set.classes)
+    model = Generator(cfg)
+    tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
+    if tok_cfg.cache:
+        seed = recipe.get("train", {}).get("seed", 0)
+        train_set = TokenDataset(train_set, model.tokenizer, tok_cfg.batch_size, seed)
+    return GeneratorTask(model), train_set
