@@ -31,9 +31,8 @@ def build_task(kind: str, recipe: dict, train_set):
         from visgen.tokenizers import build_tokenizer
         from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
 
-        return TokenizerTask(
-            build_tokenizer(recipe["model"]), from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
-        )
+        loss = from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
+        return TokenizerTask(build_tokenizer(recipe["model"]), loss), train_set
     from visgen.train.generator_task import build_generator_task
 
     return build_generator_task(recipe, train_set)
