@@ -21,8 +21,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int):
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.named_parameters():
-            self.shadow[k].lerp_(v.detach().float(), 1 - d)
+        names = list(self.shadow)
+        params = dict(model.named_parameters())
+        # one fused launch for all tensors instead of one per parameter
+        torch._foreach_lerp_([self.shadow[k] for k in names], [params[k].detach().float() for k in names], 1 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

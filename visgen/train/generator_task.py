@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -50,16 +49,25 @@ class TokenDataset(torch.utils.data.Dataset):
                 labels.append(batch["label"])
         self.tokens, self.labels = torch.cat(tokens), torch.cat(labels)
         self.flipped = torch.cat(flipped) if self.flip else None
+        self.set_epoch(0)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
+        gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        self.use_flip = torch.rand(len(self.tokens), generator=gen) < 0.5 if self.flip else None
 
     def __getitem__(self, i: int) -> dict:
-        use_flip = self.flip and random.Random(hash((self.seed, self.epoch, i))).random() < 0.5
-        return {"tokens": (self.flipped if use_flip else self.tokens)[i], "label": self.labels[i]}
+        return self.get_batch(torch.tensor([i])) | {"skipped": 0}
+
+    def get_batch(self, idx: torch.Tensor) -> dict:
+        """A whole batch by tensor indexing (no per-item Python), with this epoch's flips."""
+        tokens = self.tokens[idx]
+        if self.flip:
+            tokens = torch.where(self.use_flip[idx].view(-1, *[1] * (tokens.ndim - 1)), self.flipped[idx], tokens)
+        return {"tokens": tokens, "label": self.labels[idx], "skipped": 0}
 
 
 class GeneratorTask(nn.Module):
@@ -84,7 +92,8 @@ class GeneratorTask(nn.Module):
         sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
         for batch in batches:
             n = len(batch["label"])
-            sums += torch.stack([model.loss(self._tokens(batch), batch["label"].clamp_min(0)) * n, torch.tensor(n)])
+            loss = model.loss(self._tokens(batch), batch["label"].clamp_min(0)).double()
+            sums += torch.stack([loss * n, torch.tensor(float(n), device=loss.device, dtype=torch.float64)])
         sums = accelerator.reduce(sums, "sum")
         return {"loss": sums[0].item() / max(sums[1].item(), 1)}
 
