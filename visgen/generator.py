@@ -157,4 +157,5 @@ class Generator(PretrainedMixin, nn.Module):
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grid -> images in [-1, 1] through the tokenizer."""
         tok = self.tokenizer.to(tokens.device)
-        return tok.decode(tokens).float().clamp(-1, 1)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda):
+            return tok.decode(tokens).float().clamp(-1, 1)
