@@ -54,7 +54,7 @@ def parse_labels(spec: str | None, n: int, generator: Generator) -> torch.Tensor
 
 def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool) -> str:
     parts = [
-        ckpt.name, "ema" if ema else "raw", f"cfg{cfg.cfg_scale:g}", cfg.cfg_schedule, f"T{cfg.temperature:g}",
+        ckpt.name + ("-ema" if ema else ""), f"cfg{cfg.cfg_scale:g}", cfg.cfg_schedule, f"T{cfg.temperature:g}",
         f"topk{cfg.top_k}", f"topp{cfg.top_p:g}", f"seed{cfg.seed}", f"n{n}",
     ]  # fmt: skip
     if cfg.cfg_schedule == "interval":
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", default=DEFAULT_CHECKPOINT, help="generator folder (default: the bundled CIFAR-10 model)"
     )
-    p.add_argument("--num-images", type=int, default=64)
+    p.add_argument("--num-images", type=int, default=100)
     p.add_argument(
         "--labels", help="comma-separated class indices or names, repeated to --num-images (default: balanced)"
     )

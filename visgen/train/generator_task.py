@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,9 @@ class TokenDataset(torch.utils.data.Dataset):
         images.cfg.random_flip = False
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = tokenizer.to(device)
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, collate_fn=collate, num_workers=4)
+        loader = torch.utils.data.DataLoader(
+            images, batch_size=batch_size, collate_fn=collate, num_workers=min(4, os.cpu_count() or 1)
+        )
         tokens, flipped, labels, self.skipped = [], [], [], 0
         with torch.no_grad():
             for batch in tqdm(loader, desc="encode", disable=len(images) < 10 * batch_size):

@@ -1,0 +1,194 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_tokenizers import TINY_VQ
+from visgen.checkpoint import load_model
+from visgen.cli.sample import main as sample_main
+from visgen.config import ConfigError
+from visgen.generator import Generator, GeneratorConfig
+from visgen.heads import filter_logits
+from visgen.nn import backbone_config
+from visgen.sampling import CounterNoise, Sampler, SamplingConfig, guidance_scales
+from visgen.schedules import RasterSchedule, Schedule
+from visgen.tokenizers import VQTokenizer
+
+
+def tiny_generator(adaln: bool = False, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    tok = VQTokenizer(TINY_VQ).eval()
+    cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, backbone={"preset": "tiny", "adaln": adaln})
+    gen = Generator(cfg, tokenizer=tok).eval()
+    for p in gen.head.parameters():  # a non-trivial head (it starts at zero)
+        torch.nn.init.normal_(p, std=0.5)
+    return gen
+
+
+@pytest.mark.parametrize("adaln", [False, True])
+def test_kv_cached_decoding_equals_full_recompute(adaln):
+    gen = tiny_generator(adaln)
+    B, s = 3, gen.schedule
+    tokens = torch.randint(0, gen.tokenizer.vocab_size, (B, 8, 8))
+    labels = torch.tensor([0, 2, 3])
+    seq = s.to_sequence(tokens)
+    with torch.no_grad():
+        full = gen.head.logits(gen.features(seq, labels))
+        cache = gen.backbone.new_cache(B, s.seq_len, torch.float32, "cpu")
+        units, cached = s.split_units(seq), []
+        for k, n in enumerate(s.unit_sizes):
+            inputs = s.next_input(units[:k]) if k else None
+            cached.append(gen.head.logits(gen.decode_unit(torch.tensor(k), n, inputs, labels, cache)))
+    assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
+
+
+def test_teacher_inputs_equal_sampling_inputs():
+    s = RasterSchedule((4, 5))
+    seq = torch.randint(0, 100, (2, 20))
+    generic = Schedule.teacher_inputs(s, seq)  # next_input called unit by unit
+    assert torch.equal(s.teacher_inputs(seq), generic)
+    assert torch.equal(s.from_sequence(s.to_sequence(seq.view(2, 4, 5))), seq.view(2, 4, 5))
+
+
+class ThreeUnits(Schedule):
+    unit_sizes = [1, 2, 3]
+
+
+def test_block_causal_mask():
+    mask = ThreeUnits().attn_mask()
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+    raster = RasterSchedule((3, 3))
+    assert raster.is_causal and torch.equal(raster.attn_mask(), torch.ones(9, 9, dtype=torch.bool).tril())
+
+
+def test_guidance_scale_one_equals_conditional():
+    gen = tiny_generator()
+    h, hu = torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    assert torch.allclose(gen.head.guided_logits(h, hu, 1.0), gen.head.logits(h))
+    labels = torch.arange(4)
+    plain = Sampler(gen, SamplingConfig(cfg_scale=1.0, seed=3)).sample_tokens(labels)
+    guided_path = Sampler(gen, SamplingConfig(cfg_scale=1.0, seed=3))
+    guided_path.guided = True  # run the doubled (cond + null class) batch at scale 1
+    assert torch.equal(guided_path.sample_tokens(labels), plain)
+    assert not torch.equal(Sampler(gen, SamplingConfig(cfg_scale=4.0, seed=3)).sample_tokens(labels), plain)
+
+
+def test_same_seed_same_images_at_any_batch_size():
+    gen = tiny_generator()
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    runs = [
+        Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=7, batch_size=bs)).sample_tokens(labels) for bs in (1, 3, 8)
+    ]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    other_seed = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=8)).sample_tokens(labels)
+    assert not torch.equal(other_seed, runs[0])
+    # a sample's noise depends on its own index only: sample 5 alone equals sample 5 in the batch
+    alone = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=7)).sample_tokens(labels[5:6], sample_ids=[5])
+    assert torch.equal(alone[0], runs[0][5])
+
+
+def test_guidance_schedules():
+    cfg = SamplingConfig(cfg_scale=3.0, cfg_schedule="linear")
+    assert guidance_scales(cfg, 3) == [1.0, 2.0, 3.0]
+    cfg = SamplingConfig(cfg_scale=3.0, cfg_schedule="interval", cfg_interval=(0.25, 0.75))
+    assert guidance_scales(cfg, 4) == [1.0, 3.0, 3.0, 1.0]
+    with pytest.raises(ConfigError, match="cfg_schedule"):
+        guidance_scales(SamplingConfig(cfg_schedule="cosine"), 4)
+
+
+def test_top_k_top_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+    gen = tiny_generator()
+    greedy = Sampler(gen, SamplingConfig(temperature=0, seed=1)).sample_tokens([0, 0])
+    assert torch.equal(greedy[0], greedy[1])  # no randomness left
+    topk1 = Sampler(gen, SamplingConfig(top_k=1, seed=2)).sample_tokens([0])
+    assert torch.equal(topk1, greedy[:1])
+
+
+def test_counter_noise_is_uniform_and_keyed():
+    noise = CounterNoise(0, torch.arange(4))
+    u = noise.uniform(0, (10000,))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+    assert not torch.equal(u[0], u[1]) and not torch.equal(u, noise.uniform(1, (10000,)))
+    z = noise.normal(0, (20000,))
+    assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1) < 0.03
+
+
+def test_generator_save_load_round_trip(tmp_path):
+    gen = tiny_generator()
+    gen.save_pretrained(tmp_path / "g")
+    assert (tmp_path / "g" / "tokenizer" / "config.json").is_file()  # self-contained folder
+    loaded = load_model(tmp_path / "g").eval()
+    labels = torch.arange(4)
+    a = Sampler(gen, SamplingConfig(seed=1)).sample_images(labels)
+    b = Sampler(loaded, SamplingConfig(seed=1)).sample_images(labels)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_presets():
+    assert backbone_config("gpt-b").n_layer == 12 and backbone_config("gpt-b").d_model == 768
+    assert backbone_config({"preset": "gpt-b", "n_layer": 2}).n_layer == 2
+    with pytest.raises(ConfigError, match="unknown backbone preset"):
+        backbone_config("gpt-zz")
+    with pytest.raises(ConfigError, match="unknown field"):
+        backbone_config({"preset": "tiny", "depth": 3})
+
+
+def test_training_lowers_loss_and_sample_cli(tmp_path, capsys):
+    from visgen.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    rc = train_main(
+        [
+            "generator",
+            "--recipe",
+            "generators/quickstart.yaml",
+            f"train.out_dir={out}",
+            "train.steps=60",
+            "train.log_every=10",
+            "train.ema_decay=0.9",
+        ]
+    )
+    assert rc == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < losses[0] - 0.3
+    rc = sample_main(["--checkpoint", str(out / "final"), "--num-images", "6", "--labels", "cat,2", "--npz", "--png",
+                      "--cfg-scale", "1.5", "--out", str(tmp_path / "s")])  # fmt: skip
+    assert rc == 0
+    folder = next((tmp_path / "s").iterdir())
+    assert folder.name == "final-ema-cfg1.5-constant-T1-topk0-topp1-seed0-n6"
+    arr = np.load(folder / "samples.npz")["arr_0"]
+    assert arr.shape == (6, 32, 32, 3) and arr.dtype == np.uint8
+    assert len(list((folder / "images").glob("*.png"))) == 6 and (folder / "grid.png").is_file()
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["labels"] == [3, 2, 3, 2, 3, 2] and settings["sampling"]["cfg_scale"] == 1.5
+
+
+def test_sample_cli_errors(tmp_path, capsys):
+    assert sample_main(["--checkpoint", str(tmp_path / "none")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert sample_main(["--checkpoint", "visgen/assets/cifar10-vq"]) == 2
+    assert "needs a generator checkpoint" in capsys.readouterr().err
+    assert sample_main(["--labels", "unicorn", "--num-images", "2"]) == 2
+    assert "unknown class 'unicorn'" in capsys.readouterr().err
+    assert sample_main(["--labels", "12", "--num-images", "2"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sample_main(["--cfg-schedule", "cosine"])
+    assert e.value.code == 2
+    assert sample_main(["--top-p", "0", "--num-images", "2"]) == 2
