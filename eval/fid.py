@@ -76,8 +76,9 @@ def load_input(args) -> tuple[torch.Tensor, dict]:
         images, info = sample_checkpoint(path, args.num_samples, cfg, ema=not args.no_ema)
         info.update({"input_kind": "checkpoint", "sampling": vars(cfg), "class_balance": "label = index % classes"})
         return images, info
-    ds = build_dataset(DataConfig(path=str(path), split=args.split, image_size=args.image_size))
-    return images_from_dataset(ds, args.num_samples or None), {"input_kind": "images"}
+    # DataConfig.limit takes a fixed random subset, so a folder in class order is not cut to its first classes
+    cfg = DataConfig(path=str(path), split=args.split, image_size=args.image_size, limit=args.num_samples or None)
+    return images_from_dataset(build_dataset(cfg)), {"input_kind": "images"}
 
 
 def load_reference(args, extractor: Extractor, device: str):
@@ -91,9 +92,9 @@ def load_reference(args, extractor: Extractor, device: str):
         images_fn = lambda: load_npz_images(ref)
         ref_id = {"npz": str(ref.resolve()), "bytes": ref.stat().st_size}
     else:
-        cfg = DataConfig(path=str(ref), split=args.ref_split, image_size=args.image_size)
+        cfg = DataConfig(path=str(ref), split=args.ref_split, image_size=args.image_size, limit=args.ref_count or None)
         ds = build_dataset(cfg)
-        images_fn = lambda: images_from_dataset(ds, args.ref_count or None)
+        images_fn = lambda: images_from_dataset(ds)
         ref_id = {"data": str(ref.resolve()), "split": args.ref_split, "size": args.image_size, "images": len(ds),
                   "count": args.ref_count}  # fmt: skip
     stats, feats, hit = reference_features(

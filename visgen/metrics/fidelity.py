@@ -95,11 +95,10 @@ class UInt8Dataset(torch.utils.data.Dataset):
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
-def images_from_dataset(ds, limit: int | None = None) -> torch.Tensor:
-    """A visgen data set as uint8 (N, H, W, 3) by the one float-to-uint8 rule."""
-    n = len(ds) if not limit else min(limit, len(ds))
+def images_from_dataset(ds) -> torch.Tensor:
+    """A visgen data set as uint8 (N, H, W, 3) by the one float-to-uint8 rule; unreadable images are skipped."""
     out = []
-    for i in range(n):
+    for i in range(len(ds)):
         item = ds[i]
         if item is not None:
             x = to_uint8(item["image"])
@@ -282,7 +281,11 @@ def score(
         s = statistics(feats["fd"])
         out[names["fd"]] = frechet_distance(s["mu"], s["sigma"], ref_stats["mu"], ref_stats["sigma"])
     if ref_features is not None:
+        # equal-size random subsets (fixed seed): a reference read in class order must not be cut to its first classes
         n = min(len(feats["fd"]), len(ref_features))
+        rng = np.random.RandomState(0)
+        gen_sub = feats["fd"][torch.from_numpy(rng.permutation(len(feats["fd"]))[:n])]
+        ref_sub = ref_features[torch.from_numpy(rng.permutation(len(ref_features))[:n])]
         if kid:
             r = kid_features_to_metric(feats["fd"], ref_features, kid_subset_size=min(1000, n), verbose=False)
             out[names["kid"]], out[names["kid"] + "_std"] = (
@@ -290,7 +293,7 @@ def score(
                 r["kernel_inception_distance_std"],
             )
         if prc:
-            r = prc_features_to_metric(feats["fd"][:n], ref_features[:n], verbose=False)
+            r = prc_features_to_metric(gen_sub, ref_sub, verbose=False)
             out[names["precision"]], out[names["recall"]] = r["precision"], r["recall"]
     return out, feat_rate
 
