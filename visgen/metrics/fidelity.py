@@ -274,9 +274,7 @@ def score(
     feat_rate = len(images_NHWC) / (time.perf_counter() - t0)
     out: dict[str, float] = {}
     if isc:
-        r = isc_features_to_metric(feats["is"], splits=10 if len(images_NHWC) >= 1000 else 1)
-        out[names["is"]] = r["inception_score_mean"]
-        out[names["is"] + "_std"] = r["inception_score_std"]
+        out[names["is"]], out[names["is"] + "_std"] = inception_score(feats["is"])
     if ref_stats is not None:
         s = statistics(feats["fd"])
         out[names["fd"]] = frechet_distance(s["mu"], s["sigma"], ref_stats["mu"], ref_stats["sigma"])
@@ -296,6 +294,13 @@ def score(
             r = prc_features_to_metric(gen_sub, ref_sub, verbose=False)
             out[names["precision"]], out[names["recall"]] = r["precision"], r["recall"]
     return out, feat_rate
+
+
+def inception_score(logits: torch.Tensor, splits: int | None = None) -> tuple[float, float]:
+    """IS (Salimans et al. 2016) mean and std over splits (10, as usual, from 1000 samples on; else 1)."""
+    splits = splits or (10 if len(logits) >= 1000 else 1)
+    r = isc_features_to_metric(logits, splits=splits)
+    return r["inception_score_mean"], r["inception_score_std"]
 
 
 def bits_per_dim(nll_nats: float, num_dims: int) -> float:
