@@ -54,6 +54,7 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-0000004"
     (tmp_path / "checkpoints" / "step-0000005.tmp").mkdir()  # an interrupted write is never taken for a checkpoint
     assert latest_checkpoint(tmp_path).name == "step-0000004"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert summary["step"] == 4 and 0 < summary["metrics"]["codebook_usage"] <= 1
 

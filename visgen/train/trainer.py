@@ -168,6 +168,14 @@ class Trainer:
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.bad_in_row, self.skipped_images = 0, 0
         self.log_file = self.out / "metrics.jsonl"
+        self.tb = None
+        if self.acc.is_main_process:
+            try:  # tensorboard when installed; metrics.jsonl always
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                pass
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
 
@@ -272,6 +280,11 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "a") as fh:
                 fh.write(json.dumps({"step": self.step, **record}) + "\n")
+            if self.tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)):
+                        self.tb.add_scalar(k, v, self.step)
+                self.tb.flush()
 
     # ---- training ----------------------------------------------------------------------------------------------
 
