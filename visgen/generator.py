@@ -32,7 +32,8 @@ class GeneratorConfig:
         generator keeps a copy in its own ``tokenizer/`` subfolder, so a checkpoint folder is self-contained).
     image_size: side of the generated images.
     num_classes: classes for conditioning; index ``num_classes`` is the null class used for guidance.
-    schedule: unit schedule (``raster``).
+    schedule: unit schedule: ``raster`` (one token per unit) or ``next_scale`` (one scale per unit, VAR; needs a
+        multi-scale tokenizer and a 3-axis RoPE backbone, e.g. ``{preset: var-d16, rope_axes: 3}``).
     backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
     class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
         Ho & Salimans 2022).
@@ -75,8 +76,7 @@ class Generator(PretrainedMixin, nn.Module):
         if tokenizer is None:
             tokenizer = load_model(resolve_tokenizer(config.tokenizer))
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
-        grid = tokenizer.grid_shape(config.image_size)
-        self.schedule = build_schedule(config.schedule, grid, not tokenizer.discrete, tokenizer.latent_channels)
+        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size)
         self.backbone_cfg = backbone_config(config.backbone)
         d = self.backbone_cfg.d_model
         self.backbone = Transformer(self.backbone_cfg)

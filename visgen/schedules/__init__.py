@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from visgen.config import ConfigError
 from visgen.schedules.base import Schedule
+from visgen.schedules.next_scale import NextScaleSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = {"raster": RasterSchedule}
+SCHEDULES = ("raster", "next_scale")
 
 
-def build_schedule(name: str, grid: tuple[int, int], continuous: bool = False, channels: int = 0) -> Schedule:
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
-    return SCHEDULES[name](grid, continuous=continuous, channels=channels)
+def build_schedule(name: str, tokenizer, image_size: int) -> Schedule:
+    """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size``."""
+    if name == "raster":
+        return RasterSchedule(tokenizer.grid_shape(image_size), not tokenizer.discrete, tokenizer.latent_channels)
+    if name == "next_scale":
+        if not hasattr(tokenizer, "scales"):
+            raise ConfigError("the next_scale schedule needs a multi-scale tokenizer (type: msvq)")
+        tokenizer.grid_shape(image_size)  # checks the last scale against the image size
+        return NextScaleSchedule(tokenizer)
+    raise ConfigError(f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
 
 
-__all__ = ["Schedule", "RasterSchedule", "SCHEDULES", "build_schedule"]
+__all__ = ["Schedule", "RasterSchedule", "NextScaleSchedule", "SCHEDULES", "build_schedule"]

@@ -6,6 +6,7 @@ from visgen.config import ConfigError, from_dict
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.diffusers_adapter import DiffusersKLTokenizer, DiffusersVAEConfig, DiffusersVQTokenizer
 from visgen.tokenizers.kl import KLConfig, KLTokenizer
+from visgen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQTokenizer
 from visgen.tokenizers.vq import VQConfig, VQTokenizer
 
 TOKENIZERS = {
@@ -13,6 +14,7 @@ TOKENIZERS = {
     "kl": KLTokenizer,
     "diffusers-kl": DiffusersKLTokenizer,
     "diffusers-vq": DiffusersVQTokenizer,
+    "msvq": MultiScaleVQTokenizer,
 }
 
 
@@ -28,5 +30,6 @@ def build_tokenizer(section: dict) -> Tokenizer:
 
 __all__ = [
     "Tokenizer", "VQTokenizer", "VQConfig", "KLTokenizer", "KLConfig", "DiffusersKLTokenizer",
-    "DiffusersVQTokenizer", "DiffusersVAEConfig", "build_tokenizer", "TOKENIZERS",
+    "DiffusersVQTokenizer", "DiffusersVAEConfig", "MultiScaleVQTokenizer", "MultiScaleVQConfig", "build_tokenizer",
+    "TOKENIZERS",
 ]  # fmt: skip

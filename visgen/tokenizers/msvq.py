@@ -1,0 +1,120 @@
+"""Multi-scale residual VQ tokenizer (VAR, Tian et al. 2024, sec. 3.2 and appendix): one codebook shared by every
+scale; each scale quantises the area-downsampled residual, and its codes, upsampled and refined by a Phi
+convolution, are subtracted before the next scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visgen.checkpoint import register_model
+from visgen.tokenizers.base import Tokenizer
+from visgen.tokenizers.modules import Decoder, Encoder
+
+
+@dataclass
+class MultiScaleVQConfig:
+    """Multi-scale VQ settings.
+
+    in_channels, channels, channel_mult, num_res_blocks, z_channels: the conv autoencoder, as in ``VQConfig``.
+    codebook_size, codebook_dim: one Euclidean codebook shared by all scales (VAR: 4096 x 32).
+    scales: side of each scale's token map, coarse to fine; the last equals the latent side (32 px, ``(1, 2, 2)``:
+        8, e.g. 1, 2, 3, 4, 6, 8).
+    phi_ratio: weight of the Phi refinement, z + r (conv(z) - z) (VAR's quant_resi = 0.5).
+    beta: commitment weight.
+    """
+
+    in_channels: int = 3
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    z_channels: int = 64
+    codebook_size: int = 1024
+    codebook_dim: int = 32
+    scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    phi_ratio: float = 0.5
+    beta: float = 0.25
+
+
+@register_model("msvq")
+class MultiScaleVQTokenizer(Tokenizer):
+    """Discrete tokenizer: image -> (B, sum(s^2)) indices, scale by scale, each scale row-major."""
+
+    config_class = MultiScaleVQConfig
+    discrete = True
+
+    def __init__(self, config: MultiScaleVQConfig):
+        super().__init__()
+        config.channel_mult, config.scales = tuple(config.channel_mult), tuple(config.scales)
+        self.config = c = config
+        self.downsample = 2 ** (len(c.channel_mult) - 1)
+        self.vocab_size, self.image_channels, self.scales = c.codebook_size, c.in_channels, c.scales
+        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
+        self.codebook = nn.Embedding(c.codebook_size, c.codebook_dim)
+        nn.init.uniform_(self.codebook.weight, -1 / c.codebook_size, 1 / c.codebook_size)
+        self.phi = nn.ModuleList(nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1) for _ in c.scales)
+        self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
+        self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
+
+    @property
+    def codebook_dim(self) -> int:
+        return self.config.codebook_dim
+
+    def grid_shape(self, image_size: int) -> tuple[int, int]:
+        side = image_size // self.downsample
+        if self.scales[-1] != side:
+            raise ValueError(f"the last scale {self.scales[-1]} must equal the latent side {side} for {image_size} px")
+        return side, side
+
+    def _lookup(self, r_BDss: torch.Tensor) -> torch.Tensor:
+        flat = r_BDss.permute(0, 2, 3, 1).reshape(-1, r_BDss.shape[1])
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.weight.t() + self.codebook.weight.pow(2).sum(1)
+        return d.argmin(1).view(r_BDss.shape[0], r_BDss.shape[2], r_BDss.shape[3])
+
+    def upsampled(self, k: int, idx_Bss: torch.Tensor, side: int) -> torch.Tensor:
+        """Scale k's codes, upsampled to the latent and refined by its Phi: what scale k adds to f_hat."""
+        z = self.codebook(idx_Bss).permute(0, 3, 1, 2)
+        z = F.interpolate(z, size=(side, side), mode="bicubic") if z.shape[-1] != side else z
+        r = self.config.phi_ratio
+        return z * (1 - r) + self.phi[k](z) * r
+
+    def split_scales(self, tokens_BL: torch.Tensor) -> list[torch.Tensor]:
+        return [t.view(-1, s, s) for t, s in zip(tokens_BL.split([s * s for s in self.scales], dim=1), self.scales)]
+
+    def f_hat(self, units: list[torch.Tensor]) -> torch.Tensor:
+        """The latent reconstructed from the first len(units) scales' indices (each (B, s*s) or (B, s, s))."""
+        side = self.scales[-1]
+        out = 0
+        for k, idx in enumerate(units):
+            out = out + self.upsampled(k, idx.reshape(-1, self.scales[k], self.scales[k]), side)
+        return out
+
+    def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        side, rest, f_hat, idx_list = f.shape[-1], f, torch.zeros_like(f), []
+        for k, s in enumerate(self.scales):
+            r = F.interpolate(rest, size=(s, s), mode="area") if s != side else rest
+            idx = self._lookup(r)
+            z = self.upsampled(k, idx, side)
+            f_hat, rest = f_hat + z, rest - z
+            idx_list.append(idx)
+        return f_hat, idx_list
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        _, idx = self._quantize(self.quant_conv(self.encoder(images)))
+        return torch.cat([i.flatten(1) for i in idx], dim=1)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(self.f_hat(self.split_scales(tokens))))
+
+    def training_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        f = self.quant_conv(self.encoder(images))
+        f_hat, idx = self._quantize(f)
+        # codebook and Phi pull f_hat to f; commitment pulls f to f_hat (VQ-VAE eq. 3 on the summed pyramid)
+        loss = F.mse_loss(f_hat, f.detach()) + self.config.beta * F.mse_loss(f, f_hat.detach())
+        f_st = f + (f_hat - f).detach()
+        flat = torch.cat([i.flatten() for i in idx])
+        return self.decoder(self.post_quant_conv(f_st)), {"loss_vq": loss, "indices": flat}
