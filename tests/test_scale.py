@@ -109,3 +109,44 @@ def test_scale_sampling_seeded_per_sample():
     ]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     assert Sampler(gen, SamplingConfig()).sample_images([0]).shape == (1, 3, 16, 16)
+
+
+def test_var_recipes_train_end_to_end(tmp_path):
+    from visgen.cli.sample import main as sample_main
+    from visgen.cli.train import main as train_main
+
+    tok_dir = tmp_path / "msvq"
+    assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart-msvq.yaml", f"train.out_dir={tok_dir}", "train.steps=20",
+                       "model.init_from=visgen/assets/cifar10-vq"]) == 0  # fmt: skip
+    gen_dir = tmp_path / "var"
+    overrides = [f"model.tokenizer={tok_dir}/final", "model.schedule=next_scale", "model.backbone={preset: tiny, adaln: true, rope_axes: 3}",
+                 f"train.out_dir={gen_dir}", "train.steps=40", "train.log_every=10"]  # fmt: skip
+    assert train_main(["generator", "--recipe", "generators/quickstart.yaml", *overrides]) == 0
+    losses = [
+        float(line.split('"loss": ')[1].split(",")[0]) for line in (gen_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert losses[-1] < losses[0]
+    assert (
+        sample_main(
+            [
+                "--checkpoint",
+                str(gen_dir / "final"),
+                "--num-images",
+                "4",
+                "--cfg-schedule",
+                "linear",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
+
+
+def test_init_from_vq_copies_the_autoencoder():
+    cfg = MultiScaleVQConfig(channels=64, channel_mult=(1, 2, 2), z_channels=64, codebook_size=1024, codebook_dim=8,
+                             init_from="visgen/assets/cifar10-vq")  # fmt: skip
+    tok = MultiScaleVQTokenizer(cfg)
+    assert "decoder.net.0.weight" in tok.initialised_from and "codebook.weight" in tok.initialised_from
+    vq = load_model("visgen/assets/cifar10-vq")
+    assert torch.equal(tok.decoder.net[0].weight, vq.decoder.net[0].weight.float())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visgen.checkpoint import register_model
+from visgen.config import ConfigError
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.modules import Decoder, Encoder
 
@@ -25,6 +26,8 @@ class MultiScaleVQConfig:
         8, e.g. 1, 2, 3, 4, 6, 8).
     phi_ratio: weight of the Phi refinement, z + r (conv(z) - z) (VAR's quant_resi = 0.5).
     beta: commitment weight.
+    init_from: a trained ``vq`` tokenizer folder whose encoder, decoder and (normalised) codebook start this one;
+        parts whose shapes differ keep their fresh initialisation.
     """
 
     in_channels: int = 3
@@ -37,6 +40,7 @@ class MultiScaleVQConfig:
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     phi_ratio: float = 0.5
     beta: float = 0.25
+    init_from: str = ""
 
 
 @register_model("msvq")
@@ -59,6 +63,21 @@ class MultiScaleVQTokenizer(Tokenizer):
         self.phi = nn.ModuleList(nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1) for _ in c.scales)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
+        if c.init_from:
+            self._init_from(c.init_from)
+
+    def _init_from(self, path: str):
+        from visgen.checkpoint import load_model
+
+        vq = load_model(path)
+        if vq.model_type != "vq":
+            raise ConfigError(f"init_from needs a 'vq' tokenizer folder; {path} holds a {vq.model_type!r}")
+        src = {k: v for k, v in vq.state_dict().items() if not k.startswith("quantizer.")}
+        src["codebook.weight"] = vq.quantizer.codes().detach()
+        own = self.state_dict()
+        fit = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        self.load_state_dict(fit, strict=False)
+        self.initialised_from = sorted(fit)
 
     @property
     def codebook_dim(self) -> int:
