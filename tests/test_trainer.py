@@ -105,6 +105,7 @@ def test_recipe_and_override_errors(tmp_path):
         load_recipe(tmp_path / "bad.yaml")
     base = {"train": {"steps": 1}}
     assert apply_overrides(base, ["train.steps=5"])["train"]["steps"] == 5
+    assert apply_overrides(base, ["train.lr=1e-3"])["train"]["lr"] == 0.001  # not the string YAML 1.1 gives
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides(base, ["train.steps"])
     with pytest.raises(ConfigError, match="no section 'trian'"):

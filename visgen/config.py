@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -45,9 +48,12 @@ def apply_overrides(recipe: dict, overrides: list[str] | tuple[str, ...]) -> dic
                 raise ConfigError(f"override {item!r}: no section {p!r} (sections here: {known})")
             node = node[p]
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        node[parts[-1]] = value
     return recipe
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
 from visgen.config import ConfigError, from_dict
-from visgen.heads import CategoricalHead
+from visgen.heads import CategoricalHead, FlowHead
 from visgen.nn import Transformer, backbone_config
 from visgen.schedules import build_schedule
 from visgen.tokenizers.base import Tokenizer
@@ -37,7 +37,9 @@ class GeneratorConfig:
     backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
     class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
         Ho & Salimans 2022).
-    head: ``categorical`` for discrete tokenizers.
+    head: ``categorical`` for discrete tokenizers, ``flow`` (flow matching, FlowAR) for continuous ones.
+    head_options: keyword arguments of the head (``FlowHead``: width, depth, heads, steps, cfg_interval).
+    scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
     class_names: names of the classes, in label order (filled from the training data).
     """
 
@@ -48,6 +50,8 @@ class GeneratorConfig:
     backbone: str | dict = field(default_factory=lambda: "cifar")
     class_dropout: float = 0.1
     head: str = "categorical"
+    head_options: dict = field(default_factory=dict)
+    scales: list[int] | None = None
     class_names: list[str] = field(default_factory=list)
 
 
@@ -76,7 +80,7 @@ class Generator(PretrainedMixin, nn.Module):
         if tokenizer is None:
             tokenizer = load_model(resolve_tokenizer(config.tokenizer))
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
-        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size)
+        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size, config.scales)
         self.backbone_cfg = backbone_config(config.backbone)
         d = self.backbone_cfg.d_model
         self.backbone = Transformer(self.backbone_cfg)
@@ -87,11 +91,16 @@ class Generator(PretrainedMixin, nn.Module):
             nn.init.normal_(self.input_emb.weight, std=0.02)
         else:
             self.input_emb = nn.Linear(self.schedule.input_dim, d)
-        if config.head != "categorical":
-            raise ConfigError(f"unknown head {config.head!r}; known: categorical")
-        if not tokenizer.discrete:
-            raise ConfigError("the categorical head needs a discrete tokenizer (VQ); this one is continuous")
-        self.head = CategoricalHead(d, tokenizer.vocab_size)
+        if config.head == "categorical":
+            if not tokenizer.discrete:
+                raise ConfigError("the categorical head needs a discrete tokenizer (VQ); this one is continuous")
+            self.head = CategoricalHead(d, tokenizer.vocab_size, **config.head_options)
+        elif config.head == "flow":
+            if tokenizer.discrete:
+                raise ConfigError("the flow head needs a continuous tokenizer (KL); this one is discrete")
+            self.head = FlowHead(d, tokenizer.latent_channels, **config.head_options)
+        else:
+            raise ConfigError(f"unknown head {config.head!r}; known: categorical, flow")
         s = self.schedule
         self.register_buffer("positions", s.positions.clone(), persistent=False)
         self.register_buffer("unit_ids", s.unit_ids, persistent=False)
@@ -141,7 +150,7 @@ class Generator(PretrainedMixin, nn.Module):
             drop = torch.rand(labels_B.shape, device=labels_B.device) < self.config.class_dropout
             labels_B = labels_B.masked_fill(drop, self.null_class)
         seq = self.schedule.to_sequence(tokens)
-        return self.head.loss(seq, self.features(seq, labels_B))
+        return self.head.loss(seq, self.features(seq, labels_B), self.schedule.unit_sizes)
 
     def decode_unit(self, k_t: torch.Tensor, n: int, inputs, labels_B: torch.Tensor, cache) -> torch.Tensor:
         """Features (B, n, d) of unit ``k_t`` (a device scalar, so one captured graph serves every unit of size n),

@@ -36,8 +36,8 @@ class CategoricalHead(nn.Module):
     def logits(self, h_BLD: torch.Tensor) -> torch.Tensor:
         return self.proj(h_BLD).float()
 
-    def loss(self, target_BL: torch.Tensor, h_BLD: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy in nats per token."""
+    def loss(self, target_BL: torch.Tensor, h_BLD: torch.Tensor, unit_sizes: list[int] | None = None) -> torch.Tensor:
+        """Mean cross-entropy in nats per token (every token weighs the same, whatever its unit)."""
         return F.cross_entropy(self.logits(h_BLD).flatten(0, 1), target_BL.flatten())
 
     def guided_logits(self, h, h_uncond, cfg_scale) -> torch.Tensor:

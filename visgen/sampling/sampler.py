@@ -101,7 +101,7 @@ class Sampler:
         h = m.decode_unit(st.k, n, inputs, st.labels, st.cache)
         hc, hu = (h[: st.B], h[st.B :]) if st.guided else (h, None)
         scale = self.scales_t.index_select(0, st.k.view(1))
-        return m.head.sample(hc, hu, scale, st.noise, st.k, c.temperature, c.top_k, c.top_p)
+        return m.head.sample(hc, hu, scale, st.noise, st.k, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
 
     def _graphed_step(self, st: _BatchState, n: int, inputs):
         if n not in st.graphs:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from visgen.config import ConfigError
 from visgen.schedules.base import Schedule
-from visgen.schedules.next_scale import NextScaleSchedule
+from visgen.schedules.next_scale import ContinuousScaleSchedule, NextScaleSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = ("raster", "next_scale")
+SCHEDULES = ("raster", "next_scale", "flow_scale")
 
 
-def build_schedule(name: str, tokenizer, image_size: int) -> Schedule:
+def build_schedule(name: str, tokenizer, image_size: int, scales: list[int] | None = None) -> Schedule:
     """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size``."""
     if name == "raster":
         return RasterSchedule(tokenizer.grid_shape(image_size), not tokenizer.discrete, tokenizer.latent_channels)
@@ -19,7 +19,19 @@ def build_schedule(name: str, tokenizer, image_size: int) -> Schedule:
             raise ConfigError("the next_scale schedule needs a multi-scale tokenizer (type: msvq)")
         tokenizer.grid_shape(image_size)  # checks the last scale against the image size
         return NextScaleSchedule(tokenizer)
+    if name == "flow_scale":
+        if tokenizer.discrete:
+            raise ConfigError("the flow_scale schedule needs a continuous tokenizer (type: kl or diffusers-kl)")
+        grid = tokenizer.grid_shape(image_size)
+        return ContinuousScaleSchedule(grid, tokenizer.latent_channels, scales or _doubling(grid[0]))
     raise ConfigError(f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
 
 
-__all__ = ["Schedule", "RasterSchedule", "NextScaleSchedule", "SCHEDULES", "build_schedule"]
+def _doubling(side: int) -> list[int]:
+    out = [side]
+    while out[0] > 1:
+        out.insert(0, out[0] // 2)
+    return out
+
+
+__all__ = ["Schedule", "RasterSchedule", "NextScaleSchedule", "ContinuousScaleSchedule", "SCHEDULES", "build_schedule"]

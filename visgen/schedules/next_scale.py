@@ -12,11 +12,22 @@ import torch.nn.functional as F
 from visgen.schedules.base import Schedule
 
 
+def scale_positions(scales: list[int]) -> torch.Tensor:
+    """(L, 3) positions (scale level, row, column), rows and columns in the finest grid's units, so that a token
+    sits where its patch is at every scale."""
+    side, pos = scales[-1], []
+    for level, s in enumerate(scales):
+        r, c = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        step = side / s
+        level_col = torch.full((s * s,), float(level))
+        pos.append(torch.stack([level_col, (r.flatten() + 0.5) * step, (c.flatten() + 0.5) * step], 1))
+    return torch.cat(pos)
+
+
 class NextScaleSchedule(Schedule):
     """Units are the scales of a multi-scale VQ tokenizer; tokens arrive as (B, sum(s^2)).
 
-    Positions are 3-axis: (scale level, row, column), rows and columns in the finest grid's units so that a token
-    sits where its patch is, at every scale.
+    Positions: ``scale_positions``.
     """
 
     input_kind = "features"
@@ -26,16 +37,7 @@ class NextScaleSchedule(Schedule):
         self.scales = list(tokenizer.scales)
         self.unit_sizes = [s * s for s in self.scales]
         self.input_dim = tokenizer.codebook_dim
-        side, pos = self.scales[-1], []
-        for level, s in enumerate(self.scales):
-            r, c = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-            step = side / s
-            pos.append(
-                torch.stack(
-                    [torch.full((s * s,), float(level)), (r.flatten() + 0.5) * step, (c.flatten() + 0.5) * step], 1
-                )
-            )
-        self.positions = torch.cat(pos)
+        self.positions = scale_positions(self.scales)
 
     def to_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens
@@ -49,3 +51,33 @@ class NextScaleSchedule(Schedule):
         s = self.scales[k]
         x = F.interpolate(f_hat, size=(s, s), mode="area")
         return x.flatten(2).transpose(1, 2)  # (B, s*s, codebook_dim)
+
+
+class ContinuousScaleSchedule(Schedule):
+    """FlowAR's scales (Ren et al. 2024): the continuous latent area-downsampled to each scale (sides that double,
+    e.g. 1, 2, 4, 8); the input for scale k is scale k - 1 upsampled to scale k's side."""
+
+    input_kind = "features"
+
+    def __init__(self, grid: tuple[int, int], channels: int, scales: list[int]):
+        if grid[0] != grid[1] or scales[-1] != grid[0]:
+            raise ValueError(f"the last scale {scales[-1]} must equal the (square) latent side {grid}")
+        self.scales, self.input_dim = list(scales), channels
+        self.unit_sizes = [s * s for s in self.scales]
+        self.positions = scale_positions(self.scales)
+
+    def to_sequence(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, L, C), every scale of the pyramid in turn."""
+        side = latents.shape[-1]
+        maps = [F.interpolate(latents, size=(s, s), mode="area") if s != side else latents for s in self.scales]
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+
+    def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        s = self.scales[-1]
+        return seq[:, -s * s :].transpose(1, 2).unflatten(2, (s, s))
+
+    def next_input(self, units_so_far: list[torch.Tensor]) -> torch.Tensor:
+        prev, k = units_so_far[-1], len(units_so_far)
+        p, s = self.scales[k - 1], self.scales[k]
+        grid = prev.transpose(1, 2).unflatten(2, (p, p))
+        return F.interpolate(grid, size=(s, s), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
