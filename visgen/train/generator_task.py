@@ -63,7 +63,8 @@ class TokenDataset(torch.utils.data.Dataset):
         self.use_flip = torch.rand(len(self.tokens), generator=gen) < 0.5 if self.flip else None
 
     def __getitem__(self, i: int) -> dict:
-        return self.get_batch(torch.tensor([i])) | {"skipped": 0}
+        one = self.get_batch(torch.tensor([i]))
+        return {"tokens": one["tokens"][0], "label": one["label"][0]}
 
     def get_batch(self, idx: torch.Tensor) -> dict:
         """A whole batch by tensor indexing (no per-item Python), with this epoch's flips."""
