@@ -29,18 +29,9 @@ def test_main_job(tmp_path):
     assert (folder / "grid.png").is_file() and (folder / "settings.json").is_file()
 
 
-def test_quickstart_tokenizer_recipe(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "train.py", "tokenizer", "--recipe", "tokenizers/quickstart.yaml", f"train.out_dir={tmp_path}", "train.steps=5"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+@pytest.mark.parametrize("recipe", ["tokenizers/quickstart.yaml", "tokenizers/diffusers-kl-tiny.yaml"])
+def test_tokenizer_recipes(recipe, tmp_path):
+    cmd = [sys.executable, "train.py", "tokenizer", "--recipe", recipe, f"train.out_dir={tmp_path}", "train.steps=3"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "final" / "model.safetensors").is_file()
-
-
-def test_diffusers_recipe(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "train.py", "tokenizer", "--recipe", "tokenizers/diffusers-kl-tiny.yaml", f"train.out_dir={tmp_path}", "train.steps=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr

@@ -132,24 +132,30 @@ def test_perceptual_loss_needs_local_weights(tmp_path):
     assert torch.isfinite(loss) and logs["perceptual"] > 0
 
 
-@pytest.mark.parametrize("cfg", [TINY_VQ, TINY_KL], ids=["vq", "kl"])
-def test_brief_training_lowers_reconstruction_error(cfg, cifar_train):
-    torch.manual_seed(0)
-    tok = VQTokenizer(cfg) if isinstance(cfg, VQConfig) else KLTokenizer(cfg)
-    task = TokenizerTask(tok, TokenizerLossConfig(adv_weight=0.1, adv_start=20))
-    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=64))
-    x = collate([ds[i] for i in range(64)])["image"]
+def train_briefly(tok, loss_cfg: TokenizerLossConfig, x: torch.Tensor, chunks: int, steps: int = 40):
+    """Train ``tok`` on ``x`` (cycled in ``chunks`` batches); returns (error before, error after, last logs)."""
+    task = TokenizerTask(tok, loss_cfg)
     opt = torch.optim.Adam(task.parameters(), lr=3e-3)
 
     def err():
         with torch.no_grad():
             return (tok.reconstruct(x) - x).pow(2).mean().item()
 
-    start = err()
-    for step in range(40):
-        loss, logs = task({"image": x[(step % 4) * 16 : (step % 4 + 1) * 16]}, step)
+    start, size = err(), len(x) // chunks
+    for step in range(steps):
+        loss, logs = task({"image": x[(step % chunks) * size : (step % chunks + 1) * size]}, step)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return start, err(), logs
+
+
+@pytest.mark.parametrize("cfg", [TINY_VQ, TINY_KL], ids=["vq", "kl"])
+def test_brief_training_lowers_reconstruction_error(cfg, cifar_train):
+    torch.manual_seed(0)
+    tok = VQTokenizer(cfg) if isinstance(cfg, VQConfig) else KLTokenizer(cfg)
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=64))
+    x = collate([ds[i] for i in range(64)])["image"]
+    start, end, logs = train_briefly(tok, TokenizerLossConfig(adv_weight=0.1, adv_start=20), x, chunks=4)
     assert "d_loss" in logs
-    assert err() < 0.6 * start
+    assert end < 0.6 * start
