@@ -1,5 +1,8 @@
 """Scale family, FlowAR half: continuous multi-scale latents and the flow-matching head on the shared engine."""
 
+import json
+
+import pytest
 import torch
 
 from tests.test_tokenizers import TINY_KL
@@ -101,6 +104,21 @@ def test_flowar_trains_end_to_end(tmp_path):
         float(line.split('"loss": ')[1].split(",")[0]) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert losses[-1] < losses[0]
-    assert (
-        sample_main(["--checkpoint", str(tmp_path / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
-    )
+    assert sample_main(["--checkpoint", str(tmp_path / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
+
+    # the result file of a trained generator: training, sampling and FD/IS figures from the files the steps wrote
+    from eval.fid import main as fid_main
+    from eval.generator_result import main as result_main
+
+    report = tmp_path / "fd.json"
+    assert fid_main(["--input", str(tmp_path / "final"), "--ref", "tests/data/cifar10/test", "--num-samples", "10",
+                     "--no-kid", "--no-prc", "--report", str(report), "--cache-dir", str(tmp_path / "c")]) == 0  # fmt: skip
+    samples = next((tmp_path / "s").iterdir())
+    assert result_main(["--run", str(tmp_path), "--samples", str(samples), "--fd-report", str(report),
+                        "--name", "flow", "--results-dir", str(tmp_path / "r")]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "r" / "flow.json").read_text())["metrics"]
+    assert m["steps"] == 40 and m["final_train_loss"] == pytest.approx(losses[-1]) and m["train_minutes"] > 0
+    assert m["sample_num_images"] == 4 and m["fd_num_images"] == 10 and m["fd_cifar10cls"] > 0
+    assert (tmp_path / "r" / "flow.png").is_file()
+    assert result_main(["--run", str(tmp_path / "missing"), "--samples", str(samples), "--fd-report", str(report),
+                        "--name", "x", "--results-dir", str(tmp_path / "r")]) == 2  # fmt: skip

@@ -155,8 +155,9 @@ class Sampler:
             )
         ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
         bs, out = self.cfg.batch_size, []
-        for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
-            out.append(self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device)))
+        with torch.autocast(self.device.type, enabled=False):  # the sampler's dtype, not a caller's autocast
+            for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
+                out.append(self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device)))
         return torch.cat(out)
 
     @torch.no_grad()

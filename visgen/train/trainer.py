@@ -405,7 +405,7 @@ class Trainer:
             self.save_checkpoint()
         if preview_batch is not None:
             self.save_preview(preview_batch)
-        self.export(metrics, throughput)
+        self.export(metrics, throughput, time.perf_counter() - t_run)
         return {"metrics": metrics, "train_images_per_s": throughput, "skipped_images": self.skipped_images}
 
     def _out_of_time(self, t_run: float) -> bool:
@@ -422,13 +422,13 @@ class Trainer:
             self.acc.print(f"epoch {self.epoch}: {int(skipped)} unreadable images skipped so far")
         self.epoch, self.micro_in_epoch = self.epoch + 1, 0
 
-    def export(self, metrics: dict, throughput: float | None):
+    def export(self, metrics: dict, throughput: float | None, seconds: float):
         """Write the trained model (EMA weights as ``ema.safetensors``) and its final metrics to ``out_dir/final``."""
         if self.acc.is_main_process:
             final = self.out / "final"
             task = self.acc.unwrap_model(self.model)
             task.model.save_pretrained(final, ema_state=self.ema.full_state_dict(task.model) if self.ema else None)
             summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
-                       "skipped_images": self.skipped_images}  # fmt: skip
+                       "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
             (final / "metrics.json").write_text(json.dumps(summary, indent=2))
         self.acc.wait_for_everyone()

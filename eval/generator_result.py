@@ -1,0 +1,87 @@
+"""One ``results/NAME.json`` (+ ``NAME.png``) for a trained generator, from the files its steps wrote.
+
+    python eval/generator_result.py --run runs/cifar10-var --samples SAMPLE_FOLDER --fd-report FD.json \
+        --name cifar10-var --command "how it was made"
+
+Training figures come from the run folder (``final/metrics.json``: steps, seconds, images/s, final validation;
+``metrics.jsonl``: last logged train loss, validation loss by step), sampling speed and the grid from a ``sample.py``
+output folder (``settings.json``, ``grid.png``), FD/IS/KID/PR from ``eval/fid.py --report`` (more reports: a guidance sweep, kept beside the headline). Nothing is computed
+here; a missing file is an error, not a gap in the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from visgen.results import write_result
+
+
+def training_metrics(run: Path) -> dict:
+    final = json.loads((run / "final" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    val = {str(r["step"]): r["val/loss"] for r in records if "val/loss" in r}
+    out = {"steps": final["step"], "train_images_per_s": final["train_images_per_s"]}
+    if final.get("train_seconds") is not None:
+        out["train_minutes"] = final["train_seconds"] / 60
+    if train:
+        out["final_train_loss"] = train[-1]["loss"]
+    if val:
+        out["val_loss_by_step"] = val
+    if "loss" in final["metrics"]:
+        out["final_val_loss"] = final["metrics"]["loss"]
+    return out
+
+
+def sampling_metrics(folder: Path) -> dict:
+    s = json.loads((folder / "settings.json").read_text())
+    return {
+        "sample_images_per_s": s["images_per_s"], "sample_num_images": s["num_images"],
+        "sample_cfg_scale": s["sampling"]["cfg_scale"], "sample_cfg_schedule": s["sampling"]["cfg_schedule"],
+        "sample_device": s["device"],
+    }  # fmt: skip
+
+
+def fd_metrics(report: Path) -> dict:
+    r = json.loads(report.read_text())
+    s = r["settings"]
+    out = dict(r["metrics"])
+    out.update(fd_num_images=s["num_images"], fd_reference=s["reference"], fd_sampling=s.get("sampling"))
+    if "generation_images_per_s" in s:
+        out["fd_generation_images_per_s"] = s["generation_images_per_s"]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the training run folder (with final/ and metrics.jsonl)")
+    p.add_argument("--samples", required=True, help="a sample.py output folder (settings.json, grid.png)")
+    p.add_argument("--fd-report", required=True, nargs="+",
+                   help="JSON(s) written by eval/fid.py --report: the first is the headline, the rest a guidance sweep")
+    p.add_argument("--name", required=True)
+    p.add_argument("--command", help="the command(s) that made the run (default: this command line)")
+    p.add_argument("--results-dir", default="results")
+    args = p.parse_args(argv)
+    run, samples = Path(args.run), Path(args.samples)
+    try:
+        fd = [fd_metrics(Path(r)) for r in args.fd_report]
+        metrics = {**training_metrics(run), **sampling_metrics(samples), **fd[0]}
+        if len(fd) > 1:
+            metrics["fd_sweep"] = fd
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        print(f"error: cannot assemble {args.name}: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.results_dir)
+    write_result(out / f"{args.name}.json", args.name, metrics, command=args.command)
+    if (samples / "grid.png").is_file():
+        shutil.copyfile(samples / "grid.png", out / f"{args.name}.png")
+    print(json.dumps(metrics, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
