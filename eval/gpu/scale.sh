@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How results/cifar10-{msvq-tokenizer,var,flowar}.* were made (scale family), in two steps that each fit one GPU call:
-#   STEP=1: the multi-scale VQ (from the bundled VQ, MSVQ_MIN minutes) and FlowAR (GEN_MIN minutes) side by side,
-#           then the msvq reconstruction figures and FlowAR's grid + FD/IS;
-#   STEP=2: VAR on that msvq (GEN_MIN minutes), then its grid + FD/IS.
+#   STEP=1: two chains side by side on one GPU: FlowAR (GEN_MIN minutes), then its grid + FD/IS; the multi-scale
+#           VQ (from the bundled VQ, MSVQ_MIN minutes), then VAR on it (GEN_MIN minutes);
+#   STEP=2: the msvq reconstruction figures, VAR's grid + FD/IS.
 # FD/IS: eval/fid.py, NUM_FD class-balanced samples vs CIFAR-10 train, guidance 2 ramped linearly over scales (the
 # headline) and a sweep over CFG_SWEEP. EXTRA: overrides for every training run, RESULTS: where results go (for a
 # CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=3 ..." NUM_FD=20 RESULTS=/tmp/r).
@@ -28,20 +28,23 @@ evaluate() {  # $1: family name (run folder runs/cifar10-$1, results/cifar10-$1)
 }
 
 if [ "$STEP" = 1 ]; then
-  python train.py tokenizer --recipe tokenizers/cifar10-msvq.yaml $D train.time_limit_minutes=$MSVQ_MIN $EXTRA \
-    > $OUT/train-msvq.log 2>&1 &
-  msvq=$!
   python train.py generator --recipe generators/cifar10-flowar.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
     > $OUT/train-flowar.log 2>&1 &
   flow=$!
-  wait $msvq
-  python eval/tokenizer_recon.py runs/cifar10-msvq/final --data $DATA/test --name cifar10-msvq-tokenizer \
-    --results-dir $RESULTS \
-    --fd-extractor cifar10cls --extra-metrics runs/cifar10-msvq/final/metrics.json > $OUT/recon-msvq.log 2>&1
+  (
+    python train.py tokenizer --recipe tokenizers/cifar10-msvq.yaml $D train.time_limit_minutes=$MSVQ_MIN $EXTRA \
+      > $OUT/train-msvq.log 2>&1
+    python train.py generator --recipe generators/cifar10-var.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
+      > $OUT/train-var.log 2>&1
+  ) &
+  var=$!
   wait $flow
   evaluate flowar
-else
-  python train.py generator --recipe generators/cifar10-var.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
-    > $OUT/train-var.log 2>&1
+  wait $var
+fi
+if [ "$STEP" = 2 ]; then
+  python eval/tokenizer_recon.py runs/cifar10-msvq/final --data $DATA/test --name cifar10-msvq-tokenizer \
+    --results-dir $RESULTS --fd-extractor cifar10cls --extra-metrics runs/cifar10-msvq/final/metrics.json \
+    > $OUT/recon-msvq.log 2>&1
   evaluate var
 fi
