@@ -139,3 +139,26 @@ def test_init_from_vq_copies_the_autoencoder():
     assert "decoder.net.0.weight" in tok.initialised_from and "codebook.weight" in tok.initialised_from
     vq = load_model("visgen/assets/cifar10-vq")
     assert torch.equal(tok.decoder.net[0].weight, vq.decoder.net[0].weight.float())
+
+
+def test_every_family_samples_in_bf16():
+    """Low-precision sampling (the GPU default) with continuous inputs (VAR's f_hat, FlowAR's latents) and under a
+    caller's autocast, checked on the CPU."""
+    from tests.test_engine import tiny_generator
+    from tests.test_flow import flowar_generator
+
+    for gen in (tiny_generator(), var_generator(), flowar_generator()):
+        sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0, cfg_schedule="linear", dtype="bf16"), device="cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            images = sampler.sample_images([0, 1])
+        assert images.shape[0] == 2 and torch.isfinite(images).all()
+
+
+def test_msvq_dead_codes_restart():
+    torch.manual_seed(0)
+    tok = MultiScaleVQTokenizer(TINY_MSVQ).train()
+    tok.usage.fill_(0.0)  # every code counts as unused, except those this batch hits often enough
+    before = tok.codebook.weight.detach().clone()
+    tok.training_losses(torch.rand(2, 3, 16, 16) * 2 - 1)
+    moved = ~torch.isclose(tok.codebook.weight, before).all(dim=1)
+    assert moved.sum() >= 16 and (tok.usage[moved] == 1).all() and (tok.usage[~moved] >= 0.03).all()

@@ -25,7 +25,8 @@ class SamplingConfig:
     seed: with the sample index, fixes each sample's randomness.
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
-    dtype: ``bf16``, ``fp16`` or ``fp32`` weights and cache for sampling (GPU; the CPU always uses fp32).
+    dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache and
+        continuous inputs while sampling.
     """
 
     cfg_scale: float = 1.0
@@ -37,7 +38,7 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 64
     cuda_graph: bool = True
-    dtype: str = "bf16"
+    dtype: str = "auto"
 
 
 def guidance_scales(cfg: SamplingConfig, num_units: int) -> list[float]:
@@ -76,9 +77,10 @@ class Sampler:
     def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None):
         self.cfg = cfg or SamplingConfig()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.cfg.dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {self.cfg.dtype!r}")
-        self.dtype = _DTYPES[self.cfg.dtype] if device.type == "cuda" else torch.float32
+        if self.cfg.dtype not in _DTYPES and self.cfg.dtype != "auto":
+            raise ConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {self.cfg.dtype!r}")
+        auto = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = auto if self.cfg.dtype == "auto" else _DTYPES[self.cfg.dtype]
         model = generator
         if next(generator.parameters()).dtype != self.dtype or next(generator.parameters()).device != device:
             model = copy.deepcopy(generator).to(device=device, dtype=self.dtype)
@@ -138,6 +140,8 @@ class Sampler:
         for k, n in enumerate(m.schedule.unit_sizes):
             st.k.fill_(k)
             inputs = m.schedule.next_input(units) if k else None
+            if inputs is not None and inputs.is_floating_point():
+                inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
             if self.use_graph and k:
                 units.append(self._graphed_step(st, n, inputs))
             else:

@@ -14,6 +14,7 @@ from visgen.checkpoint import register_model
 from visgen.config import ConfigError
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.modules import Decoder, Encoder
+from visgen.tokenizers.vq import restart_dead_codes
 
 
 @dataclass
@@ -26,6 +27,8 @@ class MultiScaleVQConfig:
         8, e.g. 1, 2, 3, 4, 6, 8).
     phi_ratio: weight of the Phi refinement, z + r (conv(z) - z) (VAR's quant_resi = 0.5).
     beta: commitment weight.
+    dead_code_threshold, usage_decay: dead-code restart as in ``VQConfig`` (a dead code moves to a random residual
+        of the batch, any scale); 0 turns it off.
     init_from: a trained ``vq`` tokenizer folder whose encoder, decoder and (normalised) codebook start this one;
         parts whose shapes differ keep their fresh initialisation.
     """
@@ -40,6 +43,8 @@ class MultiScaleVQConfig:
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     phi_ratio: float = 0.5
     beta: float = 0.25
+    dead_code_threshold: float = 0.03
+    usage_decay: float = 0.99
     init_from: str = ""
 
 
@@ -60,6 +65,7 @@ class MultiScaleVQTokenizer(Tokenizer):
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         self.codebook = nn.Embedding(c.codebook_size, c.codebook_dim)
         nn.init.uniform_(self.codebook.weight, -1 / c.codebook_size, 1 / c.codebook_size)
+        self.register_buffer("usage", torch.ones(c.codebook_size))
         self.phi = nn.ModuleList(nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1) for _ in c.scales)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
@@ -112,18 +118,20 @@ class MultiScaleVQTokenizer(Tokenizer):
             out = out + self.upsampled(k, idx.reshape(-1, self.scales[k], self.scales[k]), side)
         return out
 
-    def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        side, rest, f_hat, idx_list = f.shape[-1], f, torch.zeros_like(f), []
+    def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """f_hat, each scale's indices (B, s, s) and each scale's residual (B, D, s, s) as quantised."""
+        side, rest, f_hat, idx_list, res_list = f.shape[-1], f, torch.zeros_like(f), [], []
         for k, s in enumerate(self.scales):
             r = F.interpolate(rest, size=(s, s), mode="area") if s != side else rest
             idx = self._lookup(r)
             z = self.upsampled(k, idx, side)
             f_hat, rest = f_hat + z, rest - z
             idx_list.append(idx)
-        return f_hat, idx_list
+            res_list.append(r)
+        return f_hat, idx_list, res_list
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        _, idx = self._quantize(self.quant_conv(self.encoder(images)))
+        _, idx, _ = self._quantize(self.quant_conv(self.encoder(images)))
         return torch.cat([i.flatten(1) for i in idx], dim=1)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -131,9 +139,14 @@ class MultiScaleVQTokenizer(Tokenizer):
 
     def training_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         f = self.quant_conv(self.encoder(images))
-        f_hat, idx = self._quantize(f)
+        f_hat, idx, residuals = self._quantize(f)
         # codebook and Phi pull f_hat to f; commitment pulls f to f_hat (VQ-VAE eq. 3 on the summed pyramid)
         loss = F.mse_loss(f_hat, f.detach()) + self.config.beta * F.mse_loss(f, f_hat.detach())
         f_st = f + (f_hat - f).detach()
         flat = torch.cat([i.flatten() for i in idx])
+        if self.training and self.config.dead_code_threshold > 0:
+            vectors = torch.cat([r.detach().permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in residuals])
+            counts = torch.bincount(flat, minlength=self.vocab_size).float()
+            restart_dead_codes(self.codebook.weight, self.usage, counts, vectors, self.config.dead_code_threshold,
+                               self.config.usage_decay)  # fmt: skip
         return self.decoder(self.post_quant_conv(f_st)), {"loss_vq": loss, "indices": flat}

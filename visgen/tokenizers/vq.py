@@ -75,24 +75,32 @@ class VectorQuantizer(nn.Module):
         p = counts / counts.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
         if self.training and self.threshold > 0:
-            self._restart_dead_codes(z, counts)
+            self._restart_dead_codes(z.detach(), counts)
         return z + (zq - z).detach(), idx, {"loss_vq": loss, "perplexity": perplexity.detach()}
 
-    @torch.no_grad()
     def _restart_dead_codes(self, z_BDhw: torch.Tensor, counts: torch.Tensor):
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(counts)  # the same usage on every process, hence the same dead codes
-        self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        dead = (self.usage < self.threshold).nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return
         flat = z_BDhw.permute(0, 2, 3, 1).reshape(-1, z_BDhw.shape[1])
-        new = flat[torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)].float().contiguous()
-        if distributed:
-            dist.broadcast(new, src=0)  # replicas must restart with the same vectors or they drift apart
-        self.codebook.weight.data[dead] = new.to(self.codebook.weight.dtype)
-        self.usage[dead] = 1.0
+        restart_dead_codes(self.codebook.weight, self.usage, counts, flat, self.threshold, self.decay)
+
+
+@torch.no_grad()
+def restart_dead_codes(weight: torch.Tensor, usage: torch.Tensor, counts: torch.Tensor, vectors_ND: torch.Tensor,
+                       threshold: float, decay: float):  # fmt: skip
+    """Update the running ``usage`` with this batch's ``counts`` and move every code used less than ``threshold``
+    to a random row of ``vectors_ND`` (Jukebox, Dhariwal et al. 2020, sec. 3.2); identical on every process."""
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(counts)  # the same usage on every process, hence the same dead codes
+    usage.mul_(decay).add_(counts, alpha=1 - decay)
+    dead = (usage < threshold).nonzero().squeeze(1)
+    if dead.numel() == 0:
+        return
+    pick = torch.randint(0, vectors_ND.shape[0], (dead.numel(),), device=vectors_ND.device)
+    new = vectors_ND[pick].float().contiguous()
+    if distributed:
+        dist.broadcast(new, src=0)  # replicas must restart with the same vectors or they drift apart
+    weight.data[dead] = new.to(weight.dtype)
+    usage[dead] = 1.0
 
 
 @register_model("vq")

@@ -403,9 +403,9 @@ class Trainer:
         metrics = self.validate()
         if cfg.ckpt_every == 0 or self.step % cfg.ckpt_every:
             self.save_checkpoint()
+        self.export(metrics, throughput, time.perf_counter() - t_run)
         if preview_batch is not None:
             self.save_preview(preview_batch)
-        self.export(metrics, throughput, time.perf_counter() - t_run)
         return {"metrics": metrics, "train_images_per_s": throughput, "skipped_images": self.skipped_images}
 
     def _out_of_time(self, t_run: float) -> bool:
