@@ -152,16 +152,26 @@ class Generator(PretrainedMixin, nn.Module):
         seq = self.schedule.to_sequence(tokens)
         return self.head.loss(seq, self.features(seq, labels_B), self.schedule.unit_sizes)
 
-    def decode_unit(self, k_t: torch.Tensor, n: int, inputs, labels_B: torch.Tensor, cache) -> torch.Tensor:
+    def decode_unit(
+        self, k_t: torch.Tensor, n: int, inputs, labels_B: torch.Tensor, cache, kv_len: int | None = None,
+        masked: bool = True,
+    ) -> torch.Tensor:  # fmt: skip
         """Features (B, n, d) of unit ``k_t`` (a device scalar, so one captured graph serves every unit of size n),
-        appending its keys and values to ``cache``; ``inputs`` is None for unit 0."""
+        appending its keys and values to ``cache``; ``inputs`` is None for unit 0.
+
+        Units are contiguous in sequence order, so unit k sees exactly the slots before its end. ``kv_len`` (a
+        Python int, default the whole cache) bounds the slots read; ``masked=False`` says it equals this unit's end,
+        so no mask is needed (unmasked attention takes the fastest kernels)."""
+        kv_len = kv_len or self.schedule.seq_len
         # index_select, not [k_t]: indexing by a 0-d tensor would read it back to the host (no graph capture)
         input_pos = self.unit_offsets.index_select(0, k_t.view(1)) + torch.arange(n, device=k_t.device)
         x = self.start(labels_B, n) if inputs is None else self.input_emb(inputs)
-        mask = self.unit_ids[None, :] <= self.unit_ids[input_pos][:, None]  # (n, L): this unit and all before
+        # (n, kv_len): this unit and all before it
+        mask = self.unit_ids[None, :kv_len] <= self.unit_ids[input_pos][:, None] if masked else None
         return self.backbone(
-            x, self.positions[input_pos], self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos
-        )
+            x, self.positions[input_pos], self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos,
+            kv_len=kv_len,
+        )  # fmt: skip
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grid -> images in [-1, 1] through the tokenizer."""

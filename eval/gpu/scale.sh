@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How results/cifar10-{msvq-tokenizer,var,flowar}.* were made (scale family), in two steps that each fit one GPU call:
-#   STEP=1: two chains side by side on one GPU: FlowAR (GEN_MIN minutes), then its grid + FD/IS; the multi-scale
-#           VQ (from the bundled VQ, MSVQ_MIN minutes), then VAR on it (GEN_MIN minutes);
+#   STEP=1: the chains of FAMILIES side by side on one GPU: flowar: FlowAR (GEN_MIN minutes), then its grid + FD/IS;
+#           var: the multi-scale VQ (from the bundled VQ, MSVQ_MIN minutes), then VAR on it (GEN_MIN minutes);
 #   STEP=2: the msvq reconstruction figures, VAR's grid + FD/IS.
 # FD/IS: eval/fid.py, NUM_FD class-balanced samples vs CIFAR-10 train, guidance 2 ramped linearly over scales (the
 # headline) and a sweep over CFG_SWEEP. EXTRA: overrides for every training run, RESULTS: where results go (for a
@@ -10,7 +10,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 MSVQ_MIN=${MSVQ_MIN:-2.5} GEN_MIN=${GEN_MIN:-6} NUM_FD=${NUM_FD:-10000} CFG_SWEEP=${CFG_SWEEP:-"1.5 3"}
-EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
+EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} FAMILIES=${FAMILIES:-"flowar var"}
 D="data.path=$DATA/train val.path=$DATA/test"
 
 evaluate() {  # $1: family name (run folder runs/cifar10-$1, results/cifar10-$1)
@@ -23,24 +23,31 @@ evaluate() {  # $1: family name (run folder runs/cifar10-$1, results/cifar10-$1)
     reports+=($run/fd-cfg$cfg.json)
   done
   python eval/generator_result.py --run $run --samples $(ls -d $run/samples/*/ | head -1) --fd-report "${reports[@]}" \
-    --name cifar10-$1 --results-dir $RESULTS --command "DATA=... STEP=$STEP GEN_MIN=$GEN_MIN bash eval/gpu/scale.sh  # $1"
+    --name cifar10-$1 --results-dir $RESULTS \
+    --command "DATA=... FAMILIES=$1 MSVQ_MIN=$MSVQ_MIN GEN_MIN=$GEN_MIN bash eval/gpu/scale.sh with STEP=1 then STEP=2"
   cp $run/metrics.jsonl $OUT/metrics-$1.jsonl
 }
 
 if [ "$STEP" = 1 ]; then
-  python train.py generator --recipe generators/cifar10-flowar.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
-    > $OUT/train-flowar.log 2>&1 &
-  flow=$!
-  (
-    python train.py tokenizer --recipe tokenizers/cifar10-msvq.yaml $D train.time_limit_minutes=$MSVQ_MIN $EXTRA \
-      > $OUT/train-msvq.log 2>&1
-    python train.py generator --recipe generators/cifar10-var.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
-      > $OUT/train-var.log 2>&1
-  ) &
-  var=$!
-  wait $flow
-  evaluate flowar
-  wait $var
+  pids=()
+  if [[ " $FAMILIES " == *" flowar "* ]]; then
+    (
+      python train.py generator --recipe generators/cifar10-flowar.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
+        > $OUT/train-flowar.log 2>&1
+      evaluate flowar
+    ) &
+    pids+=($!)
+  fi
+  if [[ " $FAMILIES " == *" var "* ]]; then
+    (
+      python train.py tokenizer --recipe tokenizers/cifar10-msvq.yaml $D train.time_limit_minutes=$MSVQ_MIN $EXTRA \
+        > $OUT/train-msvq.log 2>&1
+      python train.py generator --recipe generators/cifar10-var.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
+        > $OUT/train-var.log 2>&1
+    ) &
+    pids+=($!)
+  fi
+  for p in "${pids[@]}"; do wait $p; done
 fi
 if [ "$STEP" = 2 ]; then
   python eval/tokenizer_recon.py runs/cifar10-msvq/final --data $DATA/test --name cifar10-msvq-tokenizer \

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -44,8 +45,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype)
-        return y * self.weight if self.weight is not None else y
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)  # one fused kernel on GPUs (torch >= 2.8)
 
 
 def rope_tables(positions_LA: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +67,8 @@ def apply_rope(x_BHLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values for every layer; ``write`` puts a unit at ``input_pos`` (a device tensor), so
-    one decoding step has fixed shapes and can be captured in a CUDA graph."""
+    """Preallocated keys and values for every layer (B, heads, max_len, head_dim); a unit is written at
+    ``input_pos`` (a device tensor), so one decoding step has fixed shapes and can be captured in a CUDA graph."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
@@ -75,10 +76,9 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def write(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k[layer].index_copy_(2, input_pos, k)
-        self.v[layer].index_copy_(2, input_pos, v)
-        return self.k[layer], self.v[layer]
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's keys and values (views): a block gets tensors, not an index, so one compiled block serves all."""
+        return self.k[i], self.v[i]
 
 
 class Attention(nn.Module):
@@ -89,12 +89,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, rope, mask, is_causal, cache: KVCache | None, layer: int, input_pos):
+    def forward(self, x, rope, mask, is_causal, kv, input_pos, kv_len):
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.write(layer, input_pos, k, v)
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(qkv[:2], *rope).unbind(0)  # queries and keys rotated together
+        v = qkv[2]
+        if kv is not None:  # decoding: write this unit, attend to the first kv_len slots
+            k_cache, v_cache = kv
+            k_cache.index_copy_(2, input_pos, k)
+            v_cache.index_copy_(2, input_pos, v)
+            k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
@@ -127,13 +131,14 @@ class Block(nn.Module):
         else:
             self.ada = None
 
-    def forward(self, x, cond, rope, mask, is_causal, cache, layer, input_pos):
+    def forward(self, x, cond, rope, mask, is_causal: bool, kv=None, input_pos=None, kv_len: int = 0):
+        """``kv``: this layer's (keys, values) cache when decoding, written at ``input_pos``, read up to ``kv_len``."""
         if self.ada is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope, mask, is_causal, cache, layer, input_pos))
+            x = x + self.drop(self.attn(self.norm1(x), rope, mask, is_causal, kv, input_pos, kv_len))
             return x + self.drop(self.mlp(self.norm2(x)))
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + sc1) + sh1
-        x = x + (1 + g1) * self.drop(self.attn(h, rope, mask, is_causal, cache, layer, input_pos))
+        x = x + (1 + g1) * self.drop(self.attn(h, rope, mask, is_causal, kv, input_pos, kv_len))
         return x + (1 + g2) * self.drop(self.mlp(self.norm2(x) * (1 + sc2) + sh2))
 
 
@@ -148,6 +153,7 @@ class Transformer(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_head
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
+        self.activation_checkpointing = False  # training: recompute each block in backward instead of storing it
         self.apply(self._init)
 
     @staticmethod
@@ -156,6 +162,17 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def compile_blocks(self, **options):
+        """Regional ``torch.compile``: each block is compiled, and since the blocks are alike one compiled graph
+        serves them all (a fraction of whole-model compile time). Elementwise work (norms, RoPE, SwiGLU, AdaLN)
+        fuses into a few kernels; options go to ``torch.compile`` (e.g. ``backend="eager"`` to check tracing)."""
+        import torch._dynamo
+
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))  # one per shape
+        for block in self.blocks:
+            block.compile(**{"fullgraph": True, **options})  # shapes turn dynamic once a second one is seen
 
     def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
         c = self.cfg
@@ -170,11 +187,18 @@ class Transformer(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         input_pos: torch.Tensor | None = None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Features (B, L, d_model). Training: the whole sequence with ``mask`` (bool, True = attend) or
-        ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, with ``mask``
-        (n, max_len) saying which cache slots it may read."""
+        ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, reading its first
+        ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all)."""
         rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
+        if cache is not None and kv_len is None:
+            kv_len = cache.k.shape[3]
         for i, block in enumerate(self.blocks):
-            x_BLD = block(x_BLD, cond_BD, rope, mask, is_causal, cache, i, input_pos)
+            kv = cache.layer(i) if cache is not None else None
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x_BLD = checkpoint(block, x_BLD, cond_BD, rope, mask, is_causal, use_reentrant=False)
+            else:
+                x_BLD = block(x_BLD, cond_BD, rope, mask, is_causal, kv, input_pos, kv_len or 0)
         return self.norm(x_BLD)

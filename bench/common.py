@@ -1,0 +1,99 @@
+"""What the benchmarks share: timed sampling and training of a ``Generator``, and a result that is rewritten after
+every figure (a run cut short keeps what it measured)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from visgen.results import write_result
+from visgen.sampling import Sampler, SamplingConfig
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Record:
+    """Metrics printed as they come and written to ``results/NAME.json`` after each one (when a name is given)."""
+
+    def __init__(self, name: str | None):
+        self.name, self.metrics = name, {}
+
+    def add(self, key: str, value, fmt: str = ".1f", unit: str = ""):
+        self.metrics[key] = value
+        print(f"{key}: {value:{fmt}} {unit}".rstrip() if isinstance(value, (int, float)) else f"{key}: {value}")
+        if self.name:
+            write_result(f"results/{self.name}.json", self.name, self.metrics)
+
+
+def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool) -> dict:
+    """images/s over ``repeats`` batches after a first one (allocation, compile, CUDA-graph capture), timed apart."""
+    sampler = Sampler(gen, cfg)
+    batch = cfg.batch_size
+    labels = torch.arange(batch) % gen.config.num_classes
+    run = sampler.sample_images if decode else sampler.sample_tokens
+    sync()
+    t0 = time.perf_counter()
+    run(labels)
+    sync()
+    warmup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        run(labels, sample_ids=torch.arange(batch) + (r + 1) * batch)
+    sync()
+    return {"images_per_s": repeats * batch / (time.perf_counter() - t0), "first_batch_s": warmup}
+
+
+def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False) -> dict:
+    """Training tokens/s and model TFLOP/s (6 x parameters x tokens/s) of ``gen.loss`` on ``tokens`` (bf16
+    autocast, fused AdamW); {"oom": True} when the batch does not fit."""
+    device = tokens.device
+    model = gen.to(device).train()
+    model.backbone.activation_checkpointing = checkpointing
+    if compile:
+        model.backbone.compile_blocks()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    labels = torch.randint(0, model.config.num_classes, (len(tokens),), device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = model.loss(tokens, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        sync()
+        warmup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    finally:
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    tokens_per_s = steps * tokens.numel() / (time.perf_counter() - t0)
+    params = sum(p.numel() for p in model.parameters())
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return {"tokens_per_s": tokens_per_s, "model_tflops": 6 * params * tokens_per_s / 1e12, "peak_gib": peak,
+            "warmup_s": warmup}  # fmt: skip
+
+
+def uncompile(gen):
+    """Drop compiled wrappers (``Module.compile``) so the next measurement runs eager."""
+    for m in gen.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None

@@ -1,0 +1,75 @@
+"""VAR speed: sampling images/s (256 px, tokenizer decode included) and training tokens/s, VAR-d16-sized.
+
+The model: the ``var-d16`` preset (16 x 1024, AdaLN) with 3-axis RoPE over the next-scale schedule of a multi-scale
+VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), codebook 4096 x 32, scales
+1,2,3,4,5,6,8,10,13,16 = 680 tokens) with random weights. Sampling as VAR samples: guidance 1.5 ramped linearly over
+scales, top-k 900, top-p 0.96, bf16, one CUDA graph per scale. Training: bf16 autocast, fused AdamW, eager and with
+the blocks compiled; a batch that does not fit is retried with activation checkpointing.
+
+    python bench/var.py [--name bench-var]      # a GPU; on a CPU use --tiny to check it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import Record, bench_sampling, bench_training, uncompile
+
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import SamplingConfig
+from visgen.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
+
+
+def build(tiny: bool) -> Generator:
+    if tiny:
+        tok = MultiScaleVQTokenizer(MultiScaleVQConfig(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=64,
+                                                       codebook_dim=4, scales=(1, 2, 4, 8)))  # fmt: skip
+        cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, schedule="next_scale",
+                              backbone={"preset": "tiny", "adaln": True, "rope_axes": 3})  # fmt: skip
+        return Generator(cfg, tokenizer=tok)
+    tok = MultiScaleVQTokenizer(MultiScaleVQConfig(
+        channels=160, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, codebook_size=4096,
+        codebook_dim=32, scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    ))  # fmt: skip
+    cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, schedule="next_scale",
+                          backbone={"preset": "var-d16", "rope_axes": 3})  # fmt: skip
+    return Generator(cfg, tokenizer=tok)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
+    p.add_argument("--name", help="write results/NAME.json (after every figure)")
+    p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--train-batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--train-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    gen = build(args.tiny)
+    rec = Record(args.name)
+    rec.add("params", sum(p.numel() for p in gen.parameters()), ",d")
+    rec.add("tokens_per_image", gen.schedule.seq_len, "d")
+    for bs in args.sample_batches:
+        cfg = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96, batch_size=bs)
+        r = bench_sampling(gen, cfg, repeats=3, decode=True)
+        rec.add(f"sample_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
+        rec.add(f"sample_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for mode in args.train_modes:
+        for bs in args.train_batches:
+            tokens = torch.randint(0, gen.tokenizer.vocab_size, (bs, gen.schedule.seq_len), device=device)
+            steps = 10 if not args.tiny else 2
+            r = bench_training(gen, tokens, steps, compile=mode == "compiled")
+            if r.get("oom"):
+                rec.add(f"train_{mode}_b{bs}_oom", True)
+                r = bench_training(gen, tokens, steps, compile=mode == "compiled", checkpointing=True)
+                rec.add(f"train_{mode}_b{bs}_activation_checkpointing", True)
+            for k, v in r.items():
+                rec.add(f"train_{mode}_b{bs}_{k}", v)
+            uncompile(gen)
+
+
+if __name__ == "__main__":
+    main()

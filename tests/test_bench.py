@@ -1,0 +1,22 @@
+"""The benchmarks run end to end (tiny models on the CPU; the figures come from the GPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
+def test_bench_runs_and_writes_its_result(script, tmp_path):
+    repo = Path.cwd()
+    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager"]
+    out = subprocess.run(
+        [sys.executable, str(repo / script), "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes,
+         "--name", "b"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "b.json").read_text())["metrics"]
+    assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
