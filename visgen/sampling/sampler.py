@@ -104,6 +104,7 @@ class Sampler:
         model = generator
         if next(generator.parameters()).dtype != self.dtype or next(generator.parameters()).device != device:
             model = copy.deepcopy(generator).to(device=device, dtype=self.dtype)
+        model.tokenizer.to(device)  # referenced, not owned: schedules (VAR's f_hat) and decoding use it here
         self.model, self.device = model.eval(), device
         self.use_graph = self.cfg.cuda_graph and device.type == "cuda"
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
