@@ -12,12 +12,13 @@ the blocks compiled; a batch that does not fit is retried with activation checkp
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
-from common import Record, bench_sampling, bench_training, uncompile
+from common import Record, bench_sampling, bench_training, sync, uncompile
 
 from visgen.generator import Generator, GeneratorConfig
-from visgen.sampling import SamplingConfig
+from visgen.sampling import Sampler, SamplingConfig
 from visgen.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
 
 
@@ -57,6 +58,20 @@ def main():
         rec.add(f"sample_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
         rec.add(f"sample_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # the tokenizer's decode alone, as the sampler runs it (a copy in the sampling dtype, channels-last on GPUs)
+    # and as an fp32 tokenizer under bf16 autocast
+    bs = args.sample_batches[-1]
+    sampler = Sampler(gen, SamplingConfig(batch_size=bs))
+    tokens = torch.randint(0, gen.tokenizer.vocab_size, (bs, gen.schedule.seq_len), device=sampler.device)
+    for name, dec in (("sampler", sampler.decoder), ("fp32_autocast", sampler.model.tokenizer)):
+        sampler.model.decode_tokens(tokens, dec)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            sampler.model.decode_tokens(tokens, dec)
+        sync()
+        rec.add(f"decode_b{bs}_{name}_images_per_s", 3 * bs / (time.perf_counter() - t0), unit="images/s")
+    del sampler
     for mode in args.train_modes:
         for bs in args.train_batches:
             tokens = torch.randint(0, gen.tokenizer.vocab_size, (bs, gen.schedule.seq_len), device=device)

@@ -173,8 +173,10 @@ class Generator(PretrainedMixin, nn.Module):
             kv_len=kv_len,
         )  # fmt: skip
 
-    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token grid -> images in [-1, 1] through the tokenizer."""
-        tok = self.tokenizer.to(tokens.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda):
+    def decode_tokens(self, tokens: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
+        """Token grid -> images in [-1, 1] through the tokenizer (or a copy of it, e.g. the sampler's bf16 one;
+        an fp32 tokenizer on a GPU decodes under bf16 autocast)."""
+        tok = (tokenizer or self.tokenizer).to(tokens.device)
+        fp32 = next(tok.parameters()).dtype == torch.float32
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda and fp32):
             return tok.decode(tokens).float().clamp(-1, 1)

@@ -28,8 +28,8 @@ class SamplingConfig:
     cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) before capture;
         fuses the elementwise work of a decoding step at the price of a compile per (batch size, unit shape).
-    dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache and
-        continuous inputs while sampling.
+    dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
+        continuous inputs and the tokenizer's decoder while sampling.
     """
 
     cfg_scale: float = 1.0
@@ -106,6 +106,11 @@ class Sampler:
             model = copy.deepcopy(generator).to(device=device, dtype=self.dtype)
         model.tokenizer.to(device)  # referenced, not owned: schedules (VAR's f_hat) and decoding use it here
         self.model, self.device = model.eval(), device
+        # images decode through a copy in the sampling dtype, channels-last on GPUs (tensor-core convolutions)
+        self.decoder = model.tokenizer
+        if self.dtype != torch.float32:
+            fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+            self.decoder = copy.deepcopy(model.tokenizer).to(dtype=self.dtype, memory_format=fmt)
         self.use_graph = self.cfg.cuda_graph and device.type == "cuda"
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
         self.guided = any(s != 1.0 for s in self.scales)
@@ -164,9 +169,10 @@ class Sampler:
         st.ids.copy_(ids)
         st.noise.key.copy_(CounterNoise(self.cfg.seed, ids).key)
         units: list[torch.Tensor] = []
+        state = None
         for k, (n, (kv_len, masked)) in enumerate(zip(m.schedule.unit_sizes, self.reads)):
             st.k.fill_(k)
-            inputs = m.schedule.next_input(units) if k else None
+            inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
             if self.use_graph and k:
@@ -196,4 +202,5 @@ class Sampler:
         """Images in [-1, 1], (N, C, H, W)."""
         tokens = self.sample_tokens(labels, sample_ids, progress)
         bs = self.cfg.batch_size
-        return torch.cat([self.model.decode_tokens(tokens[i : i + bs]) for i in range(0, len(tokens), bs)])
+        dec = self.decoder
+        return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])

@@ -3,8 +3,8 @@
 A schedule fixes, for one generator, the order of tokens (``to_sequence`` / ``from_sequence``), the unit sizes,
 the position ids for RoPE, the attention mask, and ``next_input(units_so_far)``: the model's input for the next
 unit given the units generated so far. Training builds its inputs with ``teacher_inputs``, which by definition
-equals calling ``next_input`` unit by unit (families may vectorise it; tests hold them equal), so training and
-sampling cannot drift apart.
+equals calling ``next_input`` unit by unit (families may vectorise it, or carry a running state through
+``step_input``; tests hold them equal), so training and sampling cannot drift apart.
 """
 
 from __future__ import annotations
@@ -66,7 +66,16 @@ class Schedule:
         """What the model reads at the positions of unit ``len(units_so_far)`` (>= 1; unit 0 reads the class)."""
         raise NotImplementedError
 
+    def step_input(self, state, units_so_far: list[torch.Tensor]):
+        """``(next_input(units_so_far), state)``, carrying a running state from the previous call (None at the
+        first) so a family can update instead of recomputing from every earlier unit (VAR's running f_hat). The
+        sampler and ``teacher_inputs`` step through this; it must equal ``next_input`` (tests hold them equal)."""
+        return self.next_input(units_so_far), state
+
     def teacher_inputs(self, seq: torch.Tensor) -> torch.Tensor:
         """Inputs at the positions of units 1..K-1 for a known sequence (teacher forcing)."""
-        units = self.split_units(seq)
-        return torch.cat([self.next_input(units[:k]) for k in range(1, self.num_units)], dim=1)
+        units, state, out = self.split_units(seq), None, []
+        for k in range(1, self.num_units):
+            x, state = self.step_input(state, units[:k])
+            out.append(x)
+        return torch.cat(out, dim=1)

@@ -46,8 +46,16 @@ class NextScaleSchedule(Schedule):
         return seq
 
     def next_input(self, units_so_far: list[torch.Tensor]) -> torch.Tensor:
-        k = len(units_so_far)
-        f_hat = self.tokenizer.f_hat(units_so_far)
+        return self._read(self.tokenizer.f_hat(units_so_far), len(units_so_far))
+
+    def step_input(self, f_hat, units_so_far: list[torch.Tensor]):
+        """The running f_hat plus the newest scale (the sum ``tokenizer.f_hat`` takes, in the same order)."""
+        k = len(units_so_far) - 1
+        add = self.tokenizer.upsampled(k, units_so_far[-1].reshape(-1, self.scales[k], self.scales[k]), self.scales[-1])
+        f_hat = add if f_hat is None else f_hat + add
+        return self._read(f_hat, k + 1), f_hat
+
+    def _read(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         s = self.scales[k]
         x = F.interpolate(f_hat, size=(s, s), mode="area")
         return x.flatten(2).transpose(1, 2)  # (B, s*s, codebook_dim)

@@ -28,7 +28,8 @@ class MultiScaleVQConfig:
     phi_ratio: weight of the Phi refinement, z + r (conv(z) - z) (VAR's quant_resi = 0.5).
     beta: commitment weight.
     dead_code_threshold, usage_decay: dead-code restart as in ``VQConfig`` (a dead code moves to a random residual
-        of the batch, any scale); 0 turns it off.
+        of the batch, any scale; at most codebook_size / 64 codes per step, so the codebook never jumps); 0 turns
+        it off. A fresh codebook (not from ``init_from``) starts on residuals of the first training batch.
     init_from: a trained ``vq`` tokenizer folder whose encoder, decoder and (normalised) codebook start this one;
         parts whose shapes differ keep their fresh initialisation.
     """
@@ -66,6 +67,7 @@ class MultiScaleVQTokenizer(Tokenizer):
         self.codebook = nn.Embedding(c.codebook_size, c.codebook_dim)
         nn.init.uniform_(self.codebook.weight, -1 / c.codebook_size, 1 / c.codebook_size)
         self.register_buffer("usage", torch.ones(c.codebook_size))
+        self.register_buffer("codes_from_data", torch.zeros((), dtype=torch.bool))  # set once the codebook has data
         self.phi = nn.ModuleList(nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1) for _ in c.scales)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
@@ -83,6 +85,7 @@ class MultiScaleVQTokenizer(Tokenizer):
         own = self.state_dict()
         fit = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
         self.load_state_dict(fit, strict=False)
+        self.codes_from_data.fill_("codebook.weight" in fit)
         self.initialised_from = sorted(fit)
 
     @property
@@ -144,9 +147,14 @@ class MultiScaleVQTokenizer(Tokenizer):
         loss = F.mse_loss(f_hat, f.detach()) + self.config.beta * F.mse_loss(f, f_hat.detach())
         f_st = f + (f_hat - f).detach()
         flat = torch.cat([i.flatten() for i in idx])
-        if self.training and self.config.dead_code_threshold > 0:
+        if self.training:
             vectors = torch.cat([r.detach().permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in residuals])
             counts = torch.bincount(flat, minlength=self.vocab_size).float()
-            restart_dead_codes(self.codebook.weight, self.usage, counts, vectors, self.config.dead_code_threshold,
-                               self.config.usage_decay)  # fmt: skip
+            if not self.codes_from_data:  # the whole fresh codebook onto this batch's residuals, once
+                self.usage.zero_()
+                restart_dead_codes(self.codebook.weight, self.usage, counts.zero_(), vectors, 1.0, 1.0)
+                self.codes_from_data.fill_(True)
+            elif self.config.dead_code_threshold > 0:
+                restart_dead_codes(self.codebook.weight, self.usage, counts, vectors, self.config.dead_code_threshold,
+                                   self.config.usage_decay, max_codes=max(1, self.vocab_size // 64))  # fmt: skip
         return self.decoder(self.post_quant_conv(f_st)), {"loss_vq": loss, "indices": flat}

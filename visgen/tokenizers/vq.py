@@ -85,9 +85,10 @@ class VectorQuantizer(nn.Module):
 
 @torch.no_grad()
 def restart_dead_codes(weight: torch.Tensor, usage: torch.Tensor, counts: torch.Tensor, vectors_ND: torch.Tensor,
-                       threshold: float, decay: float):  # fmt: skip
+                       threshold: float, decay: float, max_codes: int = 0):  # fmt: skip
     """Update the running ``usage`` with this batch's ``counts`` and move every code used less than ``threshold``
-    to a random row of ``vectors_ND`` (Jukebox, Dhariwal et al. 2020, sec. 3.2); identical on every process."""
+    to a random row of ``vectors_ND`` (Jukebox, Dhariwal et al. 2020, sec. 3.2); identical on every process.
+    ``max_codes`` > 0 moves at most that many per call (the least used first), so restarts come gradually."""
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         dist.all_reduce(counts)  # the same usage on every process, hence the same dead codes
@@ -95,6 +96,8 @@ def restart_dead_codes(weight: torch.Tensor, usage: torch.Tensor, counts: torch.
     dead = (usage < threshold).nonzero().squeeze(1)
     if dead.numel() == 0:
         return
+    if 0 < max_codes < dead.numel():
+        dead = dead[usage[dead].argsort()[:max_codes]]
     pick = torch.randint(0, vectors_ND.shape[0], (dead.numel(),), device=vectors_ND.device)
     new = vectors_ND[pick].float().contiguous()
     if distributed:
