@@ -26,8 +26,9 @@ class SamplingConfig:
     seed: with the sample index, fixes each sample's randomness.
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
-    compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) before capture;
-        fuses the elementwise work of a decoding step at the price of a compile per (batch size, unit shape).
+    compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
+        categorical head's sampling before capture; fuses the elementwise work of a decoding step at the price of
+        a few compiles (shapes turn dynamic after the second one).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -120,6 +121,10 @@ class Sampler:
             if model is generator:
                 model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
             model.backbone.compile_blocks()
+        self._head_sample = model.head.sample
+        if self.cfg.compile and getattr(model.head, "discrete", False):
+            # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
+            self._head_sample = torch.compile(model.head.sample, fullgraph=True)
         self._states: dict[int, _BatchState] = {}
         if self.cfg.top_k < 0 or not 0 < self.cfg.top_p <= 1 or self.cfg.temperature < 0:
             raise ConfigError("need top_k >= 0, 0 < top_p <= 1 and temperature >= 0")
@@ -134,7 +139,7 @@ class Sampler:
         h = m.decode_unit(st.k, n, inputs, st.labels, st.cache, kv_len, masked)
         hc, hu = (h[: st.B], h[st.B :]) if st.guided else (h, None)
         scale = self.scales_t.index_select(0, st.k.view(1))
-        return m.head.sample(hc, hu, scale, st.noise, st.k, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
+        return self._head_sample(hc, hu, scale, st.noise, st.k, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
 
     def _graphed_step(self, st: _BatchState, n: int, inputs, kv_len: int, masked: bool):
         key = (n, kv_len, masked)
