@@ -3,6 +3,7 @@ every figure (a run cut short keeps what it measured)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -27,6 +28,27 @@ class Record:
         print(f"{key}: {value:{fmt}} {unit}".rstrip() if isinstance(value, (int, float)) else f"{key}: {value}")
         if self.name:
             write_result(f"results/{self.name}.json", self.name, self.metrics)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
+    p.add_argument("--name", help="write results/NAME.json (after every figure)")
+    p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
+    p.add_argument("--train-batches", type=int, nargs="+", default=[64, 256])
+    return p
+
+
+def setup(args, build) -> tuple:
+    """(generator, record) with the model's size recorded first."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    gen = build(args.tiny)
+    rec = Record(args.name)
+    rec.add("params", sum(p.numel() for p in gen.parameters()), ",d")
+    rec.add("tokens_per_image", gen.schedule.seq_len, "d")
+    return gen, rec
 
 
 def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool) -> dict:

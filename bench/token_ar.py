@@ -11,10 +11,8 @@ compiled.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import Record, bench_sampling, bench_training, uncompile
+from common import bench_sampling, bench_training, parser, setup, uncompile
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -32,19 +30,10 @@ def build(tiny: bool) -> Generator:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--name", help="write results/NAME.json (after every figure)")
-    p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
-    p.add_argument("--train-batches", type=int, nargs="+", default=[64, 256])
+    p = parser(__doc__)
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     args = p.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(0)
-    gen = build(args.tiny)
-    rec = Record(args.name)
-    rec.add("params", sum(p.numel() for p in gen.parameters()), ",d")
-    rec.add("tokens_per_image", gen.schedule.seq_len, "d")
+    gen, rec = setup(args, build)
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
         labels = torch.arange(8)
         a = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=8, cuda_graph=True)).sample_tokens(labels)

@@ -11,11 +11,10 @@ the blocks compiled; a batch that does not fit is retried with activation checkp
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from common import Record, bench_sampling, bench_training, sync, uncompile
+from common import bench_sampling, bench_training, parser, setup, sync, uncompile
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -39,19 +38,10 @@ def build(tiny: bool) -> Generator:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--name", help="write results/NAME.json (after every figure)")
-    p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
-    p.add_argument("--train-batches", type=int, nargs="+", default=[64, 256])
+    p = parser(__doc__)
     p.add_argument("--train-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     args = p.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(0)
-    gen = build(args.tiny)
-    rec = Record(args.name)
-    rec.add("params", sum(p.numel() for p in gen.parameters()), ",d")
-    rec.add("tokens_per_image", gen.schedule.seq_len, "d")
+    gen, rec = setup(args, build)
     for bs in args.sample_batches:
         cfg = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96, batch_size=bs)
         r = bench_sampling(gen, cfg, repeats=3, decode=True)
