@@ -20,3 +20,14 @@ def test_bench_runs_and_writes_its_result(script, tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "results" / "b.json").read_text())["metrics"]
     assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
+
+
+def test_profile_prints_the_split_and_the_top_operators(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/profile.py"), "--family", "var", "--tiny", "--batch", "2", "--rows", "5"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "tokens_seconds_per_batch" in out.stdout and "decode_seconds_per_batch" in out.stdout
+    assert "Name" in out.stdout and "aten::" in out.stdout

@@ -1,0 +1,59 @@
+"""Where sampling time goes: one batch of the token or VAR benchmark model under ``torch.profiler``, the operators
+that take the most device time (CPU time on a CPU), and the split between generating tokens and decoding them.
+
+    python bench/profile.py --family var --batch 256 [--compile] [--no-graph]    # a GPU
+    python bench/profile.py --family token --tiny --batch 2                      # checks it runs on a CPU
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from common import parser, setup, sync
+from token_ar import build as build_token
+from torch.profiler import ProfilerActivity, profile
+from var import build as build_var
+
+from visgen.sampling import Sampler, SamplingConfig
+
+SAMPLING = {  # as the benchmarks sample
+    "token": dict(cfg_scale=2.0),
+    "var": dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96),
+}
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--family", choices=sorted(SAMPLING), required=True)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--compile", action="store_true", help="compiled blocks and head (SamplingConfig.compile)")
+    p.add_argument("--no-graph", action="store_true", help="no CUDA graphs (each kernel shows its launch)")
+    p.add_argument("--rows", type=int, default=25, help="operators to list")
+    args = p.parse_args()
+    gen, rec = setup(args, build_token if args.family == "token" else build_var)
+    cfg = SamplingConfig(**SAMPLING[args.family], batch_size=args.batch, compile=args.compile,
+                         cuda_graph=not args.no_graph)  # fmt: skip
+    sampler = Sampler(gen, cfg)
+    labels = torch.arange(args.batch) % gen.config.num_classes
+    tokens = sampler.sample_tokens(labels)  # warm-up: allocation, compile, graph capture
+    sampler.model.decode_tokens(tokens, sampler.decoder)
+    for name, run in (("tokens", lambda: sampler.sample_tokens(labels)),
+                      ("decode", lambda: sampler.model.decode_tokens(tokens, sampler.decoder))):  # fmt: skip
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        rec.add(f"{name}_seconds_per_batch", time.perf_counter() - t0, ".4f", "s")
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        sampler.sample_tokens(labels)
+        sampler.model.decode_tokens(tokens, sampler.decoder)
+        sync()
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
