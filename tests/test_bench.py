@@ -25,7 +25,7 @@ def test_bench_runs_and_writes_its_result(script, tmp_path):
 def test_profile_prints_the_split_and_the_top_operators(tmp_path):
     repo = Path.cwd()
     out = subprocess.run(
-        [sys.executable, str(repo / "bench/profile.py"), "--family", "var", "--tiny", "--batch", "2", "--rows", "5"],
+        [sys.executable, str(repo / "bench/profile_sampling.py"), "--family", "var", "--tiny", "--batch", "2", "--rows", "5"],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -1,8 +1,8 @@
 """Where sampling time goes: one batch of the token or VAR benchmark model under ``torch.profiler``, the operators
 that take the most device time (CPU time on a CPU), and the split between generating tokens and decoding them.
 
-    python bench/profile.py --family var --batch 256 [--compile] [--no-graph]    # a GPU
-    python bench/profile.py --family token --tiny --batch 2                      # checks it runs on a CPU
+    python bench/profile_sampling.py --family var --batch 256 [--compile] [--no-graph]    # a GPU
+    python bench/profile_sampling.py --family token --tiny --batch 2                      # checks it runs on a CPU
 """
 
 from __future__ import annotations
