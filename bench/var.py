@@ -3,8 +3,9 @@
 The model: the ``var-d16`` preset (16 x 1024, AdaLN) with 3-axis RoPE over the next-scale schedule of a multi-scale
 VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), codebook 4096 x 32, scales
 1,2,3,4,5,6,8,10,13,16 = 680 tokens) with random weights. Sampling as VAR samples: guidance 1.5 ramped linearly over
-scales, top-k 900, top-p 0.96, bf16, one CUDA graph per scale. Training: bf16 autocast, fused AdamW, eager and with
-the blocks compiled; a batch that does not fit is retried with activation checkpointing.
+scales, top-k 900, top-p 0.96, bf16, one CUDA graph per scale, eager and with the blocks and head compiled.
+Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batch that does not fit is retried with
+activation checkpointing.
 
     python bench/var.py [--name bench-var]      # a GPU; on a CPU use --tiny to check it runs
 """
@@ -40,13 +41,17 @@ def build(tiny: bool) -> Generator:
 def main():
     p = parser(__doc__)
     p.add_argument("--train-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--sample-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     args = p.parse_args()
     gen, rec = setup(args, build)
-    for bs in args.sample_batches:
-        cfg = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96, batch_size=bs)
-        r = bench_sampling(gen, cfg, repeats=3, decode=True)
-        rec.add(f"sample_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
-        rec.add(f"sample_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
+    for mode in args.sample_modes:
+        for bs in args.sample_batches:
+            cfg = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96, batch_size=bs,
+                                 compile=mode == "compiled")  # fmt: skip
+            r = bench_sampling(gen, cfg, repeats=3, decode=True)
+            prefix = "sample" if mode == "eager" else "sample_compiled"
+            rec.add(f"{prefix}_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
+            rec.add(f"{prefix}_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # the tokenizer's decode alone, as the sampler runs it (a copy in the sampling dtype, channels-last on GPUs)
     # and as an fp32 tokenizer under bf16 autocast

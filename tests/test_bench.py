@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
 def test_bench_runs_and_writes_its_result(script, tmp_path):
     repo = Path.cwd()
-    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager"]
+    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager"]
     out = subprocess.run(
         [sys.executable, str(repo / script), "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes,
          "--name", "b"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},

@@ -208,4 +208,5 @@ class Sampler:
         tokens = self.sample_tokens(labels, sample_ids, progress)
         bs = self.cfg.batch_size
         dec = self.decoder
-        return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True):  # convolution algorithms timed per shape
+            return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])
