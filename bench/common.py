@@ -74,7 +74,6 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
     autocast, fused AdamW); {"oom": True} when the batch does not fit."""
     device = tokens.device
     model = gen.to(device).train()
-    model.tokenizer.to(device)  # referenced, not owned: VAR's teacher inputs run it
     model.backbone.activation_checkpointing = checkpointing
     if compile:
         model.backbone.compile_blocks()

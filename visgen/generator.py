@@ -106,6 +106,13 @@ class Generator(PretrainedMixin, nn.Module):
         self.register_buffer("unit_ids", s.unit_ids, persistent=False)
         self.register_buffer("unit_offsets", torch.tensor(s.unit_offsets), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # the tokenizer is referenced, not owned (no parameters of ours), yet schedules (VAR's f_hat) and decoding
+        # run it beside the generator: it follows the generator's device, whoever moves it, and keeps its dtype
+        super()._apply(fn, recurse)
+        self.tokenizer.to(self.class_emb.weight.device)
+        return self
+
     @property
     def null_class(self) -> int:
         return self.config.num_classes

@@ -105,7 +105,6 @@ class Sampler:
         model = generator
         if next(generator.parameters()).dtype != self.dtype or next(generator.parameters()).device != device:
             model = copy.deepcopy(generator).to(device=device, dtype=self.dtype)
-        model.tokenizer.to(device)  # referenced, not owned: schedules (VAR's f_hat) and decoding use it here
         self.model, self.device = model.eval(), device
         # images decode through a copy in the sampling dtype, channels-last on GPUs (tensor-core convolutions)
         self.decoder = model.tokenizer

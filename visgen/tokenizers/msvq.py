@@ -140,6 +140,23 @@ class MultiScaleVQTokenizer(Tokenizer):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(self.f_hat(self.split_scales(tokens))))
 
+    @torch.no_grad()
+    def _maintain_codebook(self, flat_idx: torch.Tensor, residuals: list[torch.Tensor]):
+        """A fresh codebook moves onto residuals of the first training batch (every code counts as dead once);
+        later, dead codes restart onto residuals, a few per step."""
+        c, first = self.config, not self.codes_from_data
+        if not first and c.dead_code_threshold <= 0:
+            return
+        vectors = torch.cat([r.permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in residuals])
+        if first:
+            self.usage.zero_()
+            restart_dead_codes(self.codebook.weight, self.usage, torch.zeros_like(self.usage), vectors, 1.0, 1.0)
+            self.codes_from_data.fill_(True)
+        else:
+            counts = torch.bincount(flat_idx, minlength=self.vocab_size).float()
+            restart_dead_codes(self.codebook.weight, self.usage, counts, vectors, c.dead_code_threshold,
+                               c.usage_decay, max_codes=max(1, self.vocab_size // 64))  # fmt: skip
+
     def training_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         f = self.quant_conv(self.encoder(images))
         f_hat, idx, residuals = self._quantize(f)
@@ -148,13 +165,5 @@ class MultiScaleVQTokenizer(Tokenizer):
         f_st = f + (f_hat - f).detach()
         flat = torch.cat([i.flatten() for i in idx])
         if self.training:
-            vectors = torch.cat([r.detach().permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in residuals])
-            counts = torch.bincount(flat, minlength=self.vocab_size).float()
-            if not self.codes_from_data:  # the whole fresh codebook onto this batch's residuals, once
-                self.usage.zero_()
-                restart_dead_codes(self.codebook.weight, self.usage, counts.zero_(), vectors, 1.0, 1.0)
-                self.codes_from_data.fill_(True)
-            elif self.config.dead_code_threshold > 0:
-                restart_dead_codes(self.codebook.weight, self.usage, counts, vectors, self.config.dead_code_threshold,
-                                   self.config.usage_decay, max_codes=max(1, self.vocab_size // 64))  # fmt: skip
+            self._maintain_codebook(flat, residuals)
         return self.decoder(self.post_quant_conv(f_st)), {"loss_vq": loss, "indices": flat}

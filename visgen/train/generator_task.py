@@ -85,7 +85,7 @@ class GeneratorTask(nn.Module):
         if "tokens" in batch:
             return batch["tokens"]
         with torch.no_grad():
-            return self.model.tokenizer.to(batch["image"].device).encode(batch["image"])
+            return self.model.tokenizer.encode(batch["image"])  # on the model's device (Generator._apply)
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = self.model.loss(self._tokens(batch), batch["label"].clamp_min(0))
