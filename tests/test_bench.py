@@ -31,3 +31,15 @@ def test_profile_prints_the_split_and_the_top_operators(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "tokens_seconds_per_batch" in out.stdout and "decode_seconds_per_batch" in out.stdout
     assert "Name" in out.stdout and "aten::" in out.stdout
+
+
+def test_decode_bench_measures_each_layout(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/decode.py"), "--tiny", "--batch", "2", "--modes", "nchw", "nhwc",
+         "nhwc_native_gn", "--repeats", "1", "--name", "d"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "d.json").read_text())["metrics"]
+    assert all(m[f"{mode}_images_per_s"] > 0 for mode in ("nchw", "nhwc", "nhwc_native_gn"))

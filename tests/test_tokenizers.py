@@ -159,3 +159,18 @@ def test_brief_training_lowers_reconstruction_error(cfg, cifar_train):
     start, end, logs = train_briefly(tok, TokenizerLossConfig(adv_weight=0.1, adv_start=20), x, chunks=4)
     assert "d_loss" in logs
     assert end < 0.6 * start
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+def test_group_norm_keeps_channels_last_and_equals_the_native_one(dtype, tol):
+    from visgen.tokenizers.modules import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(8, 32, eps=1e-6)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 32, 5, 7) * 3 + 1
+    ref = torch.nn.functional.group_norm(x, 8, norm.weight, norm.bias, 1e-6)
+    y = norm.to(dtype)(x.to(dtype, memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+    assert (y.float() - ref).abs().max() < tol
+    assert torch.equal(norm(x.to(dtype)), torch.nn.functional.group_norm(x.to(dtype), 8, norm.weight, norm.bias, 1e-6))

@@ -8,8 +8,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that keeps a channels-last input channels-last. (PyTorch's CUDA kernel before 2.12 returns a
+    channels-first tensor, so every convolution after it converts back: in a bf16 channels-last decoder these copies
+    cost more than the convolutions.) Statistics in fp32, as the native kernel keeps them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        xg = x.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups, c // self.num_groups)  # a view
+        var, mean = torch.var_mean(xg.float(), dim=(1, 3), keepdim=True, correction=0)
+        scale = torch.rsqrt(var + self.eps) * self.weight.float().view(1, 1, self.num_groups, -1)  # (B, 1, G, C/G)
+        shift = self.bias.float().view(1, 1, self.num_groups, -1) - mean * scale
+        y = torch.addcmul(shift.to(x.dtype), xg, scale.to(x.dtype))
+        return y.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, c // 4) if c >= 8 else 1, c, eps=1e-6)
+    return GroupNorm(min(32, c // 4) if c >= 8 else 1, c, eps=1e-6)
 
 
 class ResBlock(nn.Module):
