@@ -60,8 +60,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the training run folder (with final/ and metrics.jsonl)")
     p.add_argument("--samples", required=True, help="a sample.py output folder (settings.json, grid.png)")
-    p.add_argument("--fd-report", required=True, nargs="+",
-                   help="JSON(s) written by eval/fid.py --report: the first is the headline, the rest a guidance sweep")
+    p.add_argument(
+        "--fd-report",
+        required=True,
+        nargs="+",
+        help="JSON(s) written by eval/fid.py --report: the first is the headline, the rest a guidance sweep",
+    )
     p.add_argument("--name", required=True)
     p.add_argument("--command", help="the command(s) that made the run (default: this command line)")
     p.add_argument("--results-dir", default="results")

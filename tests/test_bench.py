@@ -43,3 +43,15 @@ def test_decode_bench_measures_each_layout(tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "results" / "d.json").read_text())["metrics"]
     assert all(m[f"{mode}_images_per_s"] > 0 for mode in ("nchw", "nhwc", "nhwc_native_gn"))
+
+
+def test_attention_bench_times_each_variant(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/attention.py"), "--tiny", "--batches", "2", "--kv-lens", "40",
+         "--iters", "1", "--name", "a"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "a.json").read_text())["metrics"]
+    assert m["b2_kv40_matmul_us"] > 0 and m["b2_kv40_sdpa_flash_exact_us"] > 0

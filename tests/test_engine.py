@@ -113,6 +113,16 @@ def test_top_k_top_p_and_greedy():
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+    # top-p after top-k sorts only the k kept logits: the same set as top-p over the whole top-k-filtered row
+    torch.manual_seed(0)
+    many = torch.randn(50, 300) * 3
+    for k, p in ((40, 0.9), (300, 0.5), (7, 0.99), (0, 0.8)):
+        ref = many.masked_fill(many < torch.topk(many, k).values[:, -1:], float("-inf")) if k else many
+        srt, order = ref.sort(-1, descending=True)
+        probs = srt.softmax(-1)
+        drop = probs.cumsum(-1) - probs > p
+        assert torch.equal(torch.isinf(filter_logits(many, k, p)), torch.isinf(ref) | drop.scatter(-1, order, drop))
+    assert torch.isinf(filter_logits(torch.tensor([[2.0, 1.0, 1.0, 0.0]]), top_k=2)).tolist() == [[0, 0, 0, 1]]  # ties
     gen = tiny_generator()
     greedy = Sampler(gen, SamplingConfig(temperature=0, seed=1)).sample_tokens([0, 0])
     assert torch.equal(greedy[0], greedy[1])  # no randomness left
@@ -249,5 +259,10 @@ def test_compiled_sampling_equals_eager():
     gen = tiny_generator(adaln=True)
     cfg = dict(cfg_scale=2.0, top_k=8, top_p=0.9, seed=5)
     eager = Sampler(gen, SamplingConfig(**cfg)).sample_tokens([0, 1, 2])
-    assert torch.equal(Sampler(gen, SamplingConfig(**cfg, compile=True)).sample_tokens([0, 1, 2]), eager)
+    compiled = Sampler(gen, SamplingConfig(**cfg, compile=True))
+    assert torch.equal(compiled.sample_tokens([0, 1, 2]), eager)
     assert gen.backbone.blocks[0]._compiled_call_impl is None  # the caller's model is left as it was
+    # the decoder compiles too (a copy: the caller's tokenizer stays eager)
+    assert compiled.decoder is not gen.tokenizer and compiled.decoder.decoder._compiled_call_impl is not None
+    assert gen.tokenizer.decoder._compiled_call_impl is None
+    torch.testing.assert_close(gen.decode_tokens(eager, compiled.decoder), gen.decode_tokens(eager), atol=1e-4, rtol=0)

@@ -104,7 +104,9 @@ def test_flowar_trains_end_to_end(tmp_path):
         float(line.split('"loss": ')[1].split(",")[0]) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert losses[-1] < losses[0]
-    assert sample_main(["--checkpoint", str(tmp_path / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
+    assert (
+        sample_main(["--checkpoint", str(tmp_path / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
+    )
 
     # the result file of a trained generator: training, sampling and FD/IS figures from the files the steps wrote
     from eval.fid import main as fid_main

@@ -1,5 +1,6 @@
 """Scale family (VAR): multi-scale residual VQ tokenizer and the next-scale schedule on the shared engine."""
 
+import pytest
 import torch
 
 from tests.test_tokenizers import train_briefly
@@ -177,3 +178,21 @@ def test_msvq_codebook_starts_on_data_then_restarts_gradually():
     cfg = MultiScaleVQConfig(channels=64, channel_mult=(1, 2, 2), z_channels=64, codebook_size=1024, codebook_dim=8,
                              init_from="visgen/assets/cifar10-vq")  # fmt: skip
     assert bool(MultiScaleVQTokenizer(cfg).codes_from_data)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "area", "bilinear", "nearest"])
+def test_resize_is_interpolate_as_one_matmul(mode):
+    """The scale families resize through the matrix of F.interpolate's linear map: the same numbers, any layout."""
+    import torch.nn.functional as F
+
+    from visgen.nn.resize import resize
+
+    x = torch.randn(3, 4, 13, 13)
+    kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    for size in (1, 6, 16):
+        ref = F.interpolate(x, size=(size, size), mode=mode, **kw)
+        torch.testing.assert_close(resize(x, size, mode), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(resize(x.to(memory_format=torch.channels_last), size, mode), ref, atol=1e-5, rtol=0)
+    assert resize(x, 13, mode) is x
+    big = torch.randn(1, 2, 40, 40)  # past MAX_MATRIX_SIDE: F.interpolate itself
+    torch.testing.assert_close(resize(big, 64, mode), F.interpolate(big, size=(64, 64), mode=mode, **kw))

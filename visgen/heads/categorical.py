@@ -10,15 +10,18 @@ from visgen.sampling.noise import CounterNoise
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / the smallest set with probability >= top_p (Holtzman et al. 2020) to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    """Set logits outside the top-k / the smallest set with probability >= top_p (Holtzman et al. 2020) to -inf.
+
+    Both cut at a logit value, so ties with the last kept logit are kept too. Top-p after top-k sorts only the k
+    kept logits (``topk`` gives them sorted), not the whole vocabulary: VAR samples 174k rows of 4096 per batch."""
+    k = top_k if 0 < top_k < logits.shape[-1] else 0
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep each token whose predecessors' mass is below top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        vals = torch.topk(logits, k, dim=-1).values if k else logits.sort(dim=-1, descending=True).values
+        probs = vals.softmax(-1)
+        kept = (probs.cumsum(-1) - probs <= top_p).sum(-1, keepdim=True)  # each token whose predecessors' mass <= p
+        return logits.masked_fill(logits < vals.gather(-1, kept - 1), float("-inf"))
+    if k:
+        return logits.masked_fill(logits < torch.topk(logits, k, dim=-1).values[..., -1:], float("-inf"))
     return logits
 
 

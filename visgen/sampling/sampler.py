@@ -27,8 +27,9 @@ class SamplingConfig:
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
-        categorical head's sampling before capture; fuses the elementwise work of a decoding step at the price of
-        a few compiles (shapes turn dynamic after the second one).
+        categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
+        decoding step and of the decoder's norms at the price of a few compiles (shapes turn dynamic after the
+        second one; the decoder compiles once per batch size).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -108,9 +109,11 @@ class Sampler:
         self.model, self.device = model.eval(), device
         # images decode through a copy in the sampling dtype, channels-last on GPUs (tensor-core convolutions)
         self.decoder = model.tokenizer
-        if self.dtype != torch.float32:
+        if self.dtype != torch.float32 or self.cfg.compile:
             fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
             self.decoder = copy.deepcopy(model.tokenizer).to(dtype=self.dtype, memory_format=fmt)
+            if self.cfg.compile:
+                self.decoder.compile_decoder()
         self.use_graph = self.cfg.cuda_graph and device.type == "cuda"
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
         self.guided = any(s != 1.0 for s in self.scales)

@@ -7,8 +7,8 @@ The input for scale k is the running latent f_hat of scales < k, area-downsample
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from visgen.nn.resize import resize
 from visgen.schedules.base import Schedule
 
 
@@ -57,7 +57,7 @@ class NextScaleSchedule(Schedule):
 
     def _read(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         s = self.scales[k]
-        x = F.interpolate(f_hat, size=(s, s), mode="area")
+        x = resize(f_hat, s, "area")
         return x.flatten(2).transpose(1, 2)  # (B, s*s, codebook_dim)
 
 
@@ -76,8 +76,7 @@ class ContinuousScaleSchedule(Schedule):
 
     def to_sequence(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, L, C), every scale of the pyramid in turn."""
-        side = latents.shape[-1]
-        maps = [F.interpolate(latents, size=(s, s), mode="area") if s != side else latents for s in self.scales]
+        maps = [resize(latents, s, "area") for s in self.scales]
         return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
 
     def from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
@@ -88,4 +87,4 @@ class ContinuousScaleSchedule(Schedule):
         prev, k = units_so_far[-1], len(units_so_far)
         p, s = self.scales[k - 1], self.scales[k]
         grid = prev.transpose(1, 2).unflatten(2, (p, p))
-        return F.interpolate(grid, size=(s, s), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        return resize(grid, s, "bilinear").flatten(2).transpose(1, 2)

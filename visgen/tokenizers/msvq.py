@@ -12,6 +12,7 @@ from torch import nn
 
 from visgen.checkpoint import register_model
 from visgen.config import ConfigError
+from visgen.nn.resize import resize
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.modules import Decoder, Encoder
 from visgen.tokenizers.vq import restart_dead_codes
@@ -106,7 +107,7 @@ class MultiScaleVQTokenizer(Tokenizer):
     def upsampled(self, k: int, idx_Bss: torch.Tensor, side: int) -> torch.Tensor:
         """Scale k's codes, upsampled to the latent and refined by its Phi: what scale k adds to f_hat."""
         z = self.codebook(idx_Bss).permute(0, 3, 1, 2)
-        z = F.interpolate(z, size=(side, side), mode="bicubic") if z.shape[-1] != side else z
+        z = resize(z, side, "bicubic")
         r = self.config.phi_ratio
         return z * (1 - r) + self.phi[k](z) * r
 
@@ -125,7 +126,7 @@ class MultiScaleVQTokenizer(Tokenizer):
         """f_hat, each scale's indices (B, s, s) and each scale's residual (B, D, s, s) as quantised."""
         side, rest, f_hat, idx_list, res_list = f.shape[-1], f, torch.zeros_like(f), [], []
         for k, s in enumerate(self.scales):
-            r = F.interpolate(rest, size=(s, s), mode="area") if s != side else rest
+            r = resize(rest, s, "area")
             idx = self._lookup(r)
             z = self.upsampled(k, idx, side)
             f_hat, rest = f_hat + z, rest - z

@@ -1,0 +1,84 @@
+"""Decoding attention: microseconds per call for one query token against a KV-cache prefix, as the token family
+decodes (rows = 2 x batch with guidance, GPT-B heads, a bf16 static cache of 256 slots read up to a 64-slot bucket
+with a mask), for each way of computing it:
+
+    sdpa_default     ``F.scaled_dot_product_attention`` with a mask, the backend PyTorch picks
+    sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
+    sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
+    matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
+
+    python bench/attention.py [--name bench-attention]     # a GPU; --tiny checks it on a CPU
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from common import Record, parser, sync
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
+
+
+def matmul_attention(q, k, v, mask):
+    s = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+    return (s.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)) @ v
+
+
+def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
+    k, v = k_cache[:, :, :bucket], v_cache[:, :, :bucket]
+    mask = torch.arange(bucket, device=q.device)[None, :] < kv_len  # (1, bucket)
+    out = {"sdpa_default": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
+    for name in ("cudnn", "efficient", "math"):
+        out[f"sdpa_{name}"] = lambda name=name: _forced(name, q, k, v, mask)
+    ke, ve = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+    out["sdpa_flash_exact"] = lambda: _forced("flash", q, ke, ve, None)
+    out["matmul"] = lambda: matmul_attention(q, k, v, mask)
+    return out
+
+
+def _forced(name, q, k, v, mask):
+    with sdpa_kernel(BACKENDS[name]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--kv-lens", type=int, nargs="+", default=[40, 100, 160, 250])
+    p.add_argument("--iters", type=int, default=50)
+    args = p.parse_args()
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    heads, dim, slots = (12, 64, 256) if not args.tiny else (2, 8, 64)
+    rec = Record(args.name)
+    for batch in args.batches:
+        rows = 2 * batch
+        k_cache = torch.randn(rows, heads, slots, dim, device=device, dtype=dtype)
+        v_cache = torch.randn_like(k_cache)
+        q = torch.randn(rows, heads, 1, dim, device=device, dtype=dtype)
+        for kv_len in args.kv_lens:
+            bucket = min(slots, -(-kv_len // 64) * 64)
+            ref = None
+            for name, fn in variants(q, k_cache, v_cache, kv_len, bucket).items():
+                try:
+                    y = fn()
+                except RuntimeError as e:  # a backend that does not take this case
+                    print(f"b{batch}_kv{kv_len}_{name}: unsupported ({str(e).splitlines()[0][:80]})")
+                    continue
+                ref = y if ref is None else ref
+                err = (y.float() - ref.float()).abs().max().item()
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(args.iters):
+                    fn()
+                sync()
+                us = (time.perf_counter() - t0) / args.iters * 1e6
+                rec.add(f"b{batch}_kv{kv_len}_{name}_us", us, ".1f", f"us (max diff {err:.3g})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Resizing feature maps by the matrix of ``F.interpolate``'s linear map.
+
+Every interpolation mode is linear in its input, so resizing (B, C, h, w) to (H, W) is one product with an
+(h * w, H * W) matrix, built once per (sizes, mode, device, dtype) by interpolating the identity in fp64. It gives what
+``F.interpolate`` gives (to rounding) and runs as one batched matmul: PyTorch's CUDA bicubic kernel runs one thread
+per output pixel over all B x C planes, about 5 ms for a 16 x 16 map of a batch of 512, which made the multi-scale
+f_hat updates a tenth of VAR's sampling time. Maps of up to 32 x 32 a side go through the matrix; larger ones (whose
+matrix would outgrow the work it saves) through ``F.interpolate``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+MAX_MATRIX_SIDE = 32
+
+
+@functools.lru_cache(maxsize=256)
+def _matrix(src: tuple[int, int], dst: tuple[int, int], mode: str, device: torch.device, dtype: torch.dtype):
+    basis = torch.eye(src[0] * src[1], dtype=torch.float64).view(-1, 1, *src)
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(basis, size=dst, mode=mode, **kwargs).reshape(len(basis), -1).to(device, dtype)
+
+
+def resize(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> torch.Tensor:
+    """``F.interpolate(x, size, mode=mode)`` (align_corners=False) of (B, C, h, w); ``x`` itself at its own size."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    src = tuple(x.shape[-2:])
+    if src == size:
+        return x
+    if max(*src, *size) > MAX_MATRIX_SIDE:
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        return F.interpolate(x, size=size, mode=mode, **kwargs)
+    m = _matrix(src, size, mode, x.device, x.dtype)
+    return (x.reshape(*x.shape[:-2], -1) @ m).view(*x.shape[:-2], *size)
