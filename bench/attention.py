@@ -6,18 +6,23 @@ with a mask), for each way of computing it:
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
     sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
+    flex_compiled    ``visgen.nn.transformer.decode_attention`` compiled: FlexAttention's decoding kernel, what
+                     compiled blocks use for one-token units on a GPU
 
     python bench/attention.py [--name bench-attention]     # a GPU; --tiny checks it on a CPU
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
 import torch.nn.functional as F
 from common import Record, parser, sync
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from visgen.nn.transformer import decode_attention
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
@@ -37,7 +42,15 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     ke, ve = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
     out["sdpa_flash_exact"] = lambda: _forced("flash", q, ke, ve, None)
     out["matmul"] = lambda: matmul_attention(q, k, v, mask)
+    if q.is_cuda:
+        flex = _compiled_flex()
+        out["flex_compiled"] = lambda: flex(q, k, v, mask.expand(1, -1))
     return out
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(decode_attention, fullgraph=True)
 
 
 def _forced(name, q, k, v, mask):
