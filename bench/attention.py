@@ -6,8 +6,8 @@ with a mask), for each way of computing it:
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
     sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
-    flex_compiled    ``visgen.nn.transformer.decode_attention`` compiled: FlexAttention's decoding kernel, what
-                     compiled blocks use for one-token units on a GPU
+    flex_compiled    FlexAttention compiled (its decoding kernel splits the cache over thread blocks); tried in the
+                     compiled blocks for one-token units and dropped: 40x slower at batch 256 (results/bench-attention)
 
     python bench/attention.py [--name bench-attention]     # a GPU; --tiny checks it on a CPU
 """
@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from common import Record, parser, sync
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from visgen.nn.transformer import decode_attention
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
@@ -48,9 +46,18 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     return out
 
 
+def flex_attention_masked(q, k, v, mask):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def masked(score, b, h, q_idx, kv_idx):
+        return torch.where(mask[q_idx, kv_idx], score, float("-inf"))
+
+    return flex_attention(q, k, v, score_mod=masked)
+
+
 @functools.cache
 def _compiled_flex():
-    return torch.compile(decode_attention, fullgraph=True)
+    return torch.compile(flex_attention_masked, fullgraph=True)
 
 
 def _forced(name, q, k, v, mask):

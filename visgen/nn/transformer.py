@@ -99,27 +99,10 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k)
             v_cache.index_copy_(2, input_pos, v)
             k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        if kv is not None and mask is not None and L == 1 and q.is_cuda and torch.compiler.is_compiling():
-            y = decode_attention(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-            )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(y.transpose(1, 2).reshape(B, L, -1))
-
-
-def decode_attention(q, k, v, mask):
-    """One query token per row against a masked cache prefix, by FlexAttention's decoding kernel (the cache split
-    over several thread blocks per head, Flash-Decoding style), which compiled blocks use for one-token units: the
-    fused SDPA kernels parallelise over queries, so one query per (row, head) leaves them latency-bound (``bench/
-    attention.py``). Compiled on a GPU it is a Triton kernel (inductor's CPU template does not take this case);
-    eager, a slow reference (tests)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    def masked(score, b, h, q_idx, kv_idx):
-        return torch.where(mask[q_idx, kv_idx], score, float("-inf"))
-
-    return flex_attention(q, k, v, score_mod=masked)
 
 
 class SwiGLU(nn.Module):
