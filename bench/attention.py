@@ -6,6 +6,8 @@ with a mask), for each way of computing it:
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
     sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
+    triton           ``visgen.nn.decode_attention``: one Triton program per (row, head) streaming its prefix once
+                     (``SamplingConfig.decode_kernel="triton"``)
     flex_compiled    FlexAttention compiled (its decoding kernel splits the cache over thread blocks); tried in the
                      compiled blocks for one-token units and dropped: 40x slower at batch 256 (results/bench-attention)
 
@@ -21,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from common import Record, parser, sync
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from visgen.nn.decode_attention import decode_attention
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
@@ -41,6 +45,7 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     out["sdpa_flash_exact"] = lambda: _forced("flash", q, ke, ve, None)
     out["matmul"] = lambda: matmul_attention(q, k, v, mask)
     if q.is_cuda:
+        out["triton"] = lambda: decode_attention(q, k, v, mask)
         flex = _compiled_flex()
         out["flex_compiled"] = lambda: flex(q, k, v, mask.expand(1, -1))
     return out

@@ -3,8 +3,9 @@
 The model is the GPT-B preset (12 x 768) at 256 tokens (16 x 16) and vocab 16384, class-conditional, bf16, with
 guidance on (cfg 2, so every step runs a doubled batch). The tokenizer is a visgen VQ tokenizer of LlamaGen VQ-16's
 shape (downsample 16, channels 128 x (1, 1, 2, 2, 4)) with random weights: decode cost, not quality. Sampling runs
-eager (CUDA graphs, no compile: first batch in about a second) and with the blocks compiled; training eager and
-compiled.
+eager (CUDA graphs, no compile: first batch in about a second) and with the blocks compiled, each optionally with
+one-token steps attending through visgen's Triton kernel (modes ``eager_triton``, ``compiled_triton``: GPU only);
+training eager and compiled.
 
     python bench/token_ar.py [--name bench-token-ar]      # a GPU; on a CPU use --tiny to check it runs
 """
@@ -17,6 +18,8 @@ from common import bench_sampling, bench_training, parser, setup, uncompile
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.tokenizers import VQConfig, VQTokenizer
+
+MODES = ["eager", "compiled", "eager_triton", "compiled_triton"]  # sampling; training takes eager / compiled
 
 
 def build(tiny: bool) -> Generator:
@@ -31,7 +34,7 @@ def build(tiny: bool) -> Generator:
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=MODES)
     args = p.parse_args()
     gen, rec = setup(args, build)
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
@@ -42,14 +45,15 @@ def main():
     for mode in args.modes:
         for bs in args.sample_batches:
             for decode in (False, True):
-                cfg = SamplingConfig(cfg_scale=2.0, batch_size=bs, compile=mode == "compiled")
+                cfg = SamplingConfig(cfg_scale=2.0, batch_size=bs, compile=mode.startswith("compiled"),
+                                     decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
                 r = bench_sampling(gen, cfg, repeats=3, decode=decode)
                 key = f"sample_{mode}_b{bs}_{'with_decode' if decode else 'tokens_only'}"
                 rec.add(f"{key}_images_per_s", r["images_per_s"], unit="images/s")
                 rec.add(f"{key}_first_batch_s", r["first_batch_s"], ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     h, w = gen.schedule.grid
-    for mode in args.modes:
+    for mode in [m for m in args.modes if m in ("eager", "compiled")]:
         for bs in args.train_batches:
             tokens = torch.randint(0, gen.tokenizer.vocab_size, (bs, h, w), device=device)
             r = bench_training(gen, tokens, steps=10 if not args.tiny else 2, compile=mode == "compiled")

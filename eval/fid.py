@@ -71,7 +71,7 @@ def load_input(args) -> tuple[torch.Tensor, dict]:
             raise CheckpointError(f"{path} is not a generator checkpoint")
         cfg = SamplingConfig(
             cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, compile=args.compile,
         )  # fmt: skip
         images, info = sample_checkpoint(path, args.num_samples, cfg, ema=not args.no_ema)
         info.update({"input_kind": "checkpoint", "sampling": vars(cfg), "class_balance": "label = index % classes"})
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--compile", action="store_true", help="compiled sampling (SamplingConfig.compile)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-kid", action="store_true")
     p.add_argument("--no-prc", action="store_true")

@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +206,8 @@ def test_sample_cli_errors(tmp_path, capsys):
         sample_main(["--cfg-schedule", "cosine"])
     assert e.value.code == 2
     assert sample_main(["--top-p", "0", "--num-images", "2"]) == 2
+    assert sample_main(["--decode-kernel", "triton", "--num-images", "2", "--device", "cpu"]) == 2
+    assert "runs on a GPU" in capsys.readouterr().err
 
 
 def test_prefix_cache_reads_equal_full_cache_reads():
@@ -266,3 +272,16 @@ def test_compiled_sampling_equals_eager():
     assert compiled.decoder is not gen.tokenizer and compiled.decoder.decoder._compiled_call_impl is not None
     assert gen.tokenizer.decoder._compiled_call_impl is None
     torch.testing.assert_close(gen.decode_tokens(eager, compiled.decoder), gen.decode_tokens(eager), atol=1e-4, rtol=0)
+
+
+def test_triton_decode_kernel_equals_sdpa():
+    """SamplingConfig(decode_kernel="triton"): the kernel (run by Triton's interpreter on the CPU) == masked SDPA,
+    and sampling through it gives the same tokens; on a CPU without the interpreter it is a clear error."""
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "tests/triton_decode_check.py"], capture_output=True, text=True,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path.cwd())})  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    with pytest.raises(ConfigError, match="runs on a GPU"):
+        Sampler(tiny_generator(), SamplingConfig(decode_kernel="triton"), device="cpu")
+    with pytest.raises(ConfigError, match="sdpa or triton"):
+        Sampler(tiny_generator(), SamplingConfig(decode_kernel="flash"), device="cpu")

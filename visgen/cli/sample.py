@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the blocks, head and decoder (GPU: faster batches after a compile of ~15-60 s)",
+    )
+    p.add_argument(
+        "--decode-kernel",
+        default="sdpa",
+        choices=["sdpa", "triton"],
+        help="attention of one-token decoding steps (triton: GPUs)",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write grid.png")
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SamplingConfig(
             cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, cfg_interval=tuple(args.cfg_interval),
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, compile=args.compile, decode_kernel=args.decode_kernel,
         )  # fmt: skip
         labels = parse_labels(args.labels, args.num_images, generator)
         sampler = Sampler(generator, cfg, device=args.device)

@@ -82,6 +82,8 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    decode_fn = None  # one-token decoding steps through this instead of SDPA (``Transformer.set_decode_kernel``)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
@@ -99,9 +101,12 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k)
             v_cache.index_copy_(2, input_pos, v)
             k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.decode_fn is not None and kv is not None and L == 1 and mask is not None:
+            y = self.decode_fn(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.proj(y.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -173,6 +178,21 @@ class Transformer(nn.Module):
         setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))  # one per shape
         for block in self.blocks:
             block.compile(**{"fullgraph": True, **options})  # shapes turn dynamic once a second one is seen
+
+    def set_decode_kernel(self, name: str):
+        """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels, any device) or ``triton``
+        (``visgen.nn.decode_attention``: one program per row and head, for GPUs)."""
+        if name not in ("sdpa", "triton"):
+            raise ValueError(f"decode kernel must be sdpa or triton, got {name!r}")
+        fn = None
+        if name == "triton":
+            from visgen.nn import decode_attention  # imports Triton: only when asked for
+
+            if not decode_attention.available():
+                raise ValueError("decode kernel 'triton' needs Triton (pip install triton); use 'sdpa'")
+            fn = decode_attention.decode_attention
+        for block in self.blocks:
+            block.attn.decode_fn = fn
 
     def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
         c = self.cfg

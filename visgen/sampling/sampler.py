@@ -4,6 +4,7 @@ and CUDA-graph replay of each decoding step on GPUs."""
 from __future__ import annotations
 
 import copy
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ class SamplingConfig:
         categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
         decoding step and of the decoder's norms at the price of a few compiles (shapes turn dynamic after the
         second one; the decoder compiles once per batch size).
+    decode_kernel: how one-token units attend to the cache: ``sdpa`` (PyTorch's fused kernels) or ``triton``
+        (``visgen.nn.decode_attention``, one program per row and head; GPUs, not yet measured faster).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -44,6 +47,7 @@ class SamplingConfig:
     batch_size: int = 64
     cuda_graph: bool = True
     compile: bool = False
+    decode_kernel: str = "sdpa"
     dtype: str = "auto"
 
 
@@ -119,9 +123,18 @@ class Sampler:
         self.guided = any(s != 1.0 for s in self.scales)
         self.scales_t = torch.tensor(self.scales, device=device, dtype=torch.float32)
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len)
+        if (self.cfg.compile or self.cfg.decode_kernel != "sdpa") and model is generator:
+            model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
+        if self.cfg.decode_kernel not in ("sdpa", "triton"):
+            raise ConfigError(f"decode_kernel must be sdpa or triton, got {self.cfg.decode_kernel!r}")
+        if self.cfg.decode_kernel != "sdpa":
+            if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+                raise ConfigError(f"decode_kernel={self.cfg.decode_kernel!r} runs on a GPU; use 'sdpa' on {device}")
+            try:
+                model.backbone.set_decode_kernel(self.cfg.decode_kernel)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.cfg.compile:
-            if model is generator:
-                model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
             model.backbone.compile_blocks()
         self._head_sample = model.head.sample
         if self.cfg.compile and getattr(model.head, "discrete", False):
