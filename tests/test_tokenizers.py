@@ -174,3 +174,23 @@ def test_group_norm_keeps_channels_last_and_equals_the_native_one(dtype, tol):
     assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
     assert (y.float() - ref).abs().max() < tol
     assert torch.equal(norm(x.to(dtype)), torch.nn.functional.group_norm(x.to(dtype), 8, norm.weight, norm.bias, 1e-6))
+
+
+def test_restart_dead_codes_moves_only_dead_codes():
+    from visgen.tokenizers.vq import restart_dead_codes
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(8, 3))
+    usage = torch.ones(8)
+    usage[[2, 5]] = 0.0  # two dead codes
+    vectors = torch.randn(20, 3) + 10  # far from the current codes
+    restart_dead_codes(weight, usage, torch.zeros(8), vectors, threshold=0.5, decay=1.0)
+    moved = weight.detach().abs().sum(1) > 0
+    assert moved.tolist() == [i in (2, 5) for i in range(8)]
+    assert all(any(torch.equal(weight[i].detach(), v) for v in vectors) for i in (2, 5))
+    assert usage[[2, 5]].tolist() == [1.0, 1.0]
+    # max_codes: at most that many move per call, the least used first
+    usage.copy_(torch.tensor([0.3, 0.1, 1, 1, 0.2, 1, 1, 1]))
+    before = weight.detach().clone()
+    restart_dead_codes(weight, usage, torch.zeros(8), vectors, threshold=0.5, decay=1.0, max_codes=2)
+    assert (weight.detach() != before).any(1).tolist() == [i in (1, 4) for i in range(8)]

@@ -145,7 +145,10 @@ class MultiScaleVQTokenizer(Tokenizer):
     def _maintain_codebook(self, flat_idx: torch.Tensor, residuals: list[torch.Tensor]):
         """A fresh codebook moves onto residuals of the first training batch (every code counts as dead once);
         later, dead codes restart onto residuals, a few per step."""
-        c, first = self.config, not self.codes_from_data
+        c = self.config
+        # the buffer is read back once per process (not every step): after the first batch it stays True
+        first = not getattr(self, "_codes_from_data_seen", False) and not bool(self.codes_from_data)
+        self._codes_from_data_seen = True
         if not first and c.dead_code_threshold <= 0:
             return
         vectors = torch.cat([r.permute(0, 2, 3, 1).reshape(-1, r.shape[1]) for r in residuals])

@@ -93,17 +93,18 @@ def restart_dead_codes(weight: torch.Tensor, usage: torch.Tensor, counts: torch.
     if distributed:
         dist.all_reduce(counts)  # the same usage on every process, hence the same dead codes
     usage.mul_(decay).add_(counts, alpha=1 - decay)
-    dead = (usage < threshold).nonzero().squeeze(1)
-    if dead.numel() == 0:
-        return
-    if 0 < max_codes < dead.numel():
-        dead = dead[usage[dead].argsort()[:max_codes]]
-    pick = torch.randint(0, vectors_ND.shape[0], (dead.numel(),), device=vectors_ND.device)
+    # candidates: every code, or the max_codes least used; the dead among them move. Nothing reads the number of
+    # dead codes back to the host, so a training step never waits on the GPU here.
+    size = weight.shape[0]
+    n = max_codes if 0 < max_codes < size else size
+    idx = torch.topk(usage, n, largest=False).indices if n < size else torch.arange(size, device=usage.device)
+    dead = usage[idx] < threshold
+    pick = torch.randint(0, vectors_ND.shape[0], (n,), device=vectors_ND.device)
     new = vectors_ND[pick].float().contiguous()
     if distributed:
         dist.broadcast(new, src=0)  # replicas must restart with the same vectors or they drift apart
-    weight.data[dead] = new.to(weight.dtype)
-    usage[dead] = 1.0
+    weight.data[idx] = torch.where(dead[:, None], new.to(weight.dtype), weight.data[idx])
+    usage[idx] = torch.where(dead, torch.ones_like(usage[idx]), usage[idx])
 
 
 @register_model("vq")
