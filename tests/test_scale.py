@@ -194,5 +194,15 @@ def test_resize_is_interpolate_as_one_matmul(mode):
         torch.testing.assert_close(resize(x, size, mode), ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(resize(x.to(memory_format=torch.channels_last), size, mode), ref, atol=1e-5, rtol=0)
     assert resize(x, 13, mode) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # keeps x's dtype and precision, as F.interpolate does
+        y = resize(x, 16, mode)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.interpolate(x, size=(16, 16), mode=mode, **kw), atol=1e-5, rtol=0)
+    xb = x.bfloat16()  # bf16 in, bf16 out, within bf16 rounding of F.interpolate's bf16 result
+    yb = resize(xb, 16, mode)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        yb.float(), F.interpolate(xb, size=(16, 16), mode=mode, **kw).float(), atol=0.05, rtol=0.02
+    )
     big = torch.randn(1, 2, 40, 40)  # past MAX_MATRIX_SIDE: F.interpolate itself
     torch.testing.assert_close(resize(big, 64, mode), F.interpolate(big, size=(64, 64), mode=mode, **kw))
