@@ -1,12 +1,11 @@
 """Resizing feature maps by the matrix of ``F.interpolate``'s linear map.
 
 Every interpolation mode is linear in its input, so resizing (B, C, h, w) to (H, W) is one product with an
-(h * w, H * W) matrix, built once per (sizes, mode, device, dtype) by interpolating the identity in fp64 and applied in fp32 (or
-fp64). It gives what
-``F.interpolate`` gives (to rounding) and runs as one batched matmul: PyTorch's CUDA bicubic kernel runs one thread
-per output pixel over all B x C planes: about 5 ms a call for the 16 x 16 maps of a VAR batch of 256 (18 calls to
-sample and decode one). Maps of up to 32 x 32 a side go through the matrix; larger ones (whose
-matrix would outgrow the work it saves) through ``F.interpolate``.
+(h * w, H * W) matrix, built once per (sizes, mode, device, dtype) by interpolating the identity in fp64 and applied
+in fp32 (or fp64). It gives what ``F.interpolate`` gives (to rounding) and runs as one batched matmul: PyTorch's CUDA
+bicubic kernel runs one thread per output pixel over all B x C planes, about 5 ms a call for the 16 x 16 maps of a
+VAR batch of 256 (18 calls to sample and decode one). Maps of up to 32 x 32 a side go through the matrix; larger
+ones (whose matrix would outgrow the work it saves) through ``F.interpolate``.
 """
 
 from __future__ import annotations
