@@ -35,7 +35,7 @@ if triton is not None:
         D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
-        r, h = pid // H, pid % H
+        r, h = (pid // H).to(tl.int64), pid % H  # 64-bit offsets: a large cache passes 2^31 elements
         offs_d = tl.arange(0, D)
         q = tl.load(Q + r * sq_r + h * sq_h + offs_d).to(tl.float32) * scale
         m_i = tl.full((), float("-inf"), tl.float32)
