@@ -90,12 +90,13 @@ class FlowHead(nn.Module):
         B, n, _ = h_BnD.shape
         x = noise.normal(step, (n, self.channels), stream=0).to(h_BnD.dtype)
         lo, hi = self.cfg_interval
+        h_both = torch.cat([h_BnD, h_uncond]) if h_uncond is not None else None
         for i in range(self.steps):
             t_val = 1 - i / self.steps
-            t = torch.full((B,), t_val, device=x.device)
-            v = self.velocity(x, t, h_BnD)
-            if h_uncond is not None and lo <= t_val <= hi:
-                vu = self.velocity(x, t, h_uncond)
+            if h_both is not None and lo <= t_val <= hi:  # conditional and unconditional velocity in one pass
+                v, vu = self.velocity(torch.cat([x, x]), torch.full((2 * B,), t_val, device=x.device), h_both).chunk(2)
                 v = vu + cfg_scale.to(v.dtype) * (v - vu)
+            else:
+                v = self.velocity(x, torch.full((B,), t_val, device=x.device), h_BnD)
             x = x - v / self.steps
         return x

@@ -125,15 +125,13 @@ class Sampler:
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len)
         if (self.cfg.compile or self.cfg.decode_kernel != "sdpa") and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
-        if self.cfg.decode_kernel not in ("sdpa", "triton"):
-            raise ConfigError(f"decode_kernel must be sdpa or triton, got {self.cfg.decode_kernel!r}")
         if self.cfg.decode_kernel != "sdpa":
-            if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
-                raise ConfigError(f"decode_kernel={self.cfg.decode_kernel!r} runs on a GPU; use 'sdpa' on {device}")
             try:
-                model.backbone.set_decode_kernel(self.cfg.decode_kernel)
+                model.backbone.set_decode_kernel(self.cfg.decode_kernel)  # checks the name and that Triton is there
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+            if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+                raise ConfigError(f"decode_kernel={self.cfg.decode_kernel!r} runs on a GPU; use 'sdpa' on {device}")
         if self.cfg.compile:
             model.backbone.compile_blocks()
         self._head_sample = model.head.sample
