@@ -11,16 +11,15 @@ import time
 
 import torch
 from common import parser, setup, sync
+from token_ar import SAMPLING as TOKEN_SAMPLING
 from token_ar import build as build_token
 from torch.profiler import ProfilerActivity, profile
+from var import SAMPLING as VAR_SAMPLING
 from var import build as build_var
 
 from visgen.sampling import Sampler, SamplingConfig
 
-SAMPLING = {  # as the benchmarks sample
-    "token": dict(cfg_scale=2.0),
-    "var": dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96),
-}
+SAMPLING = {"token": TOKEN_SAMPLING, "var": VAR_SAMPLING}  # as the benchmarks sample
 
 
 def main():

@@ -19,6 +19,7 @@ from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.tokenizers import VQConfig, VQTokenizer
 
+SAMPLING = dict(cfg_scale=2.0)  # guidance on: every step runs a doubled batch
 MODES = ["eager", "compiled", "eager_triton", "compiled_triton"]  # sampling; training takes eager / compiled
 
 
@@ -39,13 +40,13 @@ def main():
     gen, rec = setup(args, build)
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
         labels = torch.arange(8)
-        a = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=8, cuda_graph=True)).sample_tokens(labels)
-        b = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=8, cuda_graph=False)).sample_tokens(labels)
+        a = Sampler(gen, SamplingConfig(**SAMPLING, batch_size=8, cuda_graph=True)).sample_tokens(labels)
+        b = Sampler(gen, SamplingConfig(**SAMPLING, batch_size=8, cuda_graph=False)).sample_tokens(labels)
         rec.add("graph_matches_eager", float((a == b).float().mean()), ".4f")
     for mode in args.modes:
         for bs in args.sample_batches:
             for decode in (False, True):
-                cfg = SamplingConfig(cfg_scale=2.0, batch_size=bs, compile=mode.startswith("compiled"),
+                cfg = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode.startswith("compiled"),
                                      decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
                 r = bench_sampling(gen, cfg, repeats=3, decode=decode)
                 key = f"sample_{mode}_b{bs}_{'with_decode' if decode else 'tokens_only'}"

@@ -21,6 +21,8 @@ from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
 
+SAMPLING = dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)  # as VAR samples
+
 
 def build(tiny: bool) -> Generator:
     if tiny:
@@ -46,8 +48,7 @@ def main():
     gen, rec = setup(args, build)
     for mode in args.sample_modes:
         for bs in args.sample_batches:
-            cfg = SamplingConfig(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96, batch_size=bs,
-                                 compile=mode == "compiled")  # fmt: skip
+            cfg = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode == "compiled")
             r = bench_sampling(gen, cfg, repeats=3, decode=True)
             prefix = "sample" if mode == "eager" else "sample_compiled"
             rec.add(f"{prefix}_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
