@@ -6,8 +6,9 @@ with a mask), for each way of computing it:
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
     sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
-    triton           ``visgen.nn.decode_attention``: one Triton program per (row, head) streaming its prefix once
-                     (``SamplingConfig.decode_kernel="triton"``)
+    triton           ``visgen.nn.decode_attention``: one Triton program per (row, head) streaming exactly its
+                     prefix once, offered the whole cache (``SamplingConfig.decode_kernel="triton"``); the
+                     ``triton_nN_wW`` variants: N slots per loop step, W warps a program
     flex_compiled    FlexAttention compiled (its decoding kernel splits the cache over thread blocks); tried in the
                      compiled blocks for one-token units and dropped: 40x slower at batch 256 (results/bench-attention)
 
@@ -17,6 +18,7 @@ with a mask), for each way of computing it:
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import torch
@@ -26,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from visgen.nn.decode_attention import decode_attention
 
+TRITON_CONFIGS = [(32, 2), (32, 4), (64, 2), (64, 8), (128, 4), (128, 8)]  # (slots per loop step, warps)
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
 
@@ -44,8 +47,14 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     ke, ve = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
     out["sdpa_flash_exact"] = lambda: _forced("flash", q, ke, ve, None)
     out["matmul"] = lambda: matmul_attention(q, k, v, mask)
+    if q.is_cuda or os.environ.get("TRITON_INTERPRET"):
+        pos = torch.tensor([kv_len - 1], device=q.device)
+        out["triton"] = lambda: decode_attention(q, k_cache, v_cache, pos)  # the default block and warps
+        for block_n, warps in TRITON_CONFIGS:
+            out[f"triton_n{block_n}_w{warps}"] = functools.partial(
+                decode_attention, q, k_cache, v_cache, pos, block_n=block_n, num_warps=warps
+            )
     if q.is_cuda:
-        out["triton"] = lambda: decode_attention(q, k, v, mask)
         flex = _compiled_flex()
         out["flex_compiled"] = lambda: flex(q, k, v, mask.expand(1, -1))
     return out
@@ -72,7 +81,7 @@ def _forced(name, q, k, v, mask):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--kv-lens", type=int, nargs="+", default=[40, 100, 160, 250])
     p.add_argument("--iters", type=int, default=50)
     args = p.parse_args()

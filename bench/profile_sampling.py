@@ -1,7 +1,7 @@
 """Where sampling time goes: one batch of the token or VAR benchmark model under ``torch.profiler``, the operators
 that take the most device time (CPU time on a CPU), and the split between generating tokens and decoding them.
 
-    python bench/profile_sampling.py --family var --batch 256 [--compile] [--no-graph]    # a GPU
+    python bench/profile_sampling.py --family var --batch 256 [--compile] [--no-graph] [--decode-kernel triton]
     python bench/profile_sampling.py --family token --tiny --batch 2                      # checks it runs on a CPU
 """
 
@@ -28,11 +28,12 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--compile", action="store_true", help="compiled blocks and head (SamplingConfig.compile)")
     p.add_argument("--no-graph", action="store_true", help="no CUDA graphs (each kernel shows its launch)")
+    p.add_argument("--decode-kernel", default="sdpa", help="SamplingConfig.decode_kernel: sdpa or triton")
     p.add_argument("--rows", type=int, default=25, help="operators to list")
     args = p.parse_args()
     gen, rec = setup(args, build_token if args.family == "token" else build_var)
     cfg = SamplingConfig(**SAMPLING[args.family], batch_size=args.batch, compile=args.compile,
-                         cuda_graph=not args.no_graph)  # fmt: skip
+                         cuda_graph=not args.no_graph, decode_kernel=args.decode_kernel)  # fmt: skip
     sampler = Sampler(gen, cfg)
     labels = torch.arange(args.batch) % gen.config.num_classes
     tokens = sampler.sample_tokens(labels)  # warm-up: allocation, compile, graph capture

@@ -5,15 +5,25 @@ guidance on (cfg 2, so every step runs a doubled batch). The tokenizer is a visg
 shape (downsample 16, channels 128 x (1, 1, 2, 2, 4)) with random weights: decode cost, not quality. Sampling runs
 eager (CUDA graphs, no compile: first batch in about a second) and with the blocks compiled, each optionally with
 one-token steps attending through visgen's Triton kernel (modes ``eager_triton``, ``compiled_triton``: GPU only);
-training eager and compiled.
+training eager and compiled. A first batch is timed twice: in the running process (``first_batch_s``: compile
+caches warm from the modes before it) and, with ``--cold``, for compiled modes in a fresh process with empty Inductor
+and Triton caches (``cold_first_batch_s``: what a user waits the first time, sampler construction included).
 
-    python bench/token_ar.py [--name bench-token-ar]      # a GPU; on a CPU use --tiny to check it runs
+    python bench/token_ar.py [--name bench-token-ar] [--modes ...] [--cold]   # a GPU; --tiny checks it on a CPU
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
 import torch
-from common import bench_sampling, bench_training, parser, setup, uncompile
+from common import bench_sampling, bench_training, parser, setup, sync, uncompile
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -33,25 +43,58 @@ def build(tiny: bool) -> Generator:
     return Generator(GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, backbone="gpt-b"), tokenizer=tok)
 
 
+def sampling_config(mode: str, batch: int) -> SamplingConfig:
+    return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode.startswith("compiled"),
+                          decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
+
+
+def cold_first_batch(mode: str, batch: int, tiny: bool) -> float:
+    """Seconds from building the sampler to the first batch of tokens, in a fresh process with empty compile caches
+    (Inductor's and Triton's): what a user waits the first time, per batch size."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
+        cmd = [sys.executable, __file__, "--probe", mode, str(batch)] + (["--tiny"] if tiny else [])
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"]
+
+
+def probe(mode: str, batch: int, tiny: bool):
+    gen = build(tiny)
+    labels = torch.arange(batch) % gen.config.num_classes
+    sync()
+    t0 = time.perf_counter()
+    Sampler(gen, sampling_config(mode, batch)).sample_tokens(labels)
+    sync()
+    print(json.dumps({"first_batch_s": time.perf_counter() - t0}))
+
+
 def main():
     p = parser(__doc__)
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=MODES)
+    p.add_argument("--cold", action="store_true", help="also time each compiled mode's first batch cold (below)")
+    p.add_argument("--probe", nargs=2, metavar=("MODE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.probe:
+        return probe(args.probe[0], int(args.probe[1]), args.tiny)
     gen, rec = setup(args, build)
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
         labels = torch.arange(8)
         a = Sampler(gen, SamplingConfig(**SAMPLING, batch_size=8, cuda_graph=True)).sample_tokens(labels)
         b = Sampler(gen, SamplingConfig(**SAMPLING, batch_size=8, cuda_graph=False)).sample_tokens(labels)
         rec.add("graph_matches_eager", float((a == b).float().mean()), ".4f")
+        if any(m.endswith("triton") for m in args.modes):  # bf16 sums in another order: most tokens, not all
+            t = Sampler(gen, sampling_config("eager_triton", 8)).sample_tokens(labels)
+            rec.add("triton_tokens_match_sdpa", float((a == t).float().mean()), ".4f")
     for mode in args.modes:
         for bs in args.sample_batches:
             for decode in (False, True):
-                cfg = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode.startswith("compiled"),
-                                     decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
-                r = bench_sampling(gen, cfg, repeats=3, decode=decode)
+                r = bench_sampling(gen, sampling_config(mode, bs), repeats=3, decode=decode)
                 key = f"sample_{mode}_b{bs}_{'with_decode' if decode else 'tokens_only'}"
                 rec.add(f"{key}_images_per_s", r["images_per_s"], unit="images/s")
                 rec.add(f"{key}_first_batch_s", r["first_batch_s"], ".2f", "s")
+            if args.cold and mode.startswith("compiled"):
+                secs = cold_first_batch(mode, bs, args.tiny)
+                rec.add(f"sample_{mode}_b{bs}_tokens_only_cold_first_batch_s", secs, ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     h, w = gen.schedule.grid
     for mode in [m for m in args.modes if m in ("eager", "compiled")]:

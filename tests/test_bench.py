@@ -22,6 +22,17 @@ def test_bench_runs_and_writes_its_result(script, tmp_path):
     assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
 
 
+def test_token_bench_probe_times_a_first_batch(tmp_path):
+    """``--cold`` runs this probe in a fresh process per compiled mode and batch size."""
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/token_ar.py"), "--tiny", "--probe", "eager", "2"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"] > 0
+
+
 def test_profile_prints_the_split_and_the_top_operators(tmp_path):
     repo = Path.cwd()
     out = subprocess.run(

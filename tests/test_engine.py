@@ -218,6 +218,10 @@ def test_prefix_cache_reads_equal_full_cache_reads():
 
     assert cache_reads([1] * 6, 6, bucket=4) == [(4, True)] * 4 + [(6, True)] * 2
     assert cache_reads([1, 4, 16], 21) == [(1, False), (5, False), (21, False)]
+    # the Triton prefix kernel: every one-token unit offered the whole cache (one graph), other units as before
+    assert cache_reads([1] * 3 + [2, 2, 2], 9, bucket=4, prefix_kernel=True) == [(9, True)] * 3 + [(8, True)] * 2 + [
+        (9, True)
+    ]
     for gen, bucket in ((tiny_generator(adaln=True), 4), (var_generator(), 64)):
         s = gen.schedule
         fast = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=3))
@@ -275,7 +279,7 @@ def test_compiled_sampling_equals_eager():
 
 
 def test_triton_decode_kernel_equals_sdpa():
-    """SamplingConfig(decode_kernel="triton"): the kernel (run by Triton's interpreter on the CPU) == masked SDPA,
+    """SamplingConfig(decode_kernel="triton"): the kernel (run by Triton's interpreter on the CPU) == SDPA on the prefix,
     and sampling through it gives the same tokens; on a CPU without the interpreter it is a clear error."""
     pytest.importorskip("triton")
     out = subprocess.run([sys.executable, "tests/triton_decode_check.py"], capture_output=True, text=True,

@@ -101,8 +101,8 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k)
             v_cache.index_copy_(2, input_pos, v)
             k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        if self.decode_fn is not None and kv is not None and L == 1 and mask is not None:
-            y = self.decode_fn(q, k, v, mask)
+        if self.decode_fn is not None and kv is not None and L == 1:
+            y = self.decode_fn(q, k, v, input_pos)  # exactly slots 0..input_pos, read on the device; no mask
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
@@ -180,8 +180,9 @@ class Transformer(nn.Module):
             block.compile(**{"fullgraph": True, **options})  # shapes turn dynamic once a second one is seen
 
     def set_decode_kernel(self, name: str):
-        """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels, any device) or ``triton``
-        (``visgen.nn.decode_attention``: one program per row and head, for GPUs)."""
+        """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels over the ``kv_len`` slots
+        offered, under the mask, any device) or ``triton`` (``visgen.nn.decode_attention``: exactly the slots up to
+        the token's own position, read on the device, so ``kv_len`` and the mask no longer matter; GPUs)."""
         if name not in ("sdpa", "triton"):
             raise ValueError(f"decode kernel must be sdpa or triton, got {name!r}")
         fn = None

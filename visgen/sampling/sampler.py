@@ -31,8 +31,9 @@ class SamplingConfig:
         categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
         decoding step and of the decoder's norms at the price of a few compiles (shapes turn dynamic after the
         second one; the decoder compiles once per batch size).
-    decode_kernel: how one-token units attend to the cache: ``sdpa`` (PyTorch's fused kernels) or ``triton``
-        (``visgen.nn.decode_attention``, one program per row and head; GPUs, not yet measured faster).
+    decode_kernel: how one-token units attend to the cache: ``sdpa`` (PyTorch's fused kernels over a masked
+        prefix bucket of 64 slots, a graph per bucket) or ``triton`` (``visgen.nn.decode_attention``: exactly the
+        unit's prefix, one graph for all one-token units; GPUs, not yet measured faster).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -64,16 +65,22 @@ def guidance_scales(cfg: SamplingConfig, num_units: int) -> list[float]:
     raise ConfigError(f"unknown cfg_schedule {cfg.cfg_schedule!r}; known: constant, linear, interval")
 
 
-def cache_reads(unit_sizes: list[int], seq_len: int, bucket: int = 64) -> list[tuple[int, bool]]:
-    """(kv_len, masked) for each unit: how many cache slots its attention reads. Unit k sees exactly the slots
+def cache_reads(
+    unit_sizes: list[int], seq_len: int, bucket: int = 64, prefix_kernel: bool = False
+) -> list[tuple[int, bool]]:
+    """(kv_len, masked) for each unit: how many cache slots its attention is offered. Unit k sees exactly the slots
     before its end; a unit whose size no other unit has gets its own graph, so it reads exactly that prefix with
     no mask. Units that share a size (raster tokens) share a graph per prefix rounded up to ``bucket`` slots, and a
-    mask hides the slots past the unit's end: attention reads a growing prefix, not the whole cache."""
+    mask hides the slots past the unit's end: attention reads a growing prefix, not the whole cache.
+    ``prefix_kernel``: one-token units attend through a kernel that reads exactly their prefix whatever it is
+    offered (``decode_kernel="triton"``), so they all share one graph over the whole cache."""
     counts = Counter(unit_sizes)
     reads, end = [], 0
     for n in unit_sizes:
         end += n
-        if counts[n] == 1:
+        if prefix_kernel and n == 1:
+            reads.append((seq_len, True))
+        elif counts[n] == 1:
             reads.append((end, False))
         else:
             reads.append((min(seq_len, -(-end // bucket) * bucket), True))
@@ -122,7 +129,8 @@ class Sampler:
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
         self.guided = any(s != 1.0 for s in self.scales)
         self.scales_t = torch.tensor(self.scales, device=device, dtype=torch.float32)
-        self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len)
+        prefix_kernel = self.cfg.decode_kernel != "sdpa"
+        self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
         if (self.cfg.compile or self.cfg.decode_kernel != "sdpa") and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
         if self.cfg.decode_kernel != "sdpa":
