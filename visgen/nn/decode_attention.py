@@ -31,15 +31,17 @@ if triton is not None:
 
     @triton.jit
     def _decode_kernel(
-        Q, K, V, Pos, Out, scale, H,
+        Q, K, V, Pos, Out, H,
         sq_r, sq_h, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, so_r, so_h,
-        D: tl.constexpr, BLOCK_N: tl.constexpr,
+        SCALE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         r, h = (pid // H).to(tl.int64), pid % H  # 64-bit offsets: a large cache passes 2^31 elements
         end = tl.load(Pos) + 1  # slots 0..p
         offs_d = tl.arange(0, D)
-        q = tl.load(Q + r * sq_r + h * sq_h + offs_d).to(tl.float32) * scale
+        q = (
+            tl.load(Q + r * sq_r + h * sq_h + offs_d).to(tl.float32) * SCALE
+        )  # a constexpr: fp32 (Inductor would pass fp64)
         m_i = tl.full((), float("-inf"), tl.float32)
         l_i = tl.zeros((), tl.float32)
         acc = tl.zeros((D,), tl.float32)
@@ -65,15 +67,15 @@ if triton is not None:
         R, H, _, D = q.shape
         out = torch.empty((R, H, 1, D), dtype=q.dtype, device=q.device)
         torch.library.wrap_triton(_decode_kernel)[(R * H,)](
-            q, k, v, pos, out, D**-0.5, H,
+            q, k, v, pos, out, H,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), D=D, BLOCK_N=block_n, num_warps=num_warps,
+            out.stride(0), out.stride(1), SCALE=D**-0.5, D=D, BLOCK_N=block_n, num_warps=num_warps,
         )  # fmt: skip
         return out
 
 
 def decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, block_n: int = 64, num_warps: int = 4
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, block_n: int = 64, num_warps: int = 2
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over slots 0..pos for q (R, H, 1, d) and the cache's k and v (R, H, slots, d),
     unit-stride last dims (cache views); ``pos`` (1,) int64 on q's device: the query's slot (< slots, not checked
