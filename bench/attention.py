@@ -6,9 +6,11 @@ heads, a bf16 static cache of 256 slots read up to a 64-slot bucket with a mask)
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
     sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
-    triton           ``visgen.nn.decode_attention``: one Triton program per (row, head) streaming exactly its
-                     prefix once, offered the whole cache (``SamplingConfig.decode_kernel="triton"``); the
-                     ``triton_nN_wW`` variants: N slots per loop step, W warps a program
+    unfused          what the sdpa decode path does per layer, uncompiled: RoPE on the token's query and key, its
+                     key and value written to the cache, masked SDPA over the bucket
+    triton           ``visgen.nn.decode_attention`` (``SamplingConfig.decode_kernel="triton"``): all of that in one
+                     Triton program per (row, head), streaming exactly the prefix once, offered the whole cache;
+                     ``triton_nN_wW``: N slots per loop step, W warps a program
     flex_compiled    FlexAttention compiled (its decoding kernel splits the cache over thread blocks); tried in the
                      compiled blocks for one-token units and dropped: 40x slower at batch 256 (results/bench-attention)
 
@@ -27,6 +29,7 @@ from common import Record, parser, sync
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from visgen.nn.decode_attention import decode_attention
+from visgen.nn.transformer import apply_rope, rope_tables
 
 TRITON_CONFIGS = [(32, 2), (64, 4), (64, 8), (128, 2), (128, 4)]  # (slots per loop step, warps)
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -48,15 +51,36 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     out["sdpa_flash_exact"] = lambda: _forced("flash", q, ke, ve, None)
     out["matmul"] = lambda: matmul_attention(q, k, v, mask)
     if q.is_cuda or os.environ.get("TRITON_INTERPRET"):
-        pos = torch.tensor([kv_len - 1], device=q.device)
-        out["triton"] = lambda: decode_attention(q, k_cache, v_cache, pos)  # the default block and warps
-        for block_n, warps in TRITON_CONFIGS:
-            out[f"triton_n{block_n}_w{warps}"] = functools.partial(
-                decode_attention, q, k_cache, v_cache, pos, block_n=block_n, num_warps=warps
-            )
+        out.update(append_variants(k_cache, v_cache, kv_len, bucket))
     if q.is_cuda:
         flex = _compiled_flex()
         out["flex_compiled"] = lambda: flex(q, k, v, mask.expand(1, -1))
+    return out
+
+
+def append_variants(k_cache, v_cache, kv_len: int, bucket: int) -> dict:
+    """The Triton kernel also rotates the token's query and key and appends its key and value, from the raw qkv
+    projection: timed beside ``unfused``, that work in PyTorch ops followed by masked SDPA over the bucket (the
+    ``sdpa`` decode path's per-layer work, uncompiled). Each works on its own copy of the cache; max diffs of
+    ``triton*`` are against ``unfused``."""
+    R, H, _, D = k_cache.shape
+    qkv = torch.randn(R, 3, H, D, device=k_cache.device, dtype=k_cache.dtype)
+    pos = torch.tensor([kv_len - 1], device=k_cache.device)
+    cos, sin = rope_tables(torch.tensor([[kv_len - 1]], device=k_cache.device), D, 10000.0)
+    ku, vu, kt, vt = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
+    mask = torch.arange(bucket, device=k_cache.device)[None, :] < kv_len
+
+    def unfused():
+        q, k = apply_rope(qkv.permute(1, 0, 2, 3)[:2, :, :, None], cos, sin).unbind(0)
+        ku.index_copy_(2, pos, k)
+        vu.index_copy_(2, pos, qkv[:, 2, :, None])
+        return F.scaled_dot_product_attention(q, ku[:, :, :bucket], vu[:, :, :bucket], attn_mask=mask)[:, :, 0]
+
+    out = {"unfused": unfused, "triton": functools.partial(decode_attention, qkv, cos, sin, kt, vt, pos)}
+    for block_n, warps in TRITON_CONFIGS:
+        out[f"triton_n{block_n}_w{warps}"] = functools.partial(
+            decode_attention, qkv, cos, sin, kt, vt, pos, block_n=block_n, num_warps=warps
+        )
     return out
 
 
@@ -103,7 +127,7 @@ def main():
                 except RuntimeError as e:  # a backend that does not take this case
                     print(f"b{batch}_kv{kv_len}_{name}: unsupported ({str(e).splitlines()[0][:80]})")
                     continue
-                ref = y if ref is None else ref
+                ref = y if ref is None or name == "unfused" else ref
                 err = (y.float() - ref.float()).abs().max().item()
                 us = time_us(fn, args.iters)
                 rec.add(f"b{batch}_kv{kv_len}_{name}_us", us, ".1f", f"us (max diff {err:.3g})")

@@ -28,7 +28,7 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--compile", action="store_true", help="compiled blocks and head (SamplingConfig.compile)")
     p.add_argument("--no-graph", action="store_true", help="no CUDA graphs (each kernel shows its launch)")
-    p.add_argument("--decode-kernel", default="sdpa", help="SamplingConfig.decode_kernel: sdpa or triton")
+    p.add_argument("--decode-kernel", default="auto", help="SamplingConfig.decode_kernel: auto, sdpa or triton")
     p.add_argument("--rows", type=int, default=25, help="operators to list")
     args = p.parse_args()
     gen, rec = setup(args, build_token if args.family == "token" else build_var)

@@ -289,3 +289,4 @@ def test_triton_decode_kernel_equals_sdpa():
         Sampler(tiny_generator(), SamplingConfig(decode_kernel="triton"), device="cpu")
     with pytest.raises(ConfigError, match="sdpa or triton"):
         Sampler(tiny_generator(), SamplingConfig(decode_kernel="flash"), device="cpu")
+    assert Sampler(tiny_generator(), SamplingConfig(), device="cpu").decode_kernel == "sdpa"  # auto, on a CPU

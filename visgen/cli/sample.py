@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--decode-kernel",
-        default="sdpa",
-        choices=["sdpa", "triton"],
-        help="attention of one-token decoding steps (triton: GPUs)",
+        default="auto",
+        choices=["auto", "sdpa", "triton"],
+        help="attention of one-token decoding steps (triton: GPUs; auto: triton where it applies, else sdpa)",
     )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")

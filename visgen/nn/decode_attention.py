@@ -1,12 +1,14 @@
-"""Attention of one query token per row against its KV-cache prefix, as a Triton kernel.
+"""One decoding step of attention for one token per row (RoPE, cache append, attention), as one Triton kernel.
 
-Decoding a one-token unit at sequence position p attends (rows, heads, 1, d) queries to cache slots 0..p (units are
-contiguous in sequence order, DESIGN.md, so that prefix is exactly what the unit sees). PyTorch's fused SDPA kernels
-tile queries in blocks of 64-128, and a masked call reads whatever slots it is given; this kernel gives each
-(row, head) one program that reads p, streams exactly slots 0..p once with an online softmax (fp32 statistics) and
-writes one output. Since p is read on the device, one launch (one captured CUDA graph, one compiled shape) serves
-every step of a sequence while the bytes read grow with the prefix. It is registered as a
-``torch.library.triton_op`` so CUDA graphs capture it and ``torch.compile`` traces it whole.
+Decoding a one-token unit at sequence position p attends its query to cache slots 0..p (units are contiguous in
+sequence order, DESIGN.md, so that prefix is exactly what the unit sees). PyTorch's fused SDPA kernels tile queries
+in blocks of 64-128, and a masked call reads whatever slots it is given; around them, rotating the query and key and
+writing the key and value to the cache take three more small kernels per layer. This kernel gives each (row, head)
+one program that rotates the token's query and key, writes its key and value to slot p, and streams exactly slots
+0..p-1 once with an online softmax (fp32 statistics). Since p is read on the device, one launch (one captured CUDA
+graph, one compiled shape) serves every step of a sequence while the bytes read grow with the prefix. It is
+registered as a ``torch.library.triton_op`` (mutating the cache) so CUDA graphs capture it and ``torch.compile``
+traces it whole.
 
 Selected with ``Transformer.set_decode_kernel("triton")`` (``SamplingConfig.decode_kernel``); it needs a GPU and
 Triton. Under ``TRITON_INTERPRET=1`` the same kernel runs on CPU tensors, which is how the tests check it.
@@ -30,63 +32,83 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _rope(x, cos, sin, D: tl.constexpr):
+        """``transformer.apply_rope`` on one head vector: pairs (2i, 2i + 1) rotated by angle i (fp32)."""
+        x1, x2 = tl.split(tl.reshape(x, (D // 2, 2)))
+        return tl.interleave(x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+
+    @triton.jit
     def _decode_kernel(
-        Q, K, V, Pos, Out, H,
-        sq_r, sq_h, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, so_r, so_h,
+        QKV, Cos, Sin, KC, VC, Pos, Out, H,
+        s_r, s_t, s_h, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, so_r, so_h,
         SCALE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         r, h = (pid // H).to(tl.int64), pid % H  # 64-bit offsets: a large cache passes 2^31 elements
-        end = tl.load(Pos) + 1  # slots 0..p
-        offs_d = tl.arange(0, D)
-        q = (
-            tl.load(Q + r * sq_r + h * sq_h + offs_d).to(tl.float32) * SCALE
-        )  # a constexpr: fp32 (Inductor would pass fp64)
-        m_i = tl.full((), float("-inf"), tl.float32)
-        l_i = tl.zeros((), tl.float32)
-        acc = tl.zeros((D,), tl.float32)
-        k_row, v_row = K + r * sk_r + h * sk_h, V + r * sv_r + h * sv_h
-        for start in range(0, end, BLOCK_N):
+        pos = tl.load(Pos)
+        offs_d, offs_half = tl.arange(0, D), tl.arange(0, D // 2)
+        cos, sin = tl.load(Cos + offs_half), tl.load(Sin + offs_half)
+        base = QKV + r * s_r + h * s_h
+        q = _rope(tl.load(base + offs_d).to(tl.float32), cos, sin, D)
+        k = _rope(tl.load(base + s_t + offs_d).to(tl.float32), cos, sin, D).to(KC.dtype.element_ty)
+        v = tl.load(base + 2 * s_t + offs_d)
+        k_row, v_row = KC + r * sk_r + h * sk_h, VC + r * sv_r + h * sv_h
+        tl.store(k_row + pos * sk_n + offs_d, k)  # append this token
+        tl.store(v_row + pos * sv_n + offs_d, v.to(VC.dtype.element_ty))
+        q = q.to(QKV.dtype.element_ty).to(tl.float32) * SCALE  # the rounded query, as SDPA would read it
+        # online softmax, starting from this token's own slot (in registers), then slots 0..pos-1 from the cache
+        m_i = tl.sum(q * k.to(tl.float32), axis=0)
+        l_i = tl.full((), 1.0, tl.float32)
+        acc = v.to(tl.float32)
+        for start in range(0, pos, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
-            valid = offs_n < end
-            k = tl.load(k_row + offs_n[:, None] * sk_n + offs_d[None, :], mask=valid[:, None], other=0.0)
-            s = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))  # finite: every block holds at least one visible slot
+            valid = offs_n < pos
+            kb = tl.load(k_row + offs_n[:, None] * sk_n + offs_d[None, :], mask=valid[:, None], other=0.0)
+            s = tl.where(valid, tl.sum(kb.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
             p = tl.exp(s - m_new)
             alpha = tl.exp(m_i - m_new)
-            v = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            vb = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * vb.to(tl.float32), axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
         tl.store(Out + r * so_r + h * so_h + offs_d, (acc / l_i).to(Out.dtype.element_ty))
 
-    @torch.library.triton_op("visgen::decode_attention", mutates_args=())
+    @torch.library.triton_op("visgen::decode_attention", mutates_args={"k_cache", "v_cache"})
     def _decode_op(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, block_n: int, num_warps: int
-    ) -> torch.Tensor:
-        R, H, _, D = q.shape
-        out = torch.empty((R, H, 1, D), dtype=q.dtype, device=q.device)
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        pos: torch.Tensor, block_n: int, num_warps: int,
+    ) -> torch.Tensor:  # fmt: skip
+        R, _, H, D = qkv.shape
+        out = torch.empty((R, H, D), dtype=qkv.dtype, device=qkv.device)
         torch.library.wrap_triton(_decode_kernel)[(R * H,)](
-            q, k, v, pos, out, H,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), SCALE=D**-0.5, D=D, BLOCK_N=block_n, num_warps=num_warps,
+            qkv, cos, sin, k_cache, v_cache, pos, out, H,
+            qkv.stride(0), qkv.stride(1), qkv.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+            SCALE=D**-0.5, D=D, BLOCK_N=block_n, num_warps=num_warps,
         )  # fmt: skip
         return out
 
 
 def decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, block_n: int = 64, num_warps: int = 2
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over slots 0..pos for q (R, H, 1, d) and the cache's k and v (R, H, slots, d),
-    unit-stride last dims (cache views); ``pos`` (1,) int64 on q's device: the query's slot (< slots, not checked
-    on the device). Returns (R, H, 1, d) in q's dtype. ``block_n`` slots per loop step, ``num_warps`` per program
-    (``bench/attention.py`` times choices)."""
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    pos: torch.Tensor, block_n: int = 64, num_warps: int = 2,
+) -> torch.Tensor:  # fmt: skip
+    """One decoding step of attention for one token per row, in one kernel: rotate its query and key by RoPE, write
+    its key and value to cache slot ``pos``, attend to slots 0..pos.
+
+    qkv (R, 3, H, d): the token's unrotated query, key and value (the qkv projection's view); cos, sin (1, d / 2)
+    fp32: its RoPE tables (``transformer.rope_tables``); k_cache, v_cache (R, H, slots, d), written in place;
+    ``pos`` (1,) int64 on the device: the token's slot (< slots, not checked on the device). Returns (R, H, d) in
+    qkv's dtype. ``block_n`` slots per loop step, ``num_warps`` per program (``bench/attention.py`` times them)."""
     if triton is None:
         raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
-    if q.shape[2] != 1 or pos.numel() != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or q.stride(-1) != 1:
-        raise ValueError(
-            f"one query token and unit-stride heads expected, got q {tuple(q.shape)}, pos {tuple(pos.shape)}"
-        )
-    if q.shape[-1] & (q.shape[-1] - 1):
-        raise ValueError(f"head dim must be a power of two for the Triton kernel, got {q.shape[-1]}")
-    return _decode_op(q, k, v, pos, block_n, num_warps)
+    D = qkv.shape[-1]
+    if qkv.dim() != 4 or qkv.shape[1] != 3 or pos.numel() != 1 or cos.shape[-1] != D // 2:
+        raise ValueError(f"expected qkv (R, 3, H, d), pos (1,), cos (1, d/2); got {tuple(qkv.shape)}, "
+                         f"{tuple(pos.shape)}, {tuple(cos.shape)}")  # fmt: skip
+    if any(t.stride(-1) != 1 for t in (qkv, cos, sin, k_cache, v_cache)):
+        raise ValueError("the Triton decode kernel needs unit-stride last dims")
+    if D & (D - 1):
+        raise ValueError(f"head dim must be a power of two for the Triton kernel, got {D}")
+    return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)

@@ -93,7 +93,11 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask, is_causal, kv, input_pos, kv_len):
         B, L, _ = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim)
+        if self.decode_fn is not None and kv is not None and L == 1:
+            # rotate, append to the cache and attend to exactly slots 0..input_pos in one kernel; no mask
+            return self.proj(self.decode_fn(qkv[:, 0], *rope, *kv, input_pos).view(B, 1, -1))
+        qkv = qkv.permute(2, 0, 3, 1, 4)
         q, k = apply_rope(qkv[:2], *rope).unbind(0)  # queries and keys rotated together
         v = qkv[2]
         if kv is not None:  # decoding: write this unit, attend to the first kv_len slots
@@ -101,12 +105,9 @@ class Attention(nn.Module):
             k_cache.index_copy_(2, input_pos, k)
             v_cache.index_copy_(2, input_pos, v)
             k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        if self.decode_fn is not None and kv is not None and L == 1:
-            y = self.decode_fn(q, k, v, input_pos)  # exactly slots 0..input_pos, read on the device; no mask
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-            )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(y.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -179,10 +180,19 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.compile(**{"fullgraph": True, **options})  # shapes turn dynamic once a second one is seen
 
+    def auto_decode_kernel(self, device) -> str:
+        """``triton`` on a GPU where it applies (Triton installed, a power-of-two head dim), else ``sdpa``."""
+        if torch.device(device).type != "cuda" or self.head_dim & (self.head_dim - 1):
+            return "sdpa"
+        from visgen.nn import decode_attention  # imports Triton: only on GPUs
+
+        return "triton" if decode_attention.available() else "sdpa"
+
     def set_decode_kernel(self, name: str):
         """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels over the ``kv_len`` slots
-        offered, under the mask, any device) or ``triton`` (``visgen.nn.decode_attention``: exactly the slots up to
-        the token's own position, read on the device, so ``kv_len`` and the mask no longer matter; GPUs)."""
+        offered, under the mask, any device) or ``triton`` (``visgen.nn.decode_attention``: RoPE, the cache append
+        and attention to exactly the slots up to the token's own position, read on the device, in one kernel, so
+        ``kv_len`` and the mask no longer matter; GPUs)."""
         if name not in ("sdpa", "triton"):
             raise ValueError(f"decode kernel must be sdpa or triton, got {name!r}")
         fn = None

@@ -29,11 +29,13 @@ class SamplingConfig:
     cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
-        decoding step and of the decoder's norms at the price of a few compiles (shapes turn dynamic after the
-        second one; the decoder compiles once per batch size).
-    decode_kernel: how one-token units attend to the cache: ``sdpa`` (PyTorch's fused kernels over a masked
-        prefix bucket of 64 slots, a graph per bucket) or ``triton`` (``visgen.nn.decode_attention``: exactly the
-        unit's prefix, one graph for all one-token units; GPUs, not yet measured faster).
+        decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
+        units through the Triton kernel; otherwise shapes turn dynamic after the second one; the decoder compiles
+        once per batch size).
+    decode_kernel: how one-token units attend to the cache: ``sdpa`` (RoPE and the cache append as PyTorch ops,
+        then PyTorch's fused attention over a masked prefix bucket of 64 slots, a graph per bucket), ``triton``
+        (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one graph for
+        all one-token units; GPUs) or ``auto`` (``triton`` on GPUs where it applies, else ``sdpa``).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -48,7 +50,7 @@ class SamplingConfig:
     batch_size: int = 64
     cuda_graph: bool = True
     compile: bool = False
-    decode_kernel: str = "sdpa"
+    decode_kernel: str = "auto"
     dtype: str = "auto"
 
 
@@ -129,23 +131,28 @@ class Sampler:
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
         self.guided = any(s != 1.0 for s in self.scales)
         self.scales_t = torch.tensor(self.scales, device=device, dtype=torch.float32)
-        prefix_kernel = self.cfg.decode_kernel != "sdpa"
+        kernel = self.cfg.decode_kernel
+        self.decode_kernel = model.backbone.auto_decode_kernel(device) if kernel == "auto" else kernel
+        prefix_kernel = self.decode_kernel != "sdpa"
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
-        if (self.cfg.compile or self.cfg.decode_kernel != "sdpa") and model is generator:
+        if (self.cfg.compile or prefix_kernel) and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
-        if self.cfg.decode_kernel != "sdpa":
+        if prefix_kernel:
             try:
-                model.backbone.set_decode_kernel(self.cfg.decode_kernel)  # checks the name and that Triton is there
+                model.backbone.set_decode_kernel(self.decode_kernel)  # checks the name and that Triton is there
             except ValueError as e:
                 raise ConfigError(str(e)) from None
             if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
-                raise ConfigError(f"decode_kernel={self.cfg.decode_kernel!r} runs on a GPU; use 'sdpa' on {device}")
+                raise ConfigError(f"decode_kernel={kernel!r} runs on a GPU; use 'sdpa' on {device}")
+        # one-token units through the prefix kernel leave the batch size the only shape that changes: static kernels,
+        # one compile per batch size (otherwise shapes turn dynamic once a second one is seen)
+        options = {"dynamic": False} if prefix_kernel and set(model.schedule.unit_sizes) == {1} else {}
         if self.cfg.compile:
-            model.backbone.compile_blocks()
+            model.backbone.compile_blocks(**options)
         self._head_sample = model.head.sample
         if self.cfg.compile and getattr(model.head, "discrete", False):
             # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
-            self._head_sample = torch.compile(model.head.sample, fullgraph=True)
+            self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         self._states: dict[int, _BatchState] = {}
         if self.cfg.top_k < 0 or not 0 < self.cfg.top_p <= 1 or self.cfg.temperature < 0:
             raise ConfigError("need top_k >= 0, 0 < top_p <= 1 and temperature >= 0")
