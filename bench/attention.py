@@ -10,11 +10,12 @@ heads, a bf16 static cache of 256 slots read up to a 64-slot bucket with a mask)
                      key and value written to the cache, masked SDPA over the bucket
     triton           ``visgen.nn.decode_attention`` (``SamplingConfig.decode_kernel="triton"``): all of that in one
                      Triton program per (row, head), streaming exactly the prefix once, offered the whole cache;
-                     ``triton_nN_wW``: N slots per loop step, W warps a program
-    flex_compiled    FlexAttention compiled (its decoding kernel splits the cache over thread blocks); tried in the
-                     compiled blocks for one-token units and dropped: 40x slower at batch 256 (results/bench-attention)
+                     ``triton_nN_wW[_kv]``: N slots per loop step, W warps a program, values loaded with keys
+    flex_compiled    with ``--flex``: FlexAttention compiled (its decoding kernel splits the cache over thread
+                     blocks); tried in the compiled blocks for one-token units and dropped: 5-12 ms a call at batch
+                     256 (results/bench-attention.json at commit 04e5634, in git history)
 
-    python bench/attention.py [--name bench-attention]     # a GPU; --tiny checks it on a CPU
+    python bench/attention.py [--name bench-attention] [--flex]     # a GPU; --tiny checks it on a CPU
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from visgen.nn.decode_attention import decode_attention
 from visgen.nn.transformer import apply_rope, rope_tables
 
-TRITON_CONFIGS = [(32, 2), (64, 4), (64, 8), (128, 2), (128, 4)]  # (slots per loop step, warps)
+# (slots per loop step, warps, values loaded with the keys)
+TRITON_CONFIGS = [(32, 2, False), (64, 4, False), (128, 4, False), (32, 2, True), (64, 2, True), (64, 4, True)]
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
 
@@ -41,7 +43,7 @@ def matmul_attention(q, k, v, mask):
     return (s.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)) @ v
 
 
-def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
+def variants(q, k_cache, v_cache, kv_len: int, bucket: int, flex: bool):
     k, v = k_cache[:, :, :bucket], v_cache[:, :, :bucket]
     mask = torch.arange(bucket, device=q.device)[None, :] < kv_len  # (1, bucket)
     out = {"sdpa_default": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
@@ -52,9 +54,9 @@ def variants(q, k_cache, v_cache, kv_len: int, bucket: int):
     out["matmul"] = lambda: matmul_attention(q, k, v, mask)
     if q.is_cuda or os.environ.get("TRITON_INTERPRET"):
         out.update(append_variants(k_cache, v_cache, kv_len, bucket))
-    if q.is_cuda:
-        flex = _compiled_flex()
-        out["flex_compiled"] = lambda: flex(q, k, v, mask.expand(1, -1))
+    if q.is_cuda and flex:
+        compiled = _compiled_flex()
+        out["flex_compiled"] = lambda: compiled(q, k, v, mask.expand(1, -1))
     return out
 
 
@@ -77,9 +79,9 @@ def append_variants(k_cache, v_cache, kv_len: int, bucket: int) -> dict:
         return F.scaled_dot_product_attention(q, ku[:, :, :bucket], vu[:, :, :bucket], attn_mask=mask)[:, :, 0]
 
     out = {"unfused": unfused, "triton": functools.partial(decode_attention, qkv, cos, sin, kt, vt, pos)}
-    for block_n, warps in TRITON_CONFIGS:
-        out[f"triton_n{block_n}_w{warps}"] = functools.partial(
-            decode_attention, qkv, cos, sin, kt, vt, pos, block_n=block_n, num_warps=warps
+    for block_n, warps, together in TRITON_CONFIGS:
+        out[f"triton_n{block_n}_w{warps}{'_kv' if together else ''}"] = functools.partial(
+            decode_attention, qkv, cos, sin, kt, vt, pos, block_n=block_n, num_warps=warps, kv_together=together
         )
     return out
 
@@ -108,6 +110,7 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--kv-lens", type=int, nargs="+", default=[40, 100, 160, 250])
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--flex", action="store_true", help="also compiled FlexAttention (a long compile, GPU)")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -121,7 +124,7 @@ def main():
         for kv_len in args.kv_lens:
             bucket = min(slots, -(-kv_len // 64) * 64)
             ref = None
-            for name, fn in variants(q, k_cache, v_cache, kv_len, bucket).items():
+            for name, fn in variants(q, k_cache, v_cache, kv_len, bucket, args.flex).items():
                 try:
                     y = fn()
                 except RuntimeError as e:  # a backend that does not take this case
