@@ -10,7 +10,7 @@ heads, a bf16 static cache of 256 slots read up to a 64-slot bucket with a mask)
                      key and value written to the cache, masked SDPA over the bucket
     triton           ``visgen.nn.decode_attention`` (``SamplingConfig.decode_kernel="triton"``): all of that in one
                      Triton program per (row, head), streaming exactly the prefix once, offered the whole cache;
-                     ``triton_nN_wW[_kv]``: N slots per loop step, W warps a program, values loaded with keys
+                     ``triton_nN_wW``: N slots per loop step, W warps a program
     flex_compiled    with ``--flex``: FlexAttention compiled (its decoding kernel splits the cache over thread
                      blocks); tried in the compiled blocks for one-token units and dropped: 5-12 ms a call at batch
                      256 (results/bench-attention.json at commit 04e5634, in git history)
@@ -32,8 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from visgen.nn.decode_attention import decode_attention
 from visgen.nn.transformer import apply_rope, rope_tables
 
-# (slots per loop step, warps, values loaded with the keys)
-TRITON_CONFIGS = [(32, 2, False), (64, 4, False), (128, 4, False), (32, 2, True), (64, 2, True), (64, 4, True)]
+TRITON_CONFIGS = [(32, 2), (64, 4), (128, 2), (128, 4)]  # (slots per loop step, warps); the default is 64, 2
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
 
@@ -79,9 +78,9 @@ def append_variants(k_cache, v_cache, kv_len: int, bucket: int) -> dict:
         return F.scaled_dot_product_attention(q, ku[:, :, :bucket], vu[:, :, :bucket], attn_mask=mask)[:, :, 0]
 
     out = {"unfused": unfused, "triton": functools.partial(decode_attention, qkv, cos, sin, kt, vt, pos)}
-    for block_n, warps, together in TRITON_CONFIGS:
-        out[f"triton_n{block_n}_w{warps}{'_kv' if together else ''}"] = functools.partial(
-            decode_attention, qkv, cos, sin, kt, vt, pos, block_n=block_n, num_warps=warps, kv_together=together
+    for block_n, warps in TRITON_CONFIGS:
+        out[f"triton_n{block_n}_w{warps}"] = functools.partial(
+            decode_attention, qkv, cos, sin, kt, vt, pos, block_n=block_n, num_warps=warps
         )
     return out
 

@@ -41,7 +41,7 @@ if triton is not None:
     def _decode_kernel(
         QKV, Cos, Sin, KC, VC, Pos, Out, H,
         s_r, s_t, s_h, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, so_r, so_h,
-        SCALE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, KV_TOGETHER: tl.constexpr,
+        SCALE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         r, h = (pid // H).to(tl.int64), pid % H  # 64-bit offsets: a large cache passes 2^31 elements
@@ -64,14 +64,11 @@ if triton is not None:
             offs_n = start + tl.arange(0, BLOCK_N)
             valid = offs_n < pos
             kb = tl.load(k_row + offs_n[:, None] * sk_n + offs_d[None, :], mask=valid[:, None], other=0.0)
-            if KV_TOGETHER:  # issue the value load before the scores need the keys: more bytes in flight
-                vb = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
             s = tl.where(valid, tl.sum(kb.to(tl.float32) * q[None, :], axis=1), float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=0))
             p = tl.exp(s - m_new)
             alpha = tl.exp(m_i - m_new)
-            if not KV_TOGETHER:
-                vb = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
+            vb = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * alpha + tl.sum(p[:, None] * vb.to(tl.float32), axis=0)
             l_i = l_i * alpha + tl.sum(p, axis=0)
             m_i = m_new
@@ -80,7 +77,7 @@ if triton is not None:
     @torch.library.triton_op("visgen::decode_attention", mutates_args={"k_cache", "v_cache"})
     def _decode_op(
         qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-        pos: torch.Tensor, block_n: int, num_warps: int, kv_together: bool,
+        pos: torch.Tensor, block_n: int, num_warps: int,
     ) -> torch.Tensor:  # fmt: skip
         R, _, H, D = qkv.shape
         out = torch.empty((R, H, D), dtype=qkv.dtype, device=qkv.device)
@@ -88,14 +85,14 @@ if triton is not None:
             qkv, cos, sin, k_cache, v_cache, pos, out, H,
             qkv.stride(0), qkv.stride(1), qkv.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-            SCALE=D**-0.5, D=D, BLOCK_N=block_n, KV_TOGETHER=kv_together, num_warps=num_warps,
+            SCALE=D**-0.5, D=D, BLOCK_N=block_n, num_warps=num_warps,
         )  # fmt: skip
         return out
 
 
 def decode_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    pos: torch.Tensor, block_n: int = 64, num_warps: int = 2, kv_together: bool = False,
+    pos: torch.Tensor, block_n: int = 64, num_warps: int = 2,
 ) -> torch.Tensor:  # fmt: skip
     """One decoding step of attention for one token per row, in one kernel: rotate its query and key by RoPE, write
     its key and value to cache slot ``pos``, attend to slots 0..pos.
@@ -103,8 +100,8 @@ def decode_attention(
     qkv (R, 3, H, d): the token's unrotated query, key and value (the qkv projection's view); cos, sin (1, d / 2)
     fp32: its RoPE tables (``transformer.rope_tables``); k_cache, v_cache (R, H, slots, d), written in place;
     ``pos`` (1,) int64 on the device: the token's slot (< slots, not checked on the device). Returns (R, H, d) in
-    qkv's dtype. ``block_n`` slots per loop step, ``num_warps`` per program, ``kv_together``: load a step's values
-    with its keys (``bench/attention.py`` times the choices)."""
+    qkv's dtype. ``block_n`` slots per loop step, ``num_warps`` per program (``bench/attention.py`` times choices;
+    the defaults were the fastest or near it at every batch and prefix there)."""
     if triton is None:
         raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
     D = qkv.shape[-1]
@@ -115,4 +112,4 @@ def decode_attention(
         raise ValueError("the Triton decode kernel needs unit-stride last dims")
     if D & (D - 1):
         raise ValueError(f"head dim must be a power of two for the Triton kernel, got {D}")
-    return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps, kv_together)
+    return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
