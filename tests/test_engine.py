@@ -218,10 +218,9 @@ def test_prefix_cache_reads_equal_full_cache_reads():
 
     assert cache_reads([1] * 6, 6, bucket=4) == [(4, True)] * 4 + [(6, True)] * 2
     assert cache_reads([1, 4, 16], 21) == [(1, False), (5, False), (21, False)]
-    # the Triton prefix kernel: every one-token unit offered the whole cache (one graph), other units as before
-    assert cache_reads([1] * 3 + [2, 2, 2], 9, bucket=4, prefix_kernel=True) == [(9, True)] * 3 + [(8, True)] * 2 + [
-        (9, True)
-    ]
+    # the Triton prefix kernel: every one-token unit offered the whole cache unmasked (one graph), others as before
+    reads = cache_reads([1] * 3 + [2, 2, 2], 9, bucket=4, prefix_kernel=True)
+    assert reads == [(9, False)] * 3 + [(8, True)] * 2 + [(9, True)]
     for gen, bucket in ((tiny_generator(adaln=True), 4), (var_generator(), 64)):
         s = gen.schedule
         fast = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=3))

@@ -18,6 +18,7 @@ from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, loa
 from visgen.config import ConfigError, from_dict
 from visgen.heads import CategoricalHead, FlowHead
 from visgen.nn import Transformer, backbone_config
+from visgen.nn.transformer import rope_tables
 from visgen.schedules import build_schedule
 from visgen.tokenizers.base import Tokenizer
 
@@ -167,18 +168,30 @@ class Generator(PretrainedMixin, nn.Module):
         appending its keys and values to ``cache``; ``inputs`` is None for unit 0.
 
         Units are contiguous in sequence order, so unit k sees exactly the slots before its end. ``kv_len`` (a
-        Python int, default the whole cache) bounds the slots read; ``masked=False`` says it equals this unit's end,
-        so no mask is needed (unmasked attention takes the fastest kernels)."""
+        Python int, default the whole cache) bounds the slots read; ``masked=False`` says it equals this unit's end
+        (or that the backbone's decode kernel reads exactly the prefix), so no mask is needed."""
         kv_len = kv_len or self.schedule.seq_len
         # index_select, not [k_t]: indexing by a 0-d tensor would read it back to the host (no graph capture)
-        input_pos = self.unit_offsets.index_select(0, k_t.view(1)) + torch.arange(n, device=k_t.device)
+        input_pos = self.unit_offsets.index_select(0, k_t.view(1))
+        if n > 1:
+            input_pos = input_pos + torch.arange(n, device=k_t.device)
         x = self.start(labels_B, n) if inputs is None else self.input_emb(inputs)
         # (n, kv_len): this unit and all before it
         mask = self.unit_ids[None, :kv_len] <= self.unit_ids[input_pos][:, None] if masked else None
+        cos, sin = self._rope_tables(input_pos.device)
         return self.backbone(
-            x, self.positions[input_pos], self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos,
-            kv_len=kv_len,
+            x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos, kv_len=kv_len,
+            rope=(cos[input_pos], sin[input_pos]),
         )  # fmt: skip
+
+    def _rope_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's RoPE tables (cos, sin) at every sequence position, built once per device; fp32 and kept
+        out of the buffers, so casting the model to bf16 for sampling leaves them as training computes them."""
+        tables = self.__dict__.setdefault("_rope", {})
+        if device not in tables:
+            b = self.backbone
+            tables[device] = rope_tables(self.positions.to(device), b.head_dim, b.cfg.rope_theta)
+        return tables[device]
 
     def decode_tokens(self, tokens: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
         """Token grid -> images in [-1, 1] through the tokenizer (or a copy of it, e.g. the sampler's bf16 one;

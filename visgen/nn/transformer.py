@@ -212,18 +212,22 @@ class Transformer(nn.Module):
     def forward(
         self,
         x_BLD: torch.Tensor,
-        positions_LA: torch.Tensor,
+        positions_LA: torch.Tensor | None,
         cond_BD: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
         input_pos: torch.Tensor | None = None,
         kv_len: int | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Features (B, L, d_model). Training: the whole sequence with ``mask`` (bool, True = attend) or
         ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, reading its first
-        ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all)."""
-        rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
+        ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all).
+        ``rope``: the (cos, sin) tables of these positions (``rope_tables``) instead of ``positions_LA``, when the
+        caller keeps them (decoding gathers them from tables built once: a dozen small kernels fewer a step)."""
+        if rope is None:
+            rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
         if cache is not None and kv_len is None:
             kv_len = cache.k.shape[3]
         for i, block in enumerate(self.blocks):

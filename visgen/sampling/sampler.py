@@ -75,13 +75,13 @@ def cache_reads(
     no mask. Units that share a size (raster tokens) share a graph per prefix rounded up to ``bucket`` slots, and a
     mask hides the slots past the unit's end: attention reads a growing prefix, not the whole cache.
     ``prefix_kernel``: one-token units attend through a kernel that reads exactly their prefix whatever it is
-    offered (``decode_kernel="triton"``), so they all share one graph over the whole cache."""
+    offered (``decode_kernel="triton"``), so they all share one graph over the whole cache, with no mask."""
     counts = Counter(unit_sizes)
     reads, end = [], 0
     for n in unit_sizes:
         end += n
         if prefix_kernel and n == 1:
-            reads.append((seq_len, True))
+            reads.append((seq_len, False))
         elif counts[n] == 1:
             reads.append((end, False))
         else:
