@@ -137,15 +137,19 @@ class Block(nn.Module):
         else:
             self.ada = None
 
-    def forward(self, x, cond, rope, mask, is_causal: bool, kv=None, input_pos=None, kv_len: int = 0):
-        """``kv``: this layer's (keys, values) cache when decoding, written at ``input_pos``, read up to ``kv_len``."""
+    def forward(self, x, h, next_w, cond, rope, mask, is_causal: bool, kv=None, input_pos=None, kv_len: int = 0):
+        """The residual stream ``x`` and ``h = self.norm1(x)`` -> the new stream and its RMS norm scaled by ``next_w``
+        (the next block's ``norm1`` weight, or the final norm's): the norm that follows a block is computed at its
+        end, so a compiled block fuses it with the last residual add. ``kv``: this layer's (keys, values) cache when
+        decoding, written at ``input_pos``, read up to ``kv_len``."""
         if self.ada is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope, mask, is_causal, kv, input_pos, kv_len))
-            return x + self.drop(self.mlp(self.norm2(x)))
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + sc1) + sh1
-        x = x + (1 + g1) * self.drop(self.attn(h, rope, mask, is_causal, kv, input_pos, kv_len))
-        return x + (1 + g2) * self.drop(self.mlp(self.norm2(x) * (1 + sc2) + sh2))
+            x = x + self.drop(self.attn(h, rope, mask, is_causal, kv, input_pos, kv_len))
+            x = x + self.drop(self.mlp(self.norm2(x)))
+        else:
+            sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+            x = x + (1 + g1) * self.drop(self.attn(h * (1 + sc1) + sh1, rope, mask, is_causal, kv, input_pos, kv_len))
+            x = x + (1 + g2) * self.drop(self.mlp(self.norm2(x) * (1 + sc2) + sh2))
+        return x, F.rms_norm(x, (x.shape[-1],), next_w.to(x.dtype), self.norm1.eps)
 
 
 class Transformer(nn.Module):
@@ -159,6 +163,7 @@ class Transformer(nn.Module):
         self.head_dim = cfg.d_model // cfg.n_head
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
+        self.register_buffer("norm_ones", torch.ones(cfg.d_model), persistent=False)  # weight of weightless norms
         self.activation_checkpointing = False  # training: recompute each block in backward instead of storing it
         self.apply(self._init)
 
@@ -230,10 +235,18 @@ class Transformer(nn.Module):
             rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
         if cache is not None and kv_len is None:
             kv_len = cache.k.shape[3]
-        for i, block in enumerate(self.blocks):
+        h = self.blocks[0].norm1(x_BLD)
+        # each block ends with the next one's first norm, the last with the final norm; the weights as plain tensor
+        # views (ones where a norm has none: AdaLN), so every block traces alike and one compiled graph serves all
+        ones = self.norm_ones
+        next_ws = [b.norm1.weight if b.norm1.weight is not None else ones for b in self.blocks[1:]] + [self.norm.weight]
+        # a view of a Parameter is a Tensor: no type guard tells them apart (in training an AdaLN model's last block
+        # still compiles apart, its weight asking for a gradient and the ones not; the sampler's copy asks for none)
+        next_ws = [w.view(-1) for w in next_ws]
+        for i, (block, next_w) in enumerate(zip(self.blocks, next_ws)):
             kv = cache.layer(i) if cache is not None else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x_BLD = checkpoint(block, x_BLD, cond_BD, rope, mask, is_causal, use_reentrant=False)
+                x_BLD, h = checkpoint(block, x_BLD, h, next_w, cond_BD, rope, mask, is_causal, use_reentrant=False)
             else:
-                x_BLD = block(x_BLD, cond_BD, rope, mask, is_causal, kv, input_pos, kv_len or 0)
-        return self.norm(x_BLD)
+                x_BLD, h = block(x_BLD, h, next_w, cond_BD, rope, mask, is_causal, kv, input_pos, kv_len or 0)
+        return h

@@ -137,6 +137,8 @@ class Sampler:
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
         if (self.cfg.compile or prefix_kernel) and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
+        if model is not generator:
+            model.requires_grad_(False)  # our copy: with no tensor asking for gradients, compiled blocks trace alike
         if prefix_kernel:
             try:
                 model.backbone.set_decode_kernel(self.decode_kernel)  # checks the name and that Triton is there
