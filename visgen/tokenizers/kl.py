@@ -8,22 +8,18 @@ import torch
 
 from visgen.checkpoint import register_model
 from visgen.tokenizers.base import Tokenizer
-from visgen.tokenizers.modules import Decoder, Encoder
+from visgen.tokenizers.modules import ConvAEConfig
 
 
 @dataclass
-class KLConfig:
+class KLConfig(ConvAEConfig):
     """KL-VAE settings.
 
-    in_channels, channels, channel_mult, num_res_blocks: as in ``VQConfig`` (``(1, 2, 2)``: 32 px -> 8x8).
+    in_channels, channels, channel_mult, num_res_blocks: the conv autoencoder (``ConvAEConfig``).
     latent_channels: channels of the latent grid.
     kl_weight: weight of KL(q(z|x) || N(0, I)), small so the latent keeps detail (LDM uses 1e-6).
     """
 
-    in_channels: int = 3
-    channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
     latent_channels: int = 4
     kl_weight: float = 1e-6
 
@@ -43,10 +39,10 @@ class KLTokenizer(Tokenizer):
         super().__init__()
         config.channel_mult = tuple(config.channel_mult)
         self.config = c = config
-        self.downsample = 2 ** (len(c.channel_mult) - 1)
+        self.downsample = c.downsample
         self.latent_channels, self.image_channels = c.latent_channels, c.in_channels
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, 2 * c.latent_channels)
-        self.decoder = Decoder(c.latent_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
+        self.encoder = c.encoder(2 * c.latent_channels)  # mean and log-variance
+        self.decoder = c.decoder(c.latent_channels)
         self.register_buffer("scaling_factor", torch.ones(()))
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

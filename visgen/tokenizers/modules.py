@@ -1,7 +1,9 @@
-"""Convolutional encoder and decoder shared by the VQ and KL tokenizers (VQGAN, Esser et al. 2021, without attention
-at these small resolutions)."""
+"""Convolutional encoder and decoder shared by the VQ, multi-scale VQ and KL tokenizers (VQGAN, Esser et al. 2021,
+without attention at these small resolutions), and the settings they share."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -89,3 +91,29 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+@dataclass
+class ConvAEConfig:
+    """The conv autoencoder of visgen's own tokenizers (each tokenizer's config adds its latent and codebook).
+
+    in_channels: image channels (3 RGB, 1 grey).
+    channels: base width of the conv encoder/decoder.
+    channel_mult: width multiplier per resolution level; len - 1 downsamplings by 2 (``(1, 2, 2)``: 32 px -> 8x8).
+    num_res_blocks: residual blocks per level.
+    """
+
+    in_channels: int = 3
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def encoder(self, out_channels: int) -> Encoder:
+        return Encoder(self.in_channels, self.channels, tuple(self.channel_mult), self.num_res_blocks, out_channels)
+
+    def decoder(self, latent_channels: int) -> Decoder:
+        return Decoder(latent_channels, self.channels, tuple(self.channel_mult), self.num_res_blocks, self.in_channels)

@@ -14,20 +14,17 @@ from visgen.checkpoint import register_model
 from visgen.config import ConfigError
 from visgen.nn.resize import resize
 from visgen.tokenizers.base import Tokenizer
-from visgen.tokenizers.modules import Decoder, Encoder
-from visgen.tokenizers.vq import restart_dead_codes
+from visgen.tokenizers.vq import VQConfig, restart_dead_codes
 
 
 @dataclass
-class MultiScaleVQConfig:
-    """Multi-scale VQ settings.
+class MultiScaleVQConfig(VQConfig):
+    """Multi-scale VQ settings: those of ``VQConfig`` (the conv autoencoder, ``z_channels``, ``beta``) and
 
-    in_channels, channels, channel_mult, num_res_blocks, z_channels: the conv autoencoder, as in ``VQConfig``.
     codebook_size, codebook_dim: one Euclidean codebook shared by all scales (VAR: 4096 x 32).
     scales: side of each scale's token map, coarse to fine; the last equals the latent side (32 px, ``(1, 2, 2)``:
         8, e.g. 1, 2, 3, 4, 6, 8).
     phi_ratio: weight of the Phi refinement, z + r (conv(z) - z) (VAR's quant_resi = 0.5).
-    beta: commitment weight.
     dead_code_threshold, usage_decay: dead-code restart as in ``VQConfig`` (a dead code moves to a random residual
         of the batch, any scale; at most codebook_size / 64 codes per step, so the codebook never jumps); 0 turns
         it off. A fresh codebook (not from ``init_from``) starts on residuals of the first training batch.
@@ -35,18 +32,10 @@ class MultiScaleVQConfig:
         parts whose shapes differ keep their fresh initialisation.
     """
 
-    in_channels: int = 3
-    channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    z_channels: int = 64
     codebook_size: int = 1024
     codebook_dim: int = 32
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     phi_ratio: float = 0.5
-    beta: float = 0.25
-    dead_code_threshold: float = 0.03
-    usage_decay: float = 0.99
     init_from: str = ""
 
 
@@ -61,9 +50,9 @@ class MultiScaleVQTokenizer(Tokenizer):
         super().__init__()
         config.channel_mult, config.scales = tuple(config.channel_mult), tuple(config.scales)
         self.config = c = config
-        self.downsample = 2 ** (len(c.channel_mult) - 1)
+        self.downsample = c.downsample
         self.vocab_size, self.image_channels, self.scales = c.codebook_size, c.in_channels, c.scales
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.encoder = c.encoder(c.z_channels)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         self.codebook = nn.Embedding(c.codebook_size, c.codebook_dim)
         nn.init.uniform_(self.codebook.weight, -1 / c.codebook_size, 1 / c.codebook_size)
@@ -71,7 +60,7 @@ class MultiScaleVQTokenizer(Tokenizer):
         self.register_buffer("codes_from_data", torch.zeros((), dtype=torch.bool))  # set once the codebook has data
         self.phi = nn.ModuleList(nn.Conv2d(c.codebook_dim, c.codebook_dim, 3, padding=1) for _ in c.scales)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
-        self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
+        self.decoder = c.decoder(c.z_channels)
         if c.init_from:
             self._init_from(c.init_from)
 

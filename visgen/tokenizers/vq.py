@@ -11,17 +11,14 @@ from torch import nn
 
 from visgen.checkpoint import register_model
 from visgen.tokenizers.base import Tokenizer
-from visgen.tokenizers.modules import Decoder, Encoder
+from visgen.tokenizers.modules import ConvAEConfig
 
 
 @dataclass
-class VQConfig:
+class VQConfig(ConvAEConfig):
     """VQ tokenizer settings.
 
-    in_channels: image channels (3 RGB, 1 grey).
-    channels: base width of the conv encoder/decoder.
-    channel_mult: width multiplier per resolution level; len - 1 downsamplings by 2 (``(1, 2, 2)``: 32 px -> 8x8).
-    num_res_blocks: residual blocks per level.
+    in_channels, channels, channel_mult, num_res_blocks: the conv autoencoder (``ConvAEConfig``).
     z_channels: encoder output width before the projection to the codebook.
     codebook_size: number of codes (the generator's vocabulary).
     codebook_dim: code vector size; small and l2-normalised, which raises codebook usage
@@ -32,10 +29,6 @@ class VQConfig:
     usage_decay: decay of the running code-usage count.
     """
 
-    in_channels: int = 3
-    channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
     z_channels: int = 64
     codebook_size: int = 512
     codebook_dim: int = 8
@@ -119,13 +112,13 @@ class VQTokenizer(Tokenizer):
         config.channel_mult = tuple(config.channel_mult)
         self.config = config
         c = config
-        self.downsample = 2 ** (len(c.channel_mult) - 1)
+        self.downsample = c.downsample
         self.vocab_size, self.image_channels = c.codebook_size, c.in_channels
-        self.encoder = Encoder(c.in_channels, c.channels, c.channel_mult, c.num_res_blocks, c.z_channels)
+        self.encoder = c.encoder(c.z_channels)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         self.quantizer = VectorQuantizer(c.codebook_size, c.codebook_dim, c.beta, c.dead_code_threshold, c.usage_decay)
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
-        self.decoder = Decoder(c.z_channels, c.channels, c.channel_mult, c.num_res_blocks, c.in_channels)
+        self.decoder = c.decoder(c.z_channels)
 
     @property
     def codebook_dim(self) -> int:
