@@ -4,6 +4,7 @@ every figure (a run cut short keeps what it measured)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -71,9 +72,10 @@ def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool) -> dict
 
 def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False) -> dict:
     """Training tokens/s and model TFLOP/s (6 x parameters x tokens/s) of ``gen.loss`` on ``tokens`` (bf16
-    autocast, fused AdamW); {"oom": True} when the batch does not fit."""
+    autocast, fused AdamW); {"oom": True} when the batch does not fit. Trains a copy: ``gen`` keeps its weights
+    and stays uncompiled."""
     device = tokens.device
-    model = gen.to(device).train()
+    model = copy.deepcopy(gen).to(device).train()
     model.backbone.activation_checkpointing = checkpointing
     if compile:
         model.backbone.compile_blocks()
@@ -112,10 +114,3 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     return {"tokens_per_s": tokens_per_s, "model_tflops": 6 * params * tokens_per_s / 1e12, "peak_gib": peak,
             "warmup_s": warmup}  # fmt: skip
-
-
-def uncompile(gen):
-    """Drop compiled wrappers (``Module.compile``) so the next measurement runs eager."""
-    for m in gen.modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None

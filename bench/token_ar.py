@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import torch
-from common import bench_sampling, bench_training, parser, setup, sync, uncompile
+from common import bench_sampling, bench_training, parser, setup, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -109,7 +109,6 @@ def main():
             r = bench_training(gen, tokens, steps=10 if not args.tiny else 2, compile=mode == "compiled")
             for k, v in r.items():
                 rec.add(f"train_{mode}_b{bs}_{k}", v)
-            uncompile(gen)
 
 
 if __name__ == "__main__":

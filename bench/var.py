@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import bench_sampling, bench_training, parser, setup, sync, uncompile
+from common import bench_sampling, bench_training, parser, setup, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -79,7 +79,6 @@ def main():
                 rec.add(f"train_{mode}_b{bs}_activation_checkpointing", True)
             for k, v in r.items():
                 rec.add(f"train_{mode}_b{bs}_{k}", v)
-            uncompile(gen)
 
 
 if __name__ == "__main__":
