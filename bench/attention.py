@@ -13,7 +13,7 @@ heads, a bf16 static cache of 256 slots read up to a 64-slot bucket with a mask)
                      ``triton_nN_wW``: N slots per loop step, W warps a program
     flex_compiled    with ``--flex``: FlexAttention compiled (its decoding kernel splits the cache over thread
                      blocks); tried in the compiled blocks for one-token units and dropped: 5-12 ms a call at batch
-                     256 (results/bench-attention.json at commit 04e5634, in git history)
+                     256 (`git show 7cbf93f:results/bench-attention.json`, measured at 04e5634)
 
     python bench/attention.py [--name bench-attention] [--flex]     # a GPU; --tiny checks it on a CPU
 """
