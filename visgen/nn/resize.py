@@ -18,11 +18,15 @@ import torch.nn.functional as F
 MAX_MATRIX_SIDE = 32
 
 
+def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(x, size=size, mode=mode, **kwargs)
+
+
 @functools.lru_cache(maxsize=256)
 def _matrix(src: tuple[int, int], dst: tuple[int, int], mode: str, device: torch.device, dtype: torch.dtype):
     basis = torch.eye(src[0] * src[1], dtype=torch.float64).view(-1, 1, *src)
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    return F.interpolate(basis, size=dst, mode=mode, **kwargs).reshape(len(basis), -1).to(device, dtype)
+    return _interpolate(basis, dst, mode).reshape(len(basis), -1).to(device, dtype)
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> torch.Tensor:
@@ -32,8 +36,7 @@ def resize(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> torch.Ten
     if src == size:
         return x
     if max(*src, *size) > MAX_MATRIX_SIDE:
-        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        return F.interpolate(x, size=size, mode=mode, **kwargs)
+        return _interpolate(x, size, mode)
     # weights and sums in fp32 (as F.interpolate accumulates), the result in x's dtype, whatever the autocast
     dtype = torch.promote_types(x.dtype, torch.float32)
     m = _matrix(src, size, mode, x.device, dtype)
