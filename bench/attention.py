@@ -4,7 +4,7 @@ heads, a bf16 static cache of 256 slots read up to a 64-slot bucket with a mask)
 
     sdpa_default     ``F.scaled_dot_product_attention`` with a mask, the backend PyTorch picks
     sdpa_cudnn / sdpa_efficient / sdpa_math    the same, one backend forced
-    sdpa_flash_exact the flash kernel on the exact prefix, no mask (needs one graph per step: the bound to beat)
+    sdpa_flash_exact the flash kernel on the exact prefix, no mask (a shape per step: the bound to beat)
     matmul           two batched matmuls and a softmax (memory-bound reads of the cache, nothing else)
     unfused          what the sdpa decode path does per layer, uncompiled: RoPE on the token's query and key, its
                      key and value written to the cache, masked SDPA over the bucket

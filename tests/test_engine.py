@@ -41,9 +41,9 @@ def test_kv_cached_decoding_equals_full_recompute(adaln):
         full = gen.head.logits(gen.features(seq, labels))
         cache = gen.backbone.new_cache(B, s.seq_len, torch.float32, "cpu")
         units, cached = s.split_units(seq), []
-        for k, n in enumerate(s.unit_sizes):
+        for k in range(s.num_units):
             inputs = s.next_input(units[:k]) if k else None
-            cached.append(gen.head.logits(gen.decode_unit(torch.tensor(k), n, inputs, labels, cache)))
+            cached.append(gen.head.logits(gen.decode_unit(k, inputs, labels, cache)))
     assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
 
 
@@ -79,8 +79,8 @@ def test_block_causal_mask():
 
 def test_guidance_scale_one_equals_conditional():
     gen = tiny_generator()
-    h, hu = torch.randn(2, 1, 32), torch.randn(2, 1, 32)
-    assert torch.allclose(gen.head.guided_logits(h, hu, 1.0), gen.head.logits(h))
+    h = torch.randn(4, 1, 32)  # two conditional rows, then two unconditional
+    assert torch.allclose(gen.head.guided_logits(h, 1.0, guided=True), gen.head.logits(h[:2]))
     labels = torch.arange(4)
     plain = Sampler(gen, SamplingConfig(cfg_scale=1.0, seed=3)).sample_tokens(labels)
     guided_path = Sampler(gen, SamplingConfig(cfg_scale=1.0, seed=3))
@@ -214,13 +214,17 @@ def test_prefix_cache_reads_equal_full_cache_reads():
     """The sampler reads a growing cache prefix (bucketed and masked for one-token units, exact and unmasked for
     units of their own size); reading the whole cache under the full mask must give the same samples."""
     from tests.test_scale import var_generator
-    from visgen.sampling.sampler import cache_reads
+    from visgen.sampling.sampler import cache_reads, warm_up_units
 
     assert cache_reads([1] * 6, 6, bucket=4) == [(4, True)] * 4 + [(6, True)] * 2
     assert cache_reads([1, 4, 16], 21) == [(1, False), (5, False), (21, False)]
     # the Triton prefix kernel: every one-token unit offered the whole cache unmasked (one graph), others as before
     reads = cache_reads([1] * 3 + [2, 2, 2], 9, bucket=4, prefix_kernel=True)
     assert reads == [(9, False)] * 3 + [(8, True)] * 2 + [(9, True)]
+    # before capturing the loop, the sampler runs units up to the last one of a new kind (compiles happen there)
+    assert warm_up_units([1] * 3 + [2, 2, 2], reads) == 6
+    assert warm_up_units([1] * 6, [(6, False)] * 6) == 2  # the first unit (class) and one token: the Triton path
+    assert warm_up_units([1, 4, 16], cache_reads([1, 4, 16], 21)) == 3
     for gen, bucket in ((tiny_generator(adaln=True), 4), (var_generator(), 64)):
         s = gen.schedule
         fast = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=3))

@@ -44,7 +44,7 @@ def test_flow_head_learns_a_toy_distribution():
     with torch.no_grad():
         for k in range(2):
             h = cond[k].expand(500, 3, 8)
-            x = head.sample(h, None, None, CounterNoise(1, torch.arange(500)), torch.tensor(0))
+            x = head.sample(h, None, CounterNoise(1, torch.arange(500)), torch.tensor(0))
             assert torch.allclose(x.mean((0, 1)), means[k], atol=0.15)
             assert torch.allclose(x.std((0, 1)), torch.tensor([0.5, 0.5]), atol=0.12)
 
@@ -77,8 +77,8 @@ def test_kv_cached_scale_decoding_equals_full_recompute():
         full = gen.features(seq, labels)
         cache = gen.backbone.new_cache(3, s.seq_len, torch.float32, "cpu")
         units, cached = s.split_units(seq), []
-        for k, n in enumerate(s.unit_sizes):
-            cached.append(gen.decode_unit(torch.tensor(k), n, s.next_input(units[:k]) if k else None, labels, cache))
+        for k in range(s.num_units):
+            cached.append(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache))
     assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
 
 

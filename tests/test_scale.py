@@ -86,12 +86,8 @@ def test_kv_cached_scale_decoding_equals_full_recompute():
         full = gen.head.logits(gen.features(tokens, labels))
         cache = gen.backbone.new_cache(3, s.seq_len, torch.float32, "cpu")
         units, cached = s.split_units(tokens), []
-        for k, n in enumerate(s.unit_sizes):
-            cached.append(
-                gen.head.logits(
-                    gen.decode_unit(torch.tensor(k), n, s.next_input(units[:k]) if k else None, labels, cache)
-                )
-            )
+        for k in range(s.num_units):
+            cached.append(gen.head.logits(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache)))
     assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
 
 

@@ -1,10 +1,10 @@
 """Run under TRITON_INTERPRET=1 (tests/test_engine.py does): the Triton decoding kernel on CPU tensors equals RoPE,
-a cache write and SDPA over slots 0..pos, and a sampler that decodes through it gives the SDPA sampler's tokens."""
+a cache write and SDPA over slots 0..pos (called directly and through its registered op), and a sampler that decodes through it gives the SDPA sampler's tokens."""
 
 import torch
 
 from tests.test_engine import tiny_generator
-from visgen.nn.decode_attention import decode_attention
+from visgen.nn.decode_attention import _decode_op, decode_attention
 from visgen.nn.transformer import apply_rope, rope_tables
 from visgen.sampling import Sampler, SamplingConfig
 
@@ -24,6 +24,10 @@ for pos in (0, 36, 63, 64, 127, 255):  # first slot, inside a block, block edges
         torch.testing.assert_close(out, ref[:, :, 0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(k_cache, ref_k, atol=1e-6, rtol=1e-6)  # this token appended, nothing else
         assert torch.equal(v_cache, ref_v)
+    # the registered op (what compiled blocks call) launches the same kernel
+    k_cache, v_cache = kc.clone(), vc.clone()
+    assert torch.equal(_decode_op(qkv, cos, sin, k_cache, v_cache, torch.tensor([pos]), 64, 2), out)  # block 64
+    torch.testing.assert_close(k_cache, ref_k, atol=1e-6, rtol=1e-6)
 
 gen = tiny_generator(adaln=True)
 cfg = dict(cfg_scale=2.0, seed=4)

@@ -105,7 +105,6 @@ class Generator(PretrainedMixin, nn.Module):
         s = self.schedule
         self.register_buffer("positions", s.positions.clone(), persistent=False)
         self.register_buffer("unit_ids", s.unit_ids, persistent=False)
-        self.register_buffer("unit_offsets", torch.tensor(s.unit_offsets), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # the tokenizer is referenced, not owned (no parameters of ours), yet schedules (VAR's f_hat) and decoding
@@ -161,28 +160,37 @@ class Generator(PretrainedMixin, nn.Module):
         return self.head.loss(seq, self.features(seq, labels_B), self.schedule.unit_sizes)
 
     def decode_unit(
-        self, k_t: torch.Tensor, n: int, inputs, labels_B: torch.Tensor, cache, kv_len: int | None = None,
-        masked: bool = True,
-    ) -> torch.Tensor:  # fmt: skip
-        """Features (B, n, d) of unit ``k_t`` (a device scalar, so one captured graph serves every unit of size n),
-        appending its keys and values to ``cache``; ``inputs`` is None for unit 0.
+        self, k: int, inputs, labels_B: torch.Tensor, cache, kv_len: int | None = None, masked: bool = True
+    ) -> torch.Tensor:
+        """Features (B, n, d) of unit ``k`` (n = its size), appending its keys and values to ``cache``; ``inputs``
+        is None for unit 0.
 
-        Units are contiguous in sequence order, so unit k sees exactly the slots before its end. ``kv_len`` (a
-        Python int, default the whole cache) bounds the slots read; ``masked=False`` says it equals this unit's end
-        (or that the backbone's decode kernel reads exactly the prefix), so no mask is needed."""
-        kv_len = kv_len or self.schedule.seq_len
-        # index_select, not [k_t]: indexing by a 0-d tensor would read it back to the host (no graph capture)
-        input_pos = self.unit_offsets.index_select(0, k_t.view(1))
-        if n > 1:
-            input_pos = input_pos + torch.arange(n, device=k_t.device)
+        Units are contiguous in sequence order, so unit k sees exactly the slots before its end. ``kv_len`` (default
+        the whole cache) bounds the slots read; ``masked=False`` says it equals this unit's end (or that the
+        backbone's decode kernel reads exactly the prefix), so no mask is needed. The unit's positions and RoPE
+        tables are tensors kept per device (views or tensors of their own, no kernel to select them), so a captured
+        graph of the sampling loop holds no host work."""
+        s = self.schedule
+        off, n = s.unit_offsets[k], s.unit_sizes[k]
         x = self.start(labels_B, n) if inputs is None else self.input_emb(inputs)
+        input_pos = self._unit_positions(labels_B.device)[k]
+        kv_len = kv_len or s.seq_len
         # (n, kv_len): this unit and all before it
-        mask = self.unit_ids[None, :kv_len] <= self.unit_ids[input_pos][:, None] if masked else None
-        cos, sin = self._rope_tables(input_pos.device)
+        mask = self.unit_ids[None, :kv_len] <= self.unit_ids[off : off + n, None] if masked else None
+        cos, sin = self._rope_tables(labels_B.device)
         return self.backbone(
             x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos, kv_len=kv_len,
-            rope=(cos[input_pos], sin[input_pos]),
+            rope=(cos[off : off + n], sin[off : off + n]),
         )  # fmt: skip
+
+    def _unit_positions(self, device) -> list[torch.Tensor]:
+        """Each unit's sequence positions (n,), a tensor of its own per unit (aligned: compiled code and Triton
+        kernels take it as they were compiled for), built once per device."""
+        table = self.__dict__.setdefault("_unit_pos", {})
+        if device not in table:
+            s = self.schedule
+            table[device] = [torch.arange(o, o + n, device=device) for o, n in zip(s.unit_offsets, s.unit_sizes)]
+        return table[device]
 
     def _rope_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's RoPE tables (cos, sin) at every sequence position, built once per device; fp32 and kept

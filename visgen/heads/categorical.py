@@ -43,26 +43,29 @@ class CategoricalHead(nn.Module):
         """Mean cross-entropy in nats per token (every token weighs the same, whatever its unit)."""
         return F.cross_entropy(self.logits(h_BLD).flatten(0, 1), target_BL.flatten())
 
-    def guided_logits(self, h, h_uncond, cfg_scale) -> torch.Tensor:
-        """Classifier-free guidance on logits: u + s (c - u) (LlamaGen, sec. 3.3)."""
-        if h_uncond is None:
-            return self.logits(h)
-        c, u = self.logits(torch.cat([h, h_uncond])).chunk(2)  # one matmul for both halves
+    def guided_logits(self, h, cfg_scale, guided: bool = False) -> torch.Tensor:
+        """Logits, guided when ``guided``: then ``h`` holds the conditional rows followed by as many unconditional
+        ones (one matmul for both), and the logits are u + s (c - u) (LlamaGen, sec. 3.3), for the first half."""
+        logits = self.logits(h)
+        if not guided:
+            return logits
+        c, u = logits.chunk(2)
         return u + cfg_scale * (c - u)
 
     def sample(
         self,
-        h_BnD: torch.Tensor,
-        h_uncond: torch.Tensor | None,
+        h: torch.Tensor,
         cfg_scale,
         noise: CounterNoise,
         step,
+        guided: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
     ) -> torch.Tensor:
-        """Tokens (B, n) by the Gumbel-max trick: argmax(logits / T + g) samples softmax(logits / T) exactly."""
-        logits = filter_logits(self.guided_logits(h_BnD, h_uncond, cfg_scale), top_k, top_p)
+        """Tokens (B, n) from features ``h`` (B, n, D), or (2B, n, D) when ``guided`` (conditional rows, then
+        unconditional), by the Gumbel-max trick: argmax(logits / T + g) samples softmax(logits / T) exactly."""
+        logits = filter_logits(self.guided_logits(h, cfg_scale, guided), top_k, top_p)
         if temperature == 0:
             return logits.argmax(-1)
         return (logits / temperature + noise.gumbel(step, logits.shape[1:])).argmax(-1)

@@ -85,18 +85,20 @@ class FlowHead(nn.Module):
         parts = zip(target_BLC.split(unit_sizes, 1), h_BLD.split(unit_sizes, 1), unit_sizes)
         return sum(self.unit_loss(x, h) * (n / total) for x, h, n in parts)
 
-    def sample(self, h_BnD, h_uncond, cfg_scale, noise: CounterNoise, step, **_) -> torch.Tensor:
-        """Euler integration of the (guided) velocity from t = 1 to t = 0; noise keyed by (sample, unit)."""
-        B, n, _ = h_BnD.shape
-        x = noise.normal(step, (n, self.channels), stream=0).to(h_BnD.dtype)
+    def sample(self, h: torch.Tensor, cfg_scale, noise: CounterNoise, step, guided: bool = False, **_) -> torch.Tensor:
+        """Euler integration of the (guided) velocity from t = 1 to t = 0; noise keyed by (sample, unit). ``h``
+        (B, n, D), or (2B, n, D) when ``guided``: conditional rows, then unconditional."""
+        B, n, _ = h.shape
+        B = B // 2 if guided else B
+        h_cond = h[:B]
+        x = noise.normal(step, (n, self.channels), stream=0).to(h.dtype)
         lo, hi = self.cfg_interval
-        h_both = torch.cat([h_BnD, h_uncond]) if h_uncond is not None else None
         for i in range(self.steps):
             t_val = 1 - i / self.steps
-            if h_both is not None and lo <= t_val <= hi:  # conditional and unconditional velocity in one pass
-                v, vu = self.velocity(torch.cat([x, x]), torch.full((2 * B,), t_val, device=x.device), h_both).chunk(2)
+            if guided and lo <= t_val <= hi:  # conditional and unconditional velocity in one pass
+                v, vu = self.velocity(torch.cat([x, x]), torch.full((2 * B,), t_val, device=x.device), h).chunk(2)
                 v = vu + cfg_scale.to(v.dtype) * (v - vu)
             else:
-                v = self.velocity(x, torch.full((B,), t_val, device=x.device), h_BnD)
+                v = self.velocity(x, torch.full((B,), t_val, device=x.device), h_cond)
             x = x - v / self.steps
         return x

@@ -7,8 +7,8 @@ writing the key and value to the cache take three more small kernels per layer. 
 one program that rotates the token's query and key, writes its key and value to slot p, and streams exactly slots
 0..p-1 once with an online softmax (fp32 statistics). Since p is read on the device, one launch (one captured CUDA
 graph, one compiled shape) serves every step of a sequence while the bytes read grow with the prefix. It is
-registered as a ``torch.library.triton_op`` (mutating the cache) so CUDA graphs capture it and ``torch.compile``
-traces it whole.
+registered as a ``torch.library.triton_op`` (mutating the cache) so ``torch.compile`` traces it whole; uncompiled
+callers launch the kernel directly (CUDA graphs capture it either way).
 
 Selected with ``Transformer.set_decode_kernel("triton")`` (``SamplingConfig.decode_kernel``); it needs a GPU and
 Triton. Under ``TRITON_INTERPRET=1`` the same kernel runs on CPU tensors, which is how the tests check it.
@@ -74,20 +74,24 @@ if triton is not None:
             m_i = m_new
         tl.store(Out + r * so_r + h * so_h + offs_d, (acc / l_i).to(Out.dtype.element_ty))
 
-    @torch.library.triton_op("visgen::decode_attention", mutates_args={"k_cache", "v_cache"})
-    def _decode_op(
-        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-        pos: torch.Tensor, block_n: int, num_warps: int,
-    ) -> torch.Tensor:  # fmt: skip
+    def _launch(kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n: int, num_warps: int) -> torch.Tensor:
         R, _, H, D = qkv.shape
         out = torch.empty((R, H, D), dtype=qkv.dtype, device=qkv.device)
-        torch.library.wrap_triton(_decode_kernel)[(R * H,)](
+        kernel[(R * H,)](
             qkv, cos, sin, k_cache, v_cache, pos, out, H,
             qkv.stride(0), qkv.stride(1), qkv.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
             SCALE=D**-0.5, D=D, BLOCK_N=block_n, num_warps=num_warps,
         )  # fmt: skip
         return out
+
+    @torch.library.triton_op("visgen::decode_attention", mutates_args={"k_cache", "v_cache"})
+    def _decode_op(
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        pos: torch.Tensor, block_n: int, num_warps: int,
+    ) -> torch.Tensor:  # fmt: skip
+        wrapped = torch.library.wrap_triton(_decode_kernel)
+        return _launch(wrapped, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
 
 
 def decode_attention(
@@ -112,4 +116,8 @@ def decode_attention(
         raise ValueError("the Triton decode kernel needs unit-stride last dims")
     if D & (D - 1):
         raise ValueError(f"head dim must be a power of two for the Triton kernel, got {D}")
-    return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
+    if torch.compiler.is_compiling():  # the registered op: Inductor traces it and knows what it writes
+        return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
+    # eager: the kernel itself, without the custom op's dispatch (most of a call's host time, which a sampling loop
+    # pays once per layer and step when it runs or captures the loop)
+    return _launch(_decode_kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)

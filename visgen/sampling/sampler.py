@@ -1,5 +1,5 @@
 """One sampling loop over units for every family: KV cache, classifier-free guidance, per-sample seeds, batching,
-and CUDA-graph replay of each decoding step on GPUs."""
+and on GPUs the whole loop captured in one CUDA graph and replayed."""
 
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ class SamplingConfig:
     temperature, top_k, top_p: categorical sampling (temperature 0 is greedy; top_k 0 and top_p 1 keep all).
     seed: with the sample index, fixes each sample's randomness.
     batch_size: samples per forward pass (doubled internally when guiding).
-    cuda_graph: capture each decoding step in a CUDA graph and replay it (GPU only).
+    cuda_graph: capture the whole loop over units in one CUDA graph at a batch size's first batch and replay it for
+        every later batch of that size (GPU only): no host work and no launch gaps between decoding steps.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
         decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
         units through the Triton kernel; otherwise shapes turn dynamic after the second one; the decoder compiles
         once per batch size).
     decode_kernel: how one-token units attend to the cache: ``sdpa`` (RoPE and the cache append as PyTorch ops,
-        then PyTorch's fused attention over a masked prefix bucket of 64 slots, a graph per bucket), ``triton``
-        (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one graph for
-        all one-token units; GPUs) or ``auto`` (``triton`` on GPUs where it applies, else ``sdpa``).
+        then PyTorch's fused attention over a masked prefix bucket of 64 slots, a compiled shape per bucket),
+        ``triton`` (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one
+        shape for all one-token units; GPUs) or ``auto`` (``triton`` on GPUs where it applies, else ``sdpa``).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     """
@@ -71,11 +72,12 @@ def cache_reads(
     unit_sizes: list[int], seq_len: int, bucket: int = 64, prefix_kernel: bool = False
 ) -> list[tuple[int, bool]]:
     """(kv_len, masked) for each unit: how many cache slots its attention is offered. Unit k sees exactly the slots
-    before its end; a unit whose size no other unit has gets its own graph, so it reads exactly that prefix with
-    no mask. Units that share a size (raster tokens) share a graph per prefix rounded up to ``bucket`` slots, and a
-    mask hides the slots past the unit's end: attention reads a growing prefix, not the whole cache.
-    ``prefix_kernel``: one-token units attend through a kernel that reads exactly their prefix whatever it is
-    offered (``decode_kernel="triton"``), so they all share one graph over the whole cache, with no mask."""
+    before its end; a unit whose size no other unit has reads exactly that prefix with no mask. Units that share a
+    size (raster tokens) read their prefix rounded up to ``bucket`` slots, and a mask hides the slots past the
+    unit's end: attention reads a growing prefix, not the whole cache, through a few shapes (a compiled block
+    compiles once per bucket, not once per step). ``prefix_kernel``: one-token units attend through a kernel that
+    reads exactly their prefix whatever it is offered (``decode_kernel="triton"``), so they are all offered the
+    whole cache, unmasked: one shape."""
     counts = Counter(unit_sizes)
     reads, end = [], 0
     for n in unit_sizes:
@@ -89,11 +91,18 @@ def cache_reads(
     return reads
 
 
+def warm_up_units(unit_sizes: list[int], reads: list[tuple[int, bool]]) -> int:
+    """How many units to run before capturing the loop: up to the last one of a kind (size, cache read, the first
+    unit or not) that no unit before it has."""
+    kinds = [(n, read, k == 0) for k, (n, read) in enumerate(zip(unit_sizes, reads))]
+    return max(kinds.index(kind) for kind in set(kinds)) + 1
+
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class _BatchState:
-    """Buffers and captured graphs for one batch size; reused across batches so graphs are captured once."""
+    """Buffers and the captured graph for one batch size; reused across batches so the loop is captured once."""
 
     def __init__(self, model, batch: int, guided: bool, dtype, device):
         self.B, self.guided = batch, guided
@@ -102,8 +111,8 @@ class _BatchState:
         self.labels = torch.zeros(rows, dtype=torch.long, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.noise = CounterNoise(0, self.ids)
-        self.k = torch.zeros((), dtype=torch.long, device=device)
-        self.graphs: dict[tuple, tuple] = {}  # (unit size, kv_len, masked) -> (graph, static input, static output)
+        self.graph: torch.cuda.CUDAGraph | None = None  # the whole loop over units, captured at the first batch
+        self.out: torch.Tensor | None = None  # what the graph writes: this batch's token grids
 
 
 class Sampler:
@@ -130,7 +139,10 @@ class Sampler:
         self.use_graph = self.cfg.cuda_graph and device.type == "cuda"
         self.scales = guidance_scales(self.cfg, model.schedule.num_units)
         self.guided = any(s != 1.0 for s in self.scales)
-        self.scales_t = torch.tensor(self.scales, device=device, dtype=torch.float32)
+        # per-unit constants as tensors of their own (aligned, so compiled code takes each as it is): the loop hands
+        # unit k its own, so neither a graph nor a compiled function is tied to one unit's value
+        self._scales = [torch.full((1,), s, dtype=torch.float32, device=device) for s in self.scales]
+        self._steps = [torch.full((), k, dtype=torch.long, device=device) for k in range(len(self.scales))]
         kernel = self.cfg.decode_kernel
         self.decode_kernel = model.backbone.auto_decode_kernel(device) if kernel == "auto" else kernel
         prefix_kernel = self.decode_kernel != "sdpa"
@@ -161,36 +173,43 @@ class Sampler:
 
     # ---- one unit ------------------------------------------------------------------------------------------------
 
-    def _step(self, st: _BatchState, n: int, inputs, kv_len: int, masked: bool):
-        """Sample unit ``st.k`` from ``inputs`` (None for unit 0): the body a CUDA graph captures."""
+    def _step(self, st: _BatchState, k: int, inputs):
+        """Sample unit ``k`` from ``inputs`` (None for unit 0)."""
         m, c = self.model, self.cfg
         if inputs is not None and st.guided:
             inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
-        h = m.decode_unit(st.k, n, inputs, st.labels, st.cache, kv_len, masked)
-        hc, hu = (h[: st.B], h[st.B :]) if st.guided else (h, None)
-        scale = self.scales_t.index_select(0, st.k.view(1))
-        return self._head_sample(hc, hu, scale, st.noise, st.k, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
-
-    def _graphed_step(self, st: _BatchState, n: int, inputs, kv_len: int, masked: bool):
-        key = (n, kv_len, masked)
-        if key not in st.graphs:
-            static_in = inputs.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self._step(st, n, static_in, kv_len, masked)  # warm-up run: computes this unit for real
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._step(st, n, static_in, kv_len, masked)
-            st.graphs[key] = (graph, static_in, static_out)
-            return out.clone()
-        graph, static_in, static_out = st.graphs[key]
-        static_in.copy_(inputs)
-        graph.replay()
-        return static_out.clone()
+        kv_len, masked = self.reads[k]
+        h = m.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
+        return self._head_sample(
+            h, self._scales[k], st.noise, self._steps[k], guided=st.guided,
+            temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+        )  # fmt: skip
 
     # ---- a batch -------------------------------------------------------------------------------------------------
+
+    def _loop(self, st: _BatchState, stop: int | None = None) -> torch.Tensor | None:
+        """Units 0..stop-1 (default all) in turn from the batch state's labels and noise; the token grids when it ran
+        them all. The whole loop is the body one CUDA graph captures."""
+        m = self.model
+        units: list[torch.Tensor] = []
+        state = None
+        for k in range(m.schedule.num_units if stop is None else stop):
+            inputs, state = m.schedule.step_input(state, units) if k else (None, None)
+            if inputs is not None and inputs.is_floating_point():
+                inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
+            units.append(self._step(st, k, inputs))
+        return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else None
+
+    def _warm_up(self, st: _BatchState):
+        """Run units in order until every kind of unit (``warm_up_units``) has run once outside a graph, so compiles,
+        kernel choices and lazy initialisation happen before the capture: for one-token units through the Triton
+        kernel two units, not the whole loop. What it writes to the cache is overwritten before it is read (each
+        unit writes its slots before reading them)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._loop(st, stop=warm_up_units(self.model.schedule.unit_sizes, self.reads))
+        torch.cuda.current_stream().wait_stream(side)
 
     @torch.no_grad()
     def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -203,18 +222,15 @@ class Sampler:
             st.labels[B:].fill_(m.null_class)
         st.ids.copy_(ids)
         st.noise.key.copy_(CounterNoise(self.cfg.seed, ids).key)
-        units: list[torch.Tensor] = []
-        state = None
-        for k, (n, (kv_len, masked)) in enumerate(zip(m.schedule.unit_sizes, self.reads)):
-            st.k.fill_(k)
-            inputs, state = m.schedule.step_input(state, units) if k else (None, None)
-            if inputs is not None and inputs.is_floating_point():
-                inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
-            if self.use_graph and k:
-                units.append(self._graphed_step(st, n, inputs, kv_len, masked))
-            else:
-                units.append(self._step(st, n, inputs, kv_len, masked))
-        return m.schedule.from_sequence(torch.cat(units, dim=1))
+        if not self.use_graph:
+            return self._loop(st)
+        if st.graph is None:
+            self._warm_up(st)
+            st.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(st.graph):
+                st.out = self._loop(st)
+        st.graph.replay()
+        return st.out.clone()
 
     @torch.no_grad()
     def sample_tokens(self, labels, sample_ids=None, progress: bool = False) -> torch.Tensor:
