@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import time
 
 import torch
@@ -75,6 +76,9 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
     autocast, fused AdamW); {"oom": True} when the batch does not fit. Trains a copy: ``gen`` keeps its weights
     and stays uncompiled."""
     device = tokens.device
+    if device.type == "cuda":  # start from an empty allocator cache: what sampling before left cached fragments it
+        gc.collect()
+        torch.cuda.empty_cache()
     model = copy.deepcopy(gen).to(device).train()
     model.backbone.activation_checkpointing = checkpointing
     if compile:
