@@ -37,8 +37,11 @@ def test_kv_cached_decoding_equals_full_recompute(adaln):
     tokens = torch.randint(0, gen.tokenizer.vocab_size, (B, 8, 8))
     labels = torch.tensor([0, 2, 3])
     seq = s.to_sequence(tokens)
+    # training norms each block's input inside the block; inference ends each block with the next one's norm
+    trained = gen.head.logits(gen.features(seq, labels))
     with torch.no_grad():
         full = gen.head.logits(gen.features(seq, labels))
+        torch.testing.assert_close(trained.detach(), full)
         cache = gen.backbone.new_cache(B, s.seq_len, torch.float32, "cpu")
         units, cached = s.split_units(seq), []
         for k in range(s.num_units):

@@ -138,10 +138,14 @@ class Block(nn.Module):
             self.ada = None
 
     def forward(self, x, h, next_w, cond, rope, mask, is_causal: bool, kv=None, input_pos=None, kv_len: int = 0):
-        """The residual stream ``x`` and ``h = self.norm1(x)`` -> the new stream and its RMS norm scaled by ``next_w``
-        (the next block's ``norm1`` weight, or the final norm's): the norm that follows a block is computed at its
-        end, so a compiled block fuses it with the last residual add. ``kv``: this layer's (keys, values) cache when
+        """The residual stream ``x`` -> the new stream, and its RMS norm scaled by ``next_w`` (the next block's
+        ``norm1`` weight, or the final norm's) when one is given. ``h``: ``self.norm1(x)`` when the block before
+        computed it (inference: the norm that follows a block is computed at its end, so a compiled block fuses it
+        with the last residual add), None to compute it here (training: the compiler then recomputes it in
+        backward instead of keeping it, a (B, L, d) tensor a layer). ``kv``: this layer's (keys, values) cache when
         decoding, written at ``input_pos``, read up to ``kv_len``."""
+        if h is None:
+            h = self.norm1(x)
         if self.ada is None:
             x = x + self.drop(self.attn(h, rope, mask, is_causal, kv, input_pos, kv_len))
             x = x + self.drop(self.mlp(self.norm2(x)))
@@ -149,7 +153,7 @@ class Block(nn.Module):
             sh1, sc1, g1, sh2, sc2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
             x = x + (1 + g1) * self.drop(self.attn(h * (1 + sc1) + sh1, rope, mask, is_causal, kv, input_pos, kv_len))
             x = x + (1 + g2) * self.drop(self.mlp(self.norm2(x) * (1 + sc2) + sh2))
-        return x, F.rms_norm(x, (x.shape[-1],), next_w.to(x.dtype), self.norm1.eps)
+        return x, None if next_w is None else F.rms_norm(x, (x.shape[-1],), next_w.to(x.dtype), self.norm1.eps)
 
 
 class Transformer(nn.Module):
@@ -235,18 +239,20 @@ class Transformer(nn.Module):
             rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
         if cache is not None and kv_len is None:
             kv_len = cache.k.shape[3]
-        h = self.blocks[0].norm1(x_BLD)
-        # each block ends with the next one's first norm, the last with the final norm; the weights as plain tensor
-        # views (ones where a norm has none: AdaLN), so every block traces alike and one compiled graph serves all
-        ones = self.norm_ones
-        next_ws = [b.norm1.weight if b.norm1.weight is not None else ones for b in self.blocks[1:]] + [self.norm.weight]
-        # a view of a Parameter is a Tensor: no type guard tells them apart (in training an AdaLN model's last block
-        # still compiles apart, its weight asking for a gradient and the ones not; the sampler's copy asks for none)
-        next_ws = [w.view(-1) for w in next_ws]
+        # inference: each block ends with the next one's first norm, the last with the final norm; the weights as
+        # plain tensor views (ones where a norm has none: AdaLN), so every block traces alike and one compiled graph
+        # serves all. Training: each block norms its own input (see ``Block.forward``)
+        fused = not torch.is_grad_enabled()
+        h, next_ws = None, [None] * len(self.blocks)
+        if fused:
+            h = self.blocks[0].norm1(x_BLD)
+            ones = self.norm_ones
+            next_ws = [b.norm1.weight if b.norm1.weight is not None else ones for b in self.blocks[1:]]
+            next_ws = [w.view(-1) for w in next_ws + [self.norm.weight]]  # a view of a Parameter is a plain Tensor
         for i, (block, next_w) in enumerate(zip(self.blocks, next_ws)):
             kv = cache.layer(i) if cache is not None else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x_BLD, h = checkpoint(block, x_BLD, h, next_w, cond_BD, rope, mask, is_causal, use_reentrant=False)
             else:
                 x_BLD, h = block(x_BLD, h, next_w, cond_BD, rope, mask, is_causal, kv, input_pos, kv_len or 0)
-        return h
+        return h if fused else self.norm(x_BLD)
