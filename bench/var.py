@@ -3,7 +3,8 @@
 The model: the ``var-d16`` preset (16 x 1024, AdaLN) with 3-axis RoPE over the next-scale schedule of a multi-scale
 VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), codebook 4096 x 32, scales
 1,2,3,4,5,6,8,10,13,16 = 680 tokens) with random weights. Sampling as VAR samples: guidance 1.5 ramped linearly over
-scales, top-k 900, top-p 0.96, bf16, the loop over scales in one CUDA graph, eager and with the blocks and head compiled.
+scales, top-k 900, top-p 0.96, bf16, the loop over scales in one CUDA graph, eager and with the blocks and head
+compiled.
 Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batch that does not fit is retried with
 activation checkpointing.
 

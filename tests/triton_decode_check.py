@@ -1,5 +1,6 @@
 """Run under TRITON_INTERPRET=1 (tests/test_engine.py does): the Triton decoding kernel on CPU tensors equals RoPE,
-a cache write and SDPA over slots 0..pos (called directly and through its registered op), and a sampler that decodes through it gives the SDPA sampler's tokens."""
+a cache write and SDPA over slots 0..pos (called directly and through its registered op), and a sampler that
+decodes through it gives the SDPA sampler's tokens."""
 
 import torch
 

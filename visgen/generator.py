@@ -173,32 +173,25 @@ class Generator(PretrainedMixin, nn.Module):
         s = self.schedule
         off, n = s.unit_offsets[k], s.unit_sizes[k]
         x = self.start(labels_B, n) if inputs is None else self.input_emb(inputs)
-        input_pos = self._unit_positions(labels_B.device)[k]
+        positions, cos, sin = self._decode_tables(labels_B.device)
         kv_len = kv_len or s.seq_len
         # (n, kv_len): this unit and all before it
         mask = self.unit_ids[None, :kv_len] <= self.unit_ids[off : off + n, None] if masked else None
-        cos, sin = self._rope_tables(labels_B.device)
         return self.backbone(
-            x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos, kv_len=kv_len,
+            x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=positions[k], kv_len=kv_len,
             rope=(cos[off : off + n], sin[off : off + n]),
         )  # fmt: skip
 
-    def _unit_positions(self, device) -> list[torch.Tensor]:
-        """Each unit's sequence positions (n,), a tensor of its own per unit (aligned: compiled code and Triton
-        kernels take it as they were compiled for), built once per device."""
-        table = self.__dict__.setdefault("_unit_pos", {})
-        if device not in table:
-            s = self.schedule
-            table[device] = [torch.arange(o, o + n, device=device) for o, n in zip(s.unit_offsets, s.unit_sizes)]
-        return table[device]
-
-    def _rope_tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's RoPE tables (cos, sin) at every sequence position, built once per device; fp32 and kept
-        out of the buffers, so casting the model to bf16 for sampling leaves them as training computes them."""
-        tables = self.__dict__.setdefault("_rope", {})
+    def _decode_tables(self, device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """What decoding reads, built once per device and kept out of the buffers: each unit's sequence positions
+        (n,), a tensor of its own per unit (aligned: compiled code and Triton kernels take it as they were compiled
+        for), and the backbone's RoPE tables (cos, sin) at every sequence position, fp32 (casting the model to bf16
+        for sampling leaves them as training computes them)."""
+        tables = self.__dict__.setdefault("_decode_tables_by_device", {})
         if device not in tables:
-            b = self.backbone
-            tables[device] = rope_tables(self.positions.to(device), b.head_dim, b.cfg.rope_theta)
+            s, b = self.schedule, self.backbone
+            positions = [torch.arange(o, o + n, device=device) for o, n in zip(s.unit_offsets, s.unit_sizes)]
+            tables[device] = (positions, *rope_tables(self.positions.to(device), b.head_dim, b.cfg.rope_theta))
         return tables[device]
 
     def decode_tokens(self, tokens: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
