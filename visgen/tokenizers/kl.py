@@ -37,7 +37,6 @@ class KLTokenizer(Tokenizer):
 
     def __init__(self, config: KLConfig):
         super().__init__()
-        config.channel_mult = tuple(config.channel_mult)
         self.config = c = config
         self.downsample = c.downsample
         self.latent_channels, self.image_channels = c.latent_channels, c.in_channels

@@ -108,12 +108,15 @@ class ConvAEConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
 
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)  # a list from YAML / JSON; one form for comparisons
+
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
 
     def encoder(self, out_channels: int) -> Encoder:
-        return Encoder(self.in_channels, self.channels, tuple(self.channel_mult), self.num_res_blocks, out_channels)
+        return Encoder(self.in_channels, self.channels, self.channel_mult, self.num_res_blocks, out_channels)
 
     def decoder(self, latent_channels: int) -> Decoder:
-        return Decoder(latent_channels, self.channels, tuple(self.channel_mult), self.num_res_blocks, self.in_channels)
+        return Decoder(latent_channels, self.channels, self.channel_mult, self.num_res_blocks, self.in_channels)

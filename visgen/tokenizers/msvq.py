@@ -38,6 +38,10 @@ class MultiScaleVQConfig(VQConfig):
     phi_ratio: float = 0.5
     init_from: str = ""
 
+    def __post_init__(self):
+        super().__post_init__()
+        self.scales = tuple(self.scales)
+
 
 @register_model("msvq")
 class MultiScaleVQTokenizer(Tokenizer):
@@ -48,7 +52,6 @@ class MultiScaleVQTokenizer(Tokenizer):
 
     def __init__(self, config: MultiScaleVQConfig):
         super().__init__()
-        config.channel_mult, config.scales = tuple(config.channel_mult), tuple(config.scales)
         self.config = c = config
         self.downsample = c.downsample
         self.vocab_size, self.image_channels, self.scales = c.codebook_size, c.in_channels, c.scales

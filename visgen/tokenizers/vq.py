@@ -109,7 +109,6 @@ class VQTokenizer(Tokenizer):
 
     def __init__(self, config: VQConfig):
         super().__init__()
-        config.channel_mult = tuple(config.channel_mult)
         self.config = config
         c = config
         self.downsample = c.downsample
