@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the blocks, head and decoder (GPU: faster batches after a compile of ~15-60 s)",
+        help="torch.compile the blocks, head and decoder (GPU: faster batches; the first of a size compiles, "
+        "seconds for token AR, up to a minute for VAR)",
     )
     p.add_argument(
         "--decode-kernel",

@@ -234,7 +234,7 @@ class Transformer(nn.Module):
         ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, reading its first
         ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all).
         ``rope``: the (cos, sin) tables of these positions (``rope_tables``) instead of ``positions_LA``, when the
-        caller keeps them (decoding gathers them from tables built once: a dozen small kernels fewer a step)."""
+        caller keeps them (decoding slices them from tables built once: no kernel computes them in a step)."""
         if rope is None:
             rope = rope_tables(positions_LA, self.head_dim, self.cfg.rope_theta)
         if cache is not None and kv_len is None:

@@ -105,7 +105,7 @@ class _BatchState:
     """Buffers and the captured graph for one batch size; reused across batches so the loop is captured once."""
 
     def __init__(self, model, batch: int, guided: bool, dtype, device):
-        self.B, self.guided = batch, guided
+        self.guided = guided
         rows = 2 * batch if guided else batch
         self.cache = model.backbone.new_cache(rows, model.schedule.seq_len, dtype, device)
         self.labels = torch.zeros(rows, dtype=torch.long, device=device)
