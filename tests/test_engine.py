@@ -188,7 +188,9 @@ def test_training_lowers_loss_and_sample_cli(tmp_path, capsys):
                       "--cfg-scale", "1.5", "--out", str(tmp_path / "s")])  # fmt: skip
     assert rc == 0
     folder = next((tmp_path / "s").iterdir())
-    assert folder.name == "final-ema-cfg1.5-constant-T1-topk0-topp1-seed0-n6"
+    sha = json.loads((out / "final" / "config.json").read_text())["sha256"]["ema.safetensors"][:8]
+    # named by the run, the weights' checksum and every sampling setting (labels hashed)
+    assert folder.name.startswith(f"{out.name}-final-ema-{sha}-cfg1.5-constant-T1-topk0-topp1-seed0-n6-labels-")
     arr = np.load(folder / "samples.npz")["arr_0"]
     assert arr.shape == (6, 32, 32, 3) and arr.dtype == np.uint8
     assert len(list((folder / "images").glob("*.png"))) == 6 and (folder / "grid.png").is_file()

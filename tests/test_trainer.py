@@ -82,7 +82,7 @@ def test_nan_guard_stops_with_checkpoint(tmp_path, cifar_train):
     cfg = TrainConfig(out_dir=str(tmp_path), steps=20, batch_size=8, num_workers=0, max_bad_steps=3, ckpt_every=0,
                       log_every=0, eval_every=0, sample_every=0)  # fmt: skip
     task = NaNAfter(good=3)
-    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 3"):
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row at step 3"):
         Trainer(task, ds, ds, cfg).fit()
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt.name == "step-0000003"

@@ -2,11 +2,16 @@
 
 Every saveable model registers its type name; ``load_model(dir)`` reads the type from the folder and builds the
 right class, and ``Cls.from_pretrained(dir)`` refuses a folder of another type with a clear message.
+``config.json`` records the SHA-256 of each weights file (``sha256``); loading verifies it and refuses non-finite
+weights, so a file damaged on disk is an error naming the file, not a model that draws flat textures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +39,37 @@ def register_model(name: str):
     return wrap
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> str:
+    """``safetensors.save_file`` with the permissions of any other file written here (it creates 0600 files);
+    returns the file's SHA-256."""
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+    return file_sha256(path)
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str):
+    """A CheckpointError naming the first floating-point tensor with a NaN or an infinity."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{where}: tensor {k!r} holds {bad} non-finite value(s) of {v.numel()}; refusing it")
+
+
 def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage (tied weights) and non-contiguous views
     out, seen = {}, {}
@@ -59,12 +95,14 @@ class PretrainedMixin:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"model_type": self.model_type, "config": to_dict(self.config)}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         cast = lambda v: v.to(dtype) if dtype is not None and v.dtype.is_floating_point else v
-        save_file({k: cast(v) for k, v in _state_dict_for_save(self).items()}, str(directory / WEIGHTS_NAME))
+        sha = {WEIGHTS_NAME: save_tensors({k: cast(v) for k, v in _state_dict_for_save(self).items()},
+                                          directory / WEIGHTS_NAME)}  # fmt: skip
         if ema_state is not None:
-            save_file({k: cast(v.contiguous().cpu()) for k, v in ema_state.items()}, str(directory / EMA_NAME))
+            sha[EMA_NAME] = save_tensors({k: cast(v.contiguous().cpu()) for k, v in ema_state.items()},
+                                         directory / EMA_NAME)  # fmt: skip
+        meta = {"model_type": self.model_type, "config": to_dict(self.config), "sha256": sha}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))  # last: its checksums name the files above
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, ema: bool = False, map_location: str = "cpu"):
@@ -87,10 +125,12 @@ class PretrainedMixin:
     def load_weights(self, directory: str | Path, ema: bool = False, map_location: str = "cpu"):
         directory = Path(directory)
         path = directory / EMA_NAME if ema and (directory / EMA_NAME).is_file() else directory / WEIGHTS_NAME
+        verify_file(path, read_config(directory).get("sha256"))
         try:
             state = load_file(str(path), device=map_location)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read weights {path}: {e}. The file is missing or corrupt.") from e
+        check_finite(state, str(path))
         try:
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -105,6 +145,26 @@ class PretrainedMixin:
 
     def _is_tied(self, key: str) -> bool:
         return False
+
+
+_NOTED: set[str] = set()
+
+
+def verify_file(path: Path, recorded: dict[str, str] | None):
+    """Check ``path`` against the SHA-256 its folder recorded; a folder written before checksums loads with a
+    note (once per file and process)."""
+    if not recorded or path.name not in recorded:
+        if str(path) not in _NOTED and path.is_file():
+            _NOTED.add(str(path))
+            print(f"note: {path} has no recorded checksum (saved by an older visgen); not verified", file=sys.stderr)
+        return
+    if not path.is_file():
+        raise CheckpointError(f"cannot read weights {path}: the file is missing")
+    if file_sha256(path) != recorded[path.name]:
+        raise CheckpointError(
+            f"{path} is corrupt: its SHA-256 differs from the one recorded when it was saved. Restore the file "
+            "(copy it again, or take an earlier checkpoint)"
+        )
 
 
 def read_config(directory: str | Path) -> dict:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from visgen.config import ConfigError
+
 
 def hardware() -> str:
     """A one-line description of the machine: GPU name(s) or CPU, and torch version."""
@@ -33,6 +35,19 @@ def commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail before the expensive work when ``folder`` (created if missing) cannot be written; ``what`` names the
+    option in the message."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to {what} {folder}: {e.strerror or e}") from None
 
 
 def write_result(path: str | Path, name: str, metrics: dict, command: str | None = None) -> Path:

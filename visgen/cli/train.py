@@ -11,7 +11,7 @@ import torch
 from visgen.checkpoint import CheckpointError
 from visgen.config import ConfigError, from_dict, load_recipe
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.train.trainer import NonFiniteLossError, TrainConfig, Trainer
+from visgen.train.trainer import NonFiniteLossError, Preempted, RunStorageError, TrainConfig, Trainer
 
 KNOWN_SECTIONS = {
     "tokenizer": {"model", "loss", "data", "val", "train"},
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         summary = run(args.kind, recipe)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return Preempted.exit_code
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, RunStorageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, default=float))

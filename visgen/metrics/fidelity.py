@@ -266,11 +266,13 @@ def score(
     kid: bool = True,
     prc: bool = True,
     isc: bool = True,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], float]:
-    """Metrics of generated uint8 images against a reference; returns (metrics, feature images/s)."""
+    """Metrics of generated uint8 images against a reference; returns (metrics, feature images/s). ``features``:
+    the images' ``Extractor.features`` when the caller already has them (the memorisation report reuses them)."""
     names = extractor.metric_names()
     t0 = time.perf_counter()
-    feats = extractor.features(images_NHWC, device)
+    feats = features if features is not None else extractor.features(images_NHWC, device)
     feat_rate = len(images_NHWC) / (time.perf_counter() - t0)
     out: dict[str, float] = {}
     if isc:

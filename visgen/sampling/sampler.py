@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from visgen.config import ConfigError
+from visgen.config import ConfigError, check, finite
 from visgen.sampling.noise import CounterNoise
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -53,6 +55,38 @@ class SamplingConfig:
     compile: bool = False
     decode_kernel: str = "auto"
     dtype: str = "auto"
+
+    def __post_init__(self):
+        # every entry point (sample.py, eval/fid.py, Python) gets these checks: NaN guidance draws garbage silently
+        self.cfg_interval = tuple(self.cfg_interval)
+        check(finite(self.cfg_scale), "cfg_scale", "a finite number", self.cfg_scale)
+        check(self.cfg_schedule in CFG_SCHEDULES, "cfg_schedule", " or ".join(CFG_SCHEDULES), self.cfg_schedule)
+        lo, hi = self.cfg_interval if len(self.cfg_interval) == 2 else (None, None)
+        check(finite(lo) and finite(hi) and 0 <= lo < hi <= 1, "cfg_interval", "(start, end), 0 <= start < end <= 1",
+              self.cfg_interval)  # fmt: skip
+        check(finite(self.temperature) and self.temperature >= 0, "temperature", "finite and >= 0", self.temperature)
+        check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0 (0: off)", self.top_k)
+        check(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check(self.decode_kernel in ("auto", "sdpa", "triton"), "decode_kernel", "auto, sdpa or triton",
+              self.decode_kernel)  # fmt: skip
+        check(self.dtype == "auto" or self.dtype in _DTYPES, "dtype", f"auto or one of {sorted(_DTYPES)}", self.dtype)
+
+
+CFG_SCHEDULES = ("constant", "linear", "interval")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (default: the GPU where there is one), with a clear error for one this machine lacks."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} asked for, but this machine has no usable CUDA GPU; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def guidance_scales(cfg: SamplingConfig, num_units: int) -> list[float]:
@@ -98,9 +132,6 @@ def warm_up_units(unit_sizes: list[int], reads: list[tuple[int, bool]]) -> int:
     return max(kinds.index(kind) for kind in set(kinds)) + 1
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 class _BatchState:
     """Buffers and the captured graph for one batch size; reused across batches so the loop is captured once."""
 
@@ -120,9 +151,7 @@ class Sampler:
 
     def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None):
         self.cfg = cfg or SamplingConfig()
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.cfg.dtype not in _DTYPES and self.cfg.dtype != "auto":
-            raise ConfigError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {self.cfg.dtype!r}")
+        device = resolve_device(device)
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.dtype = auto if self.cfg.dtype == "auto" else _DTYPES[self.cfg.dtype]
         model = generator
@@ -168,8 +197,6 @@ class Sampler:
             # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         self._states: dict[int, _BatchState] = {}
-        if self.cfg.top_k < 0 or not 0 < self.cfg.top_p <= 1 or self.cfg.temperature < 0:
-            raise ConfigError("need top_k >= 0, 0 < top_p <= 1 and temperature >= 0")
 
     # ---- one unit ------------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from visgen.config import from_dict
-from visgen.data import ImageDataset, collate
+from visgen.data import DataError, ImageDataset, collate
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
 
@@ -29,7 +29,8 @@ class TokenCacheConfig:
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Tokens of an image data set, encoded once; flips chosen per (seed, epoch, index) like ``ImageDataset``."""
+    """Tokens of an image data set, encoded once; flips chosen per (seed, epoch, index) like ``ImageDataset``.
+    ``skipped`` counts the unreadable images of the encoding pass (the trainer adds them to its count)."""
 
     def __init__(self, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0):
         self.seed, self.epoch, self.flip = seed, 0, images.cfg.random_flip
@@ -50,6 +51,11 @@ class TokenDataset(torch.utils.data.Dataset):
                 if self.flip:
                     flipped.append(tokenizer.encode(x.flip(-1)).cpu())
                 labels.append(batch["label"])
+        if not tokens:
+            raise DataError(
+                f"no usable image in {images.cfg.path}: all {self.skipped} images are unreadable (corrupt or "
+                "truncated files?)"
+            )
         self.tokens, self.labels = torch.cat(tokens), torch.cat(labels)
         self.flipped = torch.cat(flipped) if self.flip else None
         self.set_epoch(0)

@@ -8,7 +8,9 @@ plus anything that trains beside it (a discriminator). It implements
 - ``preview(model, batch) -> images``: a (N, C, H, W) batch in [-1, 1] saved as a PNG grid.
 
 The trainer owns everything else: mixed precision, gradient accumulation, clipping, EMA, the learning-rate
-schedule, logging, checkpoints written atomically, exact resume, and the non-finite-loss guard.
+schedule, logging, checkpoints written atomically and checksummed, exact resume, checkpoint-and-exit on SIGTERM /
+SIGUSR1, and the non-finite guard (an update is kept only when its loss, gradient norm and resulting weights are
+finite on every process; otherwise it is undone).
 """
 
 from __future__ import annotations
@@ -19,22 +21,37 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from visgen.data import batch_size_of, collate
+from visgen.checkpoint import CheckpointError, check_finite, file_sha256, save_tensors
+from visgen.config import ConfigError, check, finite
+from visgen.data import DataError, batch_size_of, collate
+from visgen.results import check_writable
 from visgen.train.ema import EMA
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped after too many non-finite losses in a row."""
+    """Training stopped after too many non-finite steps in a row."""
+
+
+class RunStorageError(RuntimeError):
+    """The run folder cannot be written (read-only, missing, full disk)."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGUSR1 arrived: a checkpoint was written and the run stopped; rerunning resumes it."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", which a requeued job does
 
 
 @dataclass
@@ -48,15 +65,16 @@ class TrainConfig:
     lr, weight_decay, betas: AdamW.
     warmup_steps: linear warm-up from 0, in optimizer steps.
     lr_schedule: ``cosine`` (to ``min_lr_ratio`` x lr at ``steps``) or ``constant`` after warm-up.
-    clip_grad: max global gradient norm; 0 turns clipping off.
+    clip_grad: max global gradient norm; 0 turns clipping off (the norm is still checked for being finite).
     ema_decay: EMA of the model's weights, used for validation, previews and the exported model; 0 turns it off.
-    mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16 uses a loss scaler).
+    mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16 uses a loss scaler; YAML's bare ``no`` reads as false).
     seed: seeds initialisation, data order and augmentation.
     num_workers: data-loader worker processes.
     log_every, eval_every, sample_every, ckpt_every: periods in optimizer steps (0 turns one off).
     keep_ckpts: how many checkpoints to keep; older ones are pruned after a new one is complete.
     val_images: images used for validation (0: the whole validation set).
-    max_bad_steps: non-finite losses in a row after which the run stops with a checkpoint.
+    max_bad_steps: steps in a row whose loss, gradient norm or updated weights were non-finite (each one undone)
+        after which the run stops with a checkpoint of the last good weights.
     resume: continue from the newest checkpoint in ``out_dir`` if there is one.
     time_limit_minutes: stop early, with a checkpoint and the final export, after this much wall time (0: none).
     compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block).
@@ -76,7 +94,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     clip_grad: float = 1.0
     ema_decay: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str | bool = "no"
     seed: int = 0
     num_workers: int = 2
     log_every: int = 50
@@ -90,6 +108,32 @@ class TrainConfig:
     time_limit_minutes: float = 0.0
     compile: bool = False
     activation_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.mixed_precision is False:
+            self.mixed_precision = "no"
+        check(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "no, bf16 or fp16",
+              self.mixed_precision)  # fmt: skip
+        check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "cosine or constant", self.lr_schedule)
+        check(bool(self.out_dir), "out_dir", "a folder", self.out_dir)
+        for name in ("steps", "batch_size", "grad_accum", "keep_ckpts", "max_bad_steps"):
+            check(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        for name in ("warmup_steps", "num_workers", "log_every", "eval_every", "sample_every", "ckpt_every",
+                     "val_images"):  # fmt: skip
+            check(getattr(self, name) >= 0, name, "0 or more", getattr(self, name))
+        check(all(finite(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", self.betas)
+        check(finite(self.lr) and self.lr > 0, "lr", "a finite number above 0", self.lr)
+        # AdamW's first step scales by lr / (1 - beta1): beyond float32's range torch fails inside the update
+        check(self.lr / (1 - self.betas[0]) <= torch.finfo(torch.float32).max, "lr", "small enough that "
+              "lr / (1 - betas[0]) fits float32", self.lr)  # fmt: skip
+        check(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "finite and >= 0",
+              self.weight_decay)  # fmt: skip
+        check(finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
+              self.min_lr_ratio)  # fmt: skip
+        check(finite(self.clip_grad) and self.clip_grad >= 0, "clip_grad", "finite and >= 0 (0: off)", self.clip_grad)
+        check(finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0: off)", self.ema_decay)
+        check(finite(self.time_limit_minutes) and self.time_limit_minutes >= 0, "time_limit_minutes",
+              "finite and >= 0 (0: none)", self.time_limit_minutes)  # fmt: skip
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -120,7 +164,7 @@ def _save_rng(path: Path):
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(state, str(path))
+    save_tensors(state, path)
     path.with_suffix(".json").write_text(json.dumps(random.getstate()))
 
 
@@ -142,21 +186,63 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _ignore_stop_signals(_worker_id: int):
+    # data-loader workers leave SIGTERM / SIGUSR1 to the trainer, which checkpoints and then shuts them down
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class _Undo:
+    """A copy of the weights and optimizer state taken before each update, put back when the update turns out bad
+    (non-finite loss, gradient norm or updated weights). Costs the memory of the weights and AdamW's two moments
+    once more, and a few device copies a step; it is what lets a step be judged after it is computed."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer):
+        self.params, self.opt = params, optimizer
+        self.copies: list[torch.Tensor] | None = None
+        self.had_state: list[bool] = []
+
+    def _tensors(self) -> list[torch.Tensor]:
+        out = list(self.params)
+        for p in self.params:
+            out += [v for _, v in sorted(self.opt.state.get(p, {}).items()) if torch.is_tensor(v)]
+        return out
+
+    def save(self):
+        live = self._tensors()
+        self.had_state = [p in self.opt.state for p in self.params]
+        if self.copies is None or [c.shape for c in self.copies] != [t.shape for t in live]:
+            self.copies = [t.detach().clone() for t in live]
+        else:
+            torch._foreach_copy_(self.copies, live)
+
+    def restore(self):
+        for p, had in zip(self.params, self.had_state):
+            if not had:
+                self.opt.state.pop(p, None)  # the bad step was the first: AdamW starts from nothing again
+        with torch.no_grad():
+            torch._foreach_copy_(self._tensors(), self.copies)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One device boolean: every value of every tensor is finite (max |x| per tensor, NaN propagating)."""
+    return torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all()
+
+
 class Trainer:
     """Trains ``task`` on ``train_set`` with the settings of ``cfg``; see the module docstring."""
 
     def __init__(self, task: nn.Module, train_set, val_set, cfg: TrainConfig, recipe: dict | None = None):
         self.task, self.train_set, self.val_set, self.cfg = task, train_set, val_set, cfg
         self.recipe = recipe or {}
-        if cfg.mixed_precision is False:  # YAML reads a bare `no` as false
-            cfg.mixed_precision = "no"
-        if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"train.mixed_precision must be no, bf16 or fp16, got {cfg.mixed_precision!r}")
-        if cfg.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"train.lr_schedule must be cosine or constant, got {cfg.lr_schedule!r}")
         self.out = Path(cfg.out_dir)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=getattr(task, "has_unused_parameters", False))
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+        if self.acc.is_main_process:
+            self._check_writable()
         world = self.acc.num_processes
         self.per_epoch = len(train_set) // (cfg.batch_size * world) * cfg.batch_size
         if self.per_epoch == 0:
@@ -181,9 +267,15 @@ class Trainer:
         fused = self.acc.device.type == "cuda"  # one kernel for the whole update
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
         self.model, self.opt = self.acc.prepare(task, opt)
+        self.params = [p for g in self.opt.optimizer.param_groups for p in g["params"]]  # as prepared (FSDP flattens)
+        self.undo = _Undo(self.params, self.opt.optimizer)
         self.ema = EMA(self.acc.unwrap_model(self.model).model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        self.bad_in_row, self.skipped_images = 0, 0
+        # images the data set skipped before training (the token cache's encoding pass), then per epoch
+        self.bad_in_row, self.skipped_images = 0, int(getattr(train_set, "skipped", 0))
+        self.timed_images, self.timed_seconds = 0, 0.0  # throughput over every session of the run (resumes too)
+        self.last_good: Path | None = None
+        self.stop_signal: int | None = None
         self.log_file = self.out / "metrics.jsonl"
         self.tb = None
         if self.acc.is_main_process:
@@ -194,54 +286,96 @@ class Trainer:
             except ImportError:
                 pass
 
+    def _check_writable(self):
+        """Fail before any work when the run folder cannot be written."""
+        try:
+            check_writable(self.out, "train.out_dir")
+        except ConfigError as e:
+            raise RunStorageError(str(e)) from None
+
     # ---- checkpoints -------------------------------------------------------------------------------------------
 
+    def _where_good(self) -> str:
+        good = self.last_good or latest_checkpoint(self.out)
+        return f"the last good checkpoint is {good}" if good else "no checkpoint has been written yet"
+
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint atomically: everything goes to ``step-N.tmp``, renamed when complete."""
+        """Write a checkpoint atomically: everything goes to ``step-N.tmp``, renamed when complete. Weights that are
+        not finite are never written."""
         acc, final = self.acc, self.out / "checkpoints" / f"step-{self.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
+        task = acc.unwrap_model(self.model)
+        state = {k: v.detach().contiguous().cpu() for k, v in task.state_dict().items()}
+        try:
+            check_finite(state, f"step {self.step}")
+        except CheckpointError as e:
+            raise NonFiniteLossError(f"{e}: no checkpoint written at step {self.step}; {self._where_good()}") from e
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            _save_rng(tmp / f"rng-{acc.process_index}.safetensors")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ema = self.ema.full_state_dict(task.model) if self.ema else None
+                task.model.save_pretrained(tmp / "model", ema_state=ema)
+                save_tensors(state, tmp / "task.safetensors")
+                torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+                if acc.scaler is not None:
+                    torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+                files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+                trainer_state = {
+                    "step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+                    "bad_in_row": self.bad_in_row, "skipped_images": self.skipped_images,
+                    "timed_images": self.timed_images, "timed_seconds": self.timed_seconds,
+                    "num_processes": acc.num_processes, "recipe": self.recipe,
+                    "sha256": {name: file_sha256(tmp / name) for name in files},
+                }  # fmt: skip
+                (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        except (OSError, RuntimeError) as e:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)  # free what the partial write took
+            raise RunStorageError(
+                f"could not write the checkpoint of step {self.step} to {final}: {e}. {self._where_good()}; "
+                "free disk space or fix the folder's permissions and rerun the same command to resume"
+            ) from e
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        _save_rng(tmp / f"rng-{acc.process_index}.safetensors")
-        if acc.is_main_process:
-            task = acc.unwrap_model(self.model)
-            ema = self.ema.full_state_dict(task.model) if self.ema else None
-            task.model.save_pretrained(tmp / "model", ema_state=ema)
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in task.state_dict().items()},
-                str(tmp / "task.safetensors"),
-            )
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            if acc.scaler is not None:
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-            state = {
-                "step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
-                "bad_in_row": self.bad_in_row, "skipped_images": self.skipped_images,
-                "num_processes": acc.num_processes, "recipe": self.recipe,
-            }  # fmt: skip
-            (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
             old = sorted(p for p in final.parent.glob("step-*") if p.is_dir() and p != final and p.suffix != ".tmp")
             for p in old[: max(0, len(old) - (self.cfg.keep_ckpts - 1))]:
                 shutil.rmtree(p, ignore_errors=True)
+        self.last_good = final
         acc.wait_for_everyone()
         return final
 
+    @property
+    def _load_device(self) -> str:
+        d = self.acc.device  # safetensors takes "cpu" or "cuda:N", not the "cpu:0" of a multi-process CPU run
+        return "cpu" if d.type == "cpu" else str(d)
+
     def load_checkpoint(self, path: Path):
-        """Restore model, task extras, EMA, optimizer, loss scaler, RNG and the position in the epoch."""
+        """Restore model, task extras, EMA, optimizer, loss scaler, RNG and the position in the epoch; every file is
+        checked against the checksum recorded when it was written."""
         state = json.loads((path / "trainer.json").read_text())
+        for name, digest in state.get("sha256", {}).items():
+            if not (path / name).is_file() or file_sha256(path / name) != digest:
+                raise CheckpointError(
+                    f"checkpoint {path} is damaged: {name} is missing or differs from when it was written. Delete "
+                    "this checkpoint folder to resume from the one before it"
+                )
         if state["num_processes"] != self.acc.num_processes:
             self.acc.print(
                 f"note: resuming a {state['num_processes']}-process run on {self.acc.num_processes}; "
                 "the data order will differ from an uninterrupted run"
             )
         task = self.acc.unwrap_model(self.model)
-        task.load_state_dict(load_file(str(path / "task.safetensors"), device=str(self.acc.device)))
+        weights = load_file(str(path / "task.safetensors"), device=self._load_device)
+        check_finite(weights, f"checkpoint {path}")
+        task.load_state_dict(weights)
         if self.ema:
-            self.ema.load_state_dict(load_file(str(path / "model" / "ema.safetensors"), device=str(self.acc.device)))
+            self.ema.load_state_dict(load_file(str(path / "model" / "ema.safetensors"), device=self._load_device))
         self.opt.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         if self.acc.scaler is not None and (path / "scaler.pt").is_file():
             self.acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
@@ -250,6 +384,10 @@ class Trainer:
             _load_rng(rng)
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         self.bad_in_row, self.skipped_images = state["bad_in_row"], state["skipped_images"]
+        if self.bad_in_row >= self.cfg.max_bad_steps:  # the guard's own checkpoint: a rerun gets a fresh count
+            self.bad_in_row = 0
+        self.timed_images, self.timed_seconds = state.get("timed_images", 0), state.get("timed_seconds", 0.0)
+        self.last_good = path
 
     # ---- evaluation --------------------------------------------------------------------------------------------
 
@@ -258,7 +396,7 @@ class Trainer:
         idx = list(range(self.acc.process_index, n, self.acc.num_processes))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.val_set, idx), batch_size=self.cfg.batch_size, collate_fn=collate,
-            num_workers=self.cfg.num_workers, generator=torch.Generator(),
+            num_workers=self.cfg.num_workers, generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,
         )  # fmt: skip
         for batch in loader:
             if batch_size_of(batch):
@@ -319,40 +457,76 @@ class Trainer:
             self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate,
             num_workers=self.cfg.num_workers, drop_last=True, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator(),  # its own, so making a loader never moves the global RNG (exact resume)
+            worker_init_fn=_ignore_stop_signals,
         )  # fmt: skip
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        return self.acc.reduce(bad, reduction="sum").item() == 0  # every process decides alike
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def _update(self, loss_bad: torch.Tensor, t_run: float) -> tuple[bool, torch.Tensor, bool, bool]:
+        """One optimizer step, kept only if its loss, gradient norm and updated weights are all finite on every
+        process; one host sync a step decides that, a stop signal and the time limit together.
+        Returns (applied, grad_norm, stop_signal, out_of_time)."""
+        cfg, acc = self.cfg, self.acc
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad or float("inf"))
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg, self.step)
+        self.undo.save()
+        self.opt.step()
+        bad = loss_bad | ~_all_finite(self.params)
+        if acc.scaler is None:  # under fp16 an infinite gradient is the loss scaler's signal: it skipped the step
+            bad = bad | ~torch.isfinite(grad_norm)
+        out_of_time = bool(cfg.time_limit_minutes) and time.perf_counter() - t_run > 60 * cfg.time_limit_minutes
+        flags = torch.stack([bad.float(), torch.tensor(float(self.stop_signal is not None), device=bad.device),
+                             torch.tensor(float(out_of_time), device=bad.device)])  # fmt: skip
+        flags = acc.reduce(flags, reduction="sum").tolist()
+        applied = flags[0] == 0
+        if not applied:
+            self.undo.restore()
+        self.opt.zero_grad(set_to_none=True)
+        return applied, grad_norm, flags[1] > 0, flags[2] > 0
 
     def fit(self) -> dict:
-        """Train until ``cfg.steps`` optimizer steps; returns the final validation metrics and throughput."""
+        """Train until ``cfg.steps`` optimizer steps; returns the final validation metrics and throughput.
+
+        SIGTERM or SIGUSR1 (a cluster's notice before it stops a job) finishes the current step, writes a checkpoint
+        on every process together and raises ``Preempted``; rerunning the same command resumes exactly."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            return self._fit()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _fit(self) -> dict:
         cfg, acc = self.cfg, self.acc
         ckpt = latest_checkpoint(self.out) if cfg.resume else None
         if ckpt is not None:
             self.load_checkpoint(ckpt)
             acc.print(f"resumed from {ckpt} at step {self.step}")
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.json").write_text(json.dumps(self.recipe, indent=2))
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            disable=not acc.is_main_process,
-            desc="train",
-            dynamic_ncols=True,
-        )
-        window_bad, micro, images_seen, t0, t_start_step = False, 0, 0, None, self.step
-        logs_sum: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not acc.is_main_process, desc="train",
+                   dynamic_ncols=True)  # fmt: skip
+        loss_bad = torch.zeros((), dtype=torch.bool, device=acc.device)
+        micro, images_seen, t0 = 0, 0, None
+        logs_sum: dict[str, torch.Tensor] = {}  # over the kept steps since the last log record
+        step_logs: dict[str, torch.Tensor] = {}  # this step's micro-batches, dropped if the step is undone
+        logs_count = step_count = 0  # micro-batches in each (fewer than log_every x grad_accum after a resume)
         preview_batch = None
         self.model.train()
         t_run = time.perf_counter()
-        while self.step < cfg.steps and not self._out_of_time(t_run):
+        stop = out_of_time = False
+        while self.step < cfg.steps and not (stop or out_of_time):
+            usable, whole_epoch = 0, self.micro_in_epoch == 0
             for batch in self._epoch_loader():
                 self.micro_in_epoch += 1
                 self.skipped_images += batch["skipped"]
                 if not batch_size_of(batch):
                     continue
+                usable += batch_size_of(batch)
                 batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 if preview_batch is None:
                     preview_batch = {k: v[:8] if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -361,91 +535,123 @@ class Trainer:
                 sync = contextlib.nullcontext() if boundary else acc.no_sync(self.model)
                 with sync:
                     loss, logs = self.model(batch, self.step)
-                    if self._all_finite(loss):
-                        acc.backward(loss / cfg.grad_accum)
-                    else:
-                        window_bad = True
+                    loss_bad = loss_bad | ~torch.isfinite(loss.detach())  # on the device: no sync per micro-batch
+                    acc.backward(loss / cfg.grad_accum)  # a bad loss's gradients are undone with its step
                 for k, v in logs.items():  # summed on the device; read back only when logged
-                    logs_sum[k] = logs_sum.get(k, 0.0) + v.detach().float()
+                    step_logs[k] = step_logs.get(k, 0.0) + v.detach().float()
+                step_count += 1
                 images_seen += batch_size_of(batch) * acc.num_processes
                 if not boundary:
                     continue
-                if window_bad:
-                    self.opt.zero_grad(set_to_none=True)
-                    window_bad, self.bad_in_row = False, self.bad_in_row + 1
-                    acc.print(f"step {self.step}: non-finite loss, step skipped ({self.bad_in_row} in a row)")
+                applied, grad_norm, stop, out_of_time = self._update(loss_bad, t_run)
+                loss_bad = torch.zeros_like(loss_bad)
+                if not applied:
+                    self.bad_in_row += 1
+                    acc.print(
+                        f"step {self.step}: non-finite loss, gradient norm or updated weights; the step was undone "
+                        f"({self.bad_in_row} in a row)"
+                    )
                     if self.bad_in_row >= cfg.max_bad_steps:
                         path = self.save_checkpoint()
                         raise NonFiniteLossError(
-                            f"{self.bad_in_row} non-finite losses in a row at step {self.step}; stopped. The weights "
-                            f"are intact (no bad step was applied): {path}. Lower train.lr, raise train.warmup_steps, "
-                            "or use train.mixed_precision=bf16 instead of fp16."
+                            f"{self.bad_in_row} non-finite steps in a row at step {self.step}; stopped. Every one was "
+                            f"undone, so the weights are those after step {self.step}, checkpointed at {path}. Lower "
+                            "train.lr, raise train.warmup_steps, or use train.mixed_precision=bf16 instead of fp16, "
+                            "then rerun to resume from it (if the loss had diverged before this, delete that "
+                            "checkpoint to resume from an earlier one)."
                         )
-                    continue
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad) if cfg.clip_grad > 0 else None
-                for g in self.opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(cfg, self.step)
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.bad_in_row = 0
-                if self.ema and not acc.optimizer_step_was_skipped:
-                    self.ema.update(acc.unwrap_model(self.model).model, self.step)
-                self.step += 1
-                bar.update(1)
+                else:
+                    for k, v in step_logs.items():
+                        logs_sum[k] = logs_sum.get(k, 0.0) + v
+                    logs_count += step_count
+                    self.bad_in_row = 0
+                    if self.ema and not acc.optimizer_step_was_skipped:
+                        self.ema.update(acc.unwrap_model(self.model).model, self.step)
+                    self.step += 1
+                    bar.update(1)
+                step_logs, step_count = {}, 0
                 if t0 is None:  # throughput excludes the first step (start-up, allocation)
-                    t0, images_seen, t_start_step = time.perf_counter(), 0, self.step
-                if cfg.log_every and self.step % cfg.log_every == 0:
-                    rec = {k: float(v) / (cfg.log_every * cfg.grad_accum) for k, v in logs_sum.items()}
+                    t0, images_seen = time.perf_counter(), 0
+                if applied and cfg.log_every and self.step % cfg.log_every == 0:
+                    rec = {k: float(v) / logs_count for k, v in logs_sum.items()}
                     rec["lr"] = self.opt.param_groups[0]["lr"]
-                    if grad_norm is not None:
-                        rec["grad_norm"] = float(grad_norm)
-                    if self.step > t_start_step:
+                    rec["grad_norm"] = float(grad_norm)
+                    if images_seen:
                         rec["images_per_s"] = images_seen / (time.perf_counter() - t0)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "lr")})
                     self.log(rec)
-                    logs_sum = {}
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    logs_sum, logs_count = {}, 0
+                if applied and cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.log({f"val/{k}": v for k, v in self.validate().items()})
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and preview_batch is not None:
+                if applied and cfg.sample_every and self.step % cfg.sample_every == 0 and preview_batch is not None:
                     self.save_preview(preview_batch)
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                if stop:
+                    self._add_time(images_seen, t0)
+                    path = self.save_checkpoint()
+                    bar.close()
+                    name = signal.Signals(self.stop_signal).name if self.stop_signal else "a stop signal"
+                    msg = f"{name} received: checkpoint of step {self.step} written to {path}; rerun to resume"
+                    acc.print(msg)
+                    raise Preempted(msg)
+                if applied and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self._add_time(images_seen, t0)
+                    t0, images_seen = time.perf_counter(), 0
                     self.save_checkpoint()
-                if self.step >= cfg.steps or (self.step % 10 == 0 and self._out_of_time(t_run)):
+                if self.step >= cfg.steps or out_of_time:
                     break
             else:
-                self._end_epoch()
+                self._end_epoch(usable, whole_epoch)
         bar.close()
-        elapsed = time.perf_counter() - t0 if t0 else 0.0
-        throughput = images_seen / elapsed if elapsed > 0 and self.step > t_start_step else None
+        self._add_time(images_seen, t0)
         metrics = self.validate()
-        if cfg.ckpt_every == 0 or self.step % cfg.ckpt_every:
+        if cfg.ckpt_every == 0 or self.step % cfg.ckpt_every or latest_checkpoint(self.out) is None:
             self.save_checkpoint()
+        throughput = self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
         self.export(metrics, throughput, time.perf_counter() - t_run)
         if preview_batch is not None:
             self.save_preview(preview_batch)
         return {"metrics": metrics, "train_images_per_s": throughput, "skipped_images": self.skipped_images}
 
-    def _out_of_time(self, t_run: float) -> bool:
-        if not self.cfg.time_limit_minutes:
-            return False
-        over = torch.tensor(
-            [float(time.perf_counter() - t_run > 60 * self.cfg.time_limit_minutes)], device=self.acc.device
-        )
-        return self.acc.reduce(over, "sum").item() > 0  # all processes stop at the same step
+    def _add_time(self, images: int, t0: float | None):
+        if t0 is not None and images:
+            self.timed_images += images
+            self.timed_seconds += time.perf_counter() - t0
 
-    def _end_epoch(self):
-        skipped = self.acc.reduce(torch.tensor([float(self.skipped_images)], device=self.acc.device), "sum").item()
+    def _end_epoch(self, usable: int, whole_epoch: bool):
+        counts = torch.tensor([float(self.skipped_images), float(usable)], device=self.acc.device)
+        skipped, usable = self.acc.reduce(counts, "sum").tolist()
+        if whole_epoch and usable == 0:
+            where = getattr(getattr(self.train_set, "cfg", None), "path", None) or "the training data"
+            raise DataError(
+                f"epoch {self.epoch} yielded no usable image from {where}: {int(skipped)} unreadable images skipped "
+                "so far. Check the files (a corrupt copy or an unpacking error?)"
+            )
         if skipped:
             self.acc.print(f"epoch {self.epoch}: {int(skipped)} unreadable images skipped so far")
         self.epoch, self.micro_in_epoch = self.epoch + 1, 0
 
     def export(self, metrics: dict, throughput: float | None, seconds: float):
-        """Write the trained model (EMA weights as ``ema.safetensors``) and its final metrics to ``out_dir/final``."""
+        """Write the trained model (EMA weights as ``ema.safetensors``) and its final metrics to ``out_dir/final``,
+        atomically: a ``final/`` folder is always complete."""
         if self.acc.is_main_process:
             final = self.out / "final"
+            tmp, old = final.with_name("final.tmp"), final.with_name("final.old")
             task = self.acc.unwrap_model(self.model)
-            task.model.save_pretrained(final, ema_state=self.ema.full_state_dict(task.model) if self.ema else None)
-            summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
-                       "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
-            (final / "metrics.json").write_text(json.dumps(summary, indent=2))
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                task.model.save_pretrained(tmp, ema_state=self.ema.full_state_dict(task.model) if self.ema else None)
+                summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
+                           "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
+                (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+                shutil.rmtree(old, ignore_errors=True)
+                if final.exists():
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            except (OSError, RuntimeError) as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise RunStorageError(
+                    f"could not export {final}: {e}. {self._where_good()}; rerun the same command once there is "
+                    "space to export from it"
+                ) from e
         self.acc.wait_for_everyone()
