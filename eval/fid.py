@@ -238,9 +238,11 @@ def main(argv=None) -> int:
         if not info.pop("is_main", True):
             return 0
         stats, ref_feats, ref_info = ref.features(extractor, device, cache_dir)
+        t0 = time.perf_counter()
         feats = extractor.features(images, device)
-        metrics, feat_rate = score(images, extractor, device, stats, ref_feats, kid=not args.no_kid,
-                                   prc=not args.no_prc, features=feats)  # fmt: skip
+        feat_rate = len(images) / (time.perf_counter() - t0)
+        metrics, _ = score(images, extractor, device, stats, ref_feats, kid=not args.no_kid, prc=not args.no_prc,
+                           features=feats)  # fmt: skip
         memo_info = {"memorisation": "off" if not args.memorisation else "no held-out images found (pass --holdout) "
                      "or the reference is a statistics file"}  # fmt: skip
         if holdout is not None:

@@ -269,11 +269,12 @@ def score(
     features: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], float]:
     """Metrics of generated uint8 images against a reference; returns (metrics, feature images/s). ``features``:
-    the images' ``Extractor.features`` when the caller already has them (the memorisation report reuses them)."""
+    the images' ``Extractor.features`` when the caller already has them (the memorisation report reuses them; the
+    rate is then None: the caller timed the extraction)."""
     names = extractor.metric_names()
     t0 = time.perf_counter()
     feats = features if features is not None else extractor.features(images_NHWC, device)
-    feat_rate = len(images_NHWC) / (time.perf_counter() - t0)
+    feat_rate = None if features is not None else len(images_NHWC) / (time.perf_counter() - t0)
     out: dict[str, float] = {}
     if isc:
         out[names["is"]], out[names["is"] + "_std"] = inception_score(feats["is"])

@@ -477,9 +477,9 @@ class Trainer:
         if acc.scaler is None:  # under fp16 an infinite gradient is the loss scaler's signal: it skipped the step
             bad = bad | ~torch.isfinite(grad_norm)
         out_of_time = bool(cfg.time_limit_minutes) and time.perf_counter() - t_run > 60 * cfg.time_limit_minutes
-        flags = torch.stack([bad.float(), torch.tensor(float(self.stop_signal is not None), device=bad.device),
-                             torch.tensor(float(out_of_time), device=bad.device)])  # fmt: skip
-        flags = acc.reduce(flags, reduction="sum").tolist()
+        # host values enter by fill kernels, not copies: a host-to-device copy would wait for the step (a second sync)
+        host = [bad.new_full((), float(x), dtype=torch.float32) for x in (self.stop_signal is not None, out_of_time)]
+        flags = acc.reduce(torch.stack([bad.float(), *host]), reduction="sum").tolist()
         applied = flags[0] == 0
         if not applied:
             self.undo.restore()
