@@ -66,3 +66,18 @@ def test_attention_bench_times_each_variant(tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "results" / "a.json").read_text())["metrics"]
     assert m["b2_kv40_matmul_us"] > 0 and m["b2_kv40_sdpa_flash_exact_us"] > 0
+
+
+def test_diffusion_ar_and_trainer_benches_run(tmp_path):
+    repo = Path.cwd()
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    for script, args in (("bench/diffusion_ar.py", ["--sample-batches", "2", "--train-batches", "2", "--name", "d"]),
+                         ("bench/trainer.py", ["--train-batches", "4", "--name", "t"])):  # fmt: skip
+        out = subprocess.run([sys.executable, str(repo / script), "--tiny", *args], cwd=tmp_path, capture_output=True,
+                             text=True, env=env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    d = json.loads((tmp_path / "results" / "d.json").read_text())["metrics"]
+    assert d["sample_unit1_b2_images_per_s"] > 0 and d["sample_unit4_b2_images_per_s"] > 0
+    assert d["train_b2_tokens_per_s"] > 0
+    t = json.loads((tmp_path / "results" / "t.json").read_text())["metrics"]
+    assert 0 < t["trainer_over_bare_b4"]

@@ -16,13 +16,14 @@ from torch import nn
 
 from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
 from visgen.config import ConfigError, from_dict
-from visgen.heads import CategoricalHead, FlowHead
+from visgen.heads import CategoricalHead, DiffusionHead, FlowHead, FlowMLPHead
 from visgen.nn import Transformer, backbone_config
 from visgen.nn.transformer import rope_tables
 from visgen.schedules import build_schedule
 from visgen.tokenizers.base import Tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
+CONTINUOUS_HEADS = {"flow": FlowHead, "diffusion": DiffusionHead, "flow_mlp": FlowMLPHead}
 
 
 @dataclass
@@ -38,8 +39,14 @@ class GeneratorConfig:
     backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
     class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
         Ho & Salimans 2022).
-    head: ``categorical`` for discrete tokenizers, ``flow`` (flow matching, FlowAR) for continuous ones.
-    head_options: keyword arguments of the head (``FlowHead``: width, depth, heads, steps, cfg_interval).
+    head: ``categorical`` for discrete tokenizers; for continuous ones ``flow`` (flow matching over a whole unit,
+        FlowAR), ``diffusion`` (MAR's per-token diffusion head) or ``flow_mlp`` (per-token flow matching on the
+        same MLP).
+    head_options: keyword arguments of the head (``FlowHead``: width, depth, heads, steps, cfg_interval;
+        ``DiffusionHead``: width, depth, train_steps, steps, batch_mul; ``FlowMLPHead``: width, depth, steps,
+        batch_mul).
+    unit_size: tokens per unit of the ``raster`` schedule: k consecutive raster tokens predicted in one AR step
+        (block-causal attention, each token through the head on its own); must divide the token count.
     scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
     class_names: names of the classes, in label order (filled from the training data).
     """
@@ -54,6 +61,7 @@ class GeneratorConfig:
     head_options: dict = field(default_factory=dict)
     scales: list[int] | None = None
     class_names: list[str] = field(default_factory=list)
+    unit_size: int = 1
 
 
 def resolve_tokenizer(ref: str, base: Path | None = None) -> Path:
@@ -81,7 +89,7 @@ class Generator(PretrainedMixin, nn.Module):
         if tokenizer is None:
             tokenizer = load_model(resolve_tokenizer(config.tokenizer))
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
-        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size, config.scales)
+        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size, config.scales, config.unit_size)
         self.backbone_cfg = backbone_config(config.backbone)
         d = self.backbone_cfg.d_model
         self.backbone = Transformer(self.backbone_cfg)
@@ -96,12 +104,18 @@ class Generator(PretrainedMixin, nn.Module):
             if not tokenizer.discrete:
                 raise ConfigError("the categorical head needs a discrete tokenizer (VQ); this one is continuous")
             self.head = CategoricalHead(d, tokenizer.vocab_size, **config.head_options)
-        elif config.head == "flow":
+        elif config.head in CONTINUOUS_HEADS:
             if tokenizer.discrete:
-                raise ConfigError("the flow head needs a continuous tokenizer (KL); this one is discrete")
-            self.head = FlowHead(d, tokenizer.latent_channels, **config.head_options)
+                raise ConfigError(
+                    f"the {config.head} head needs a continuous tokenizer (kl, diffusers-kl); this one is discrete "
+                    "(use head: categorical)"
+                )
+            try:
+                self.head = CONTINUOUS_HEADS[config.head](d, tokenizer.latent_channels, **config.head_options)
+            except TypeError as e:
+                raise ConfigError(f"model.head_options for the {config.head} head: {e}") from None
         else:
-            raise ConfigError(f"unknown head {config.head!r}; known: categorical, flow")
+            raise ConfigError(f"unknown head {config.head!r}; known: categorical, {', '.join(CONTINUOUS_HEADS)}")
         s = self.schedule
         self.register_buffer("positions", s.positions.clone(), persistent=False)
         self.register_buffer("unit_ids", s.unit_ids, persistent=False)

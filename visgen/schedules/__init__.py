@@ -10,10 +10,20 @@ from visgen.schedules.raster import RasterSchedule
 SCHEDULES = ("raster", "next_scale", "flow_scale")
 
 
-def build_schedule(name: str, tokenizer, image_size: int, scales: list[int] | None = None) -> Schedule:
+def build_schedule(
+    name: str, tokenizer, image_size: int, scales: list[int] | None = None, unit_size: int = 1
+) -> Schedule:
     """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size``."""
+    if unit_size != 1 and name != "raster":
+        raise ConfigError(f"unit_size applies to the raster schedule; {name!r} fixes its own units")
     if name == "raster":
-        return RasterSchedule(tokenizer.grid_shape(image_size), not tokenizer.discrete, tokenizer.latent_channels)
+        grid = tokenizer.grid_shape(image_size)
+        if unit_size < 1 or (grid[0] * grid[1]) % unit_size:
+            raise ConfigError(
+                f"unit_size must be at least 1 and divide the {grid[0]} x {grid[1]} = {grid[0] * grid[1]} tokens, "
+                f"got {unit_size}"
+            )
+        return RasterSchedule(grid, not tokenizer.discrete, tokenizer.latent_channels, unit_size)
     if name == "next_scale":
         if not hasattr(tokenizer, "scales"):
             raise ConfigError("the next_scale schedule needs a multi-scale tokenizer (type: msvq)")

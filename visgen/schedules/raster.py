@@ -10,13 +10,16 @@ from visgen.schedules.base import Schedule
 class RasterSchedule(Schedule):
     """Tokens (B, h, w) [or latents (B, C, h, w)] read row-major; the input for token i is token i - 1.
 
-    Positions are 2-D (row, column) of the token being predicted, for 2-axis RoPE.
+    With ``unit_size`` k > 1, k consecutive tokens form a unit predicted in one step: the inputs at unit j's
+    positions are unit j - 1's tokens (token i reads token i - k), and attention is block-causal, so every token of
+    unit j sees exactly the tokens before the unit. Positions are 2-D (row, column) of the token being predicted,
+    for 2-axis RoPE.
     """
 
-    def __init__(self, grid: tuple[int, int], continuous: bool = False, channels: int = 0):
-        self.grid, self.continuous = tuple(grid), continuous
+    def __init__(self, grid: tuple[int, int], continuous: bool = False, channels: int = 0, unit_size: int = 1):
+        self.grid, self.continuous, self.unit_size = tuple(grid), continuous, unit_size
         h, w = self.grid
-        self.unit_sizes = [1] * (h * w)
+        self.unit_sizes = [unit_size] * (h * w // unit_size)
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         self.positions = torch.stack([rows.flatten(), cols.flatten()], dim=1)
         if continuous:
@@ -37,4 +40,4 @@ class RasterSchedule(Schedule):
         return units_so_far[-1]
 
     def teacher_inputs(self, seq: torch.Tensor) -> torch.Tensor:
-        return seq[:, :-1]  # the vectorised form of next_input over all units
+        return seq[:, : -self.unit_size]  # the vectorised form of next_input over all units

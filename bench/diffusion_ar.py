@@ -1,0 +1,63 @@
+"""Continuous-token AR speed at MAR-B size: sampling images/s (tokenizer decode included) and training tokens/s.
+
+The model: a 12 x 768 causal backbone (``gpt-b``) over 256 tokens of 16 channels (a KL tokenizer of downsample 16,
+as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM steps when sampling), random
+weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
+the head in one CUDA graph; units of 1 and of 4 tokens. Training: bf16 autocast, fused AdamW, the diffusion batch
+multiplier 4.
+
+    python bench/diffusion_ar.py [--name bench-diffusion-ar]     # a GPU; --tiny checks it on a CPU
+"""
+
+from __future__ import annotations
+
+import torch
+from common import bench_sampling, bench_training, parser, setup
+
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import SamplingConfig
+from visgen.tokenizers import KLConfig, KLTokenizer
+
+
+def build(tiny: bool, unit_size: int = 1) -> Generator:
+    if tiny:
+        tok = KLTokenizer(KLConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4))
+        cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, head="diffusion", unit_size=unit_size,
+                              head_options={"width": 32, "depth": 1, "steps": 4}, backbone="tiny")  # fmt: skip
+        return Generator(cfg, tokenizer=tok)
+    tok = KLTokenizer(KLConfig(channels=64, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, latent_channels=16))
+    cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, head="diffusion", unit_size=unit_size,
+                          head_options={"width": 1024, "depth": 6, "steps": 100}, backbone="gpt-b")  # fmt: skip
+    return Generator(cfg, tokenizer=tok)
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--unit-sizes", type=int, nargs="+", default=[1, 4])
+    args = p.parse_args()
+    gen, rec = setup(args, build)
+    rec.add("head_params", sum(p.numel() for p in gen.head.parameters()), ",d")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for k in args.unit_sizes:
+        model = gen if k == 1 else build(args.tiny, k)
+        if k != 1:
+            model.load_state_dict(gen.state_dict())
+        for bs in args.sample_batches:
+            r = bench_sampling(model, SamplingConfig(cfg_scale=3.0, batch_size=bs), repeats=2, decode=True)
+            rec.add(f"sample_unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
+            rec.add(f"sample_unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
+        del model
+    C, grid = gen.tokenizer.latent_channels, gen.schedule.grid
+    for bs in args.train_batches:
+        latents = torch.randn(bs, C, *grid, device=device)
+        r = bench_training(gen, latents, steps=2 if args.tiny else 10)
+        if r.get("oom"):
+            rec.add(f"train_b{bs}_oom", True)
+            continue
+        # bench_training counts tensor elements; a token here is C of them
+        rec.add(f"train_b{bs}_tokens_per_s", r["tokens_per_s"] / C, ".0f", "tokens/s")
+        rec.add(f"train_b{bs}_peak_gib", r["peak_gib"], ".1f", "GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# How results/cifar10-diffusion-ar*.json were made (continuous tokens one at a time on the bundled KL tokenizer):
+#   STEP=main: the diffusion head at unit size 1 (GEN_MIN minutes), its grid, FD/IS + memorisation at guidance 2
+#              (the headline) and 3, NUM_FD samples each;
+#   STEP=rows: the short rows side by side on one GPU: head flow_mlp, and the diffusion head at unit size 4
+#              (ROW_MIN minutes each), each with a grid and FD/IS at guidance 2 on NUM_ROW_FD samples.
+# EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
+# EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 model.head_options.steps=4" NUM_FD=20 ...).
+# Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=main bash eval/gpu/diffusion_ar.sh; then STEP=rows
+set -euo pipefail
+export TQDM_MININTERVAL=30
+GEN_MIN=${GEN_MIN:-5.5} ROW_MIN=${ROW_MIN:-2.5} NUM_FD=${NUM_FD:-10000} NUM_ROW_FD=${NUM_ROW_FD:-5000}
+EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
+D="data.path=$DATA/train val.path=$DATA/test"
+
+evaluate() {  # $1: run name (runs/$1, results/$1), $2: samples for FD, then the guidance scales (first: headline)
+  local name=$1 n=$2 run=runs/$1 reports=()
+  shift 2
+  python sample.py --checkpoint $run/final --num-images 100 --cfg-scale 2 --out $run/samples > $OUT/sample-$name.log 2>&1
+  for cfg in "$@"; do
+    python eval/fid.py --input $run/final --ref $DATA/train --num-samples $n --cfg-scale $cfg \
+      --report $run/fd-cfg$cfg.json >> $OUT/fd-$name.log 2>&1
+    reports+=($run/fd-cfg$cfg.json)
+  done
+  python eval/generator_result.py --run $run --samples $(ls -d $run/samples/*/ | head -1) --fd-report "${reports[@]}" \
+    --name $name --results-dir $RESULTS \
+    --command "DATA=... STEP=$STEP GEN_MIN=$GEN_MIN ROW_MIN=$ROW_MIN bash eval/gpu/diffusion_ar.sh" > /dev/null
+  cp $run/metrics.jsonl $OUT/metrics-$name.jsonl
+}
+
+train() {  # $1: run name, $2: minutes, then overrides
+  local name=$1 minutes=$2
+  shift 2
+  python train.py generator --recipe generators/cifar10-diffusion-ar.yaml $D train.out_dir=runs/$name \
+    train.time_limit_minutes=$minutes "$@" $EXTRA > $OUT/train-$name.log 2>&1
+}
+
+if [ "$STEP" = main ]; then
+  train cifar10-diffusion-ar $GEN_MIN
+  evaluate cifar10-diffusion-ar $NUM_FD 2 3
+fi
+if [ "$STEP" = rows ]; then
+  (train cifar10-diffusion-ar-flow-mlp $ROW_MIN model.head=flow_mlp "model.head_options={width: 512, depth: 3, steps: 25}" \
+    && evaluate cifar10-diffusion-ar-flow-mlp $NUM_ROW_FD 2) &
+  a=$!
+  (train cifar10-diffusion-ar-unit4 $ROW_MIN model.unit_size=4 && evaluate cifar10-diffusion-ar-unit4 $NUM_ROW_FD 2) &
+  b=$!
+  wait $a
+  wait $b
+fi

@@ -1,0 +1,198 @@
+"""Continuous tokens one at a time: MAR's diffusion head, a per-token flow head, units of several raster tokens."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.test_tokenizers import TINY_KL, TINY_VQ
+from visgen.checkpoint import load_model
+from visgen.config import ConfigError
+from visgen.generator import Generator, GeneratorConfig
+from visgen.heads import DiffusionHead, FlowMLPHead
+from visgen.sampling import CounterNoise, Sampler, SamplingConfig
+from visgen.schedules import RasterSchedule, Schedule
+from visgen.tokenizers import KLTokenizer, VQTokenizer
+
+CENTERS, WEIGHT, STD = torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), 0.7, 0.3
+
+
+def mixture(n: int) -> torch.Tensor:
+    """Two modes in 2-D: weight 0.3 at (-2, 0), 0.7 at (2, 1), std 0.3. A head trained for 600 steps on the CPU
+    (seconds) gets the weight within 0.1, the modes within 0.2 and their spread within 0.12."""
+    mode = (torch.rand(n) < WEIGHT).long()
+    return CENTERS[mode] + STD * torch.randn(n, 2)
+
+
+def train_toy(head, steps: int = 600) -> torch.Tensor:
+    torch.manual_seed(0)
+    z = torch.randn(1, 1, 8)
+    opt = torch.optim.Adam(head.parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss = head.loss(mixture(128)[:, None], z.expand(128, 1, 8))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return z
+
+
+def draw(head, z, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        return head.sample(z.expand(n, 1, 8), 1.0, CounterNoise(seed, torch.arange(n)), torch.tensor(0))[:, 0]
+
+
+def check_mixture(x: torch.Tensor, weight_tol: float = 0.1, mean_tol: float = 0.2, std_tol: float = 0.12):
+    right = x[:, 0] > 0
+    assert abs(right.float().mean().item() - WEIGHT) < weight_tol
+    for mode, rows in ((1, right), (0, ~right)):
+        assert torch.allclose(x[rows].mean(0), CENTERS[mode], atol=mean_tol)
+        assert torch.allclose(x[rows].std(0), torch.full((2,), STD), atol=std_tol)
+
+
+@pytest.fixture(scope="module")
+def toy_diffusion():
+    torch.manual_seed(0)
+    head = DiffusionHead(8, 2, width=64, depth=2, steps=100)
+    return head, train_toy(head)
+
+
+def test_diffusion_head_learns_a_two_mode_mixture(toy_diffusion):
+    head, z = toy_diffusion
+    check_mixture(draw(head, z))
+    # respaced to 25 steps, the same distribution within the same tolerances
+    fast = DiffusionHead(8, 2, width=64, depth=2, steps=25)
+    fast.load_state_dict(head.state_dict())
+    check_mixture(draw(fast, z))
+
+
+def test_without_x0_clipping_a_briefly_trained_head_diverges(toy_diffusion):
+    head, z = toy_diffusion
+    plain = DiffusionHead(8, 2, width=64, depth=2, steps=100, x0_clip=0.0)
+    plain.load_state_dict(head.state_dict())
+    assert draw(plain, z).abs().mean() > 10 * draw(head, z).abs().mean()
+
+
+def test_flow_mlp_head_learns_a_two_mode_mixture():
+    torch.manual_seed(0)
+    head = FlowMLPHead(8, 2, width=64, depth=2, steps=50)
+    check_mixture(draw(head, train_toy(head)))
+
+
+@pytest.mark.parametrize("cls", [DiffusionHead, FlowMLPHead])
+def test_guidance_scale_one_equals_the_conditional_head(cls):
+    torch.manual_seed(0)
+    head = cls(8, 3, width=16, depth=1, steps=5)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    h = torch.randn(2, 4, 8)
+    noise = CounterNoise(3, torch.arange(2))
+    cond = head.sample(h, 1.0, noise, torch.tensor(1))
+    guided = head.sample(torch.cat([h, torch.randn(2, 4, 8)]), torch.tensor([1.0]), noise, torch.tensor(1), guided=True)
+    assert torch.allclose(guided, cond, atol=1e-5)
+    strong = head.sample(torch.cat([h, torch.randn(2, 4, 8)]), torch.tensor([3.0]), noise, torch.tensor(1), guided=True)
+    assert not torch.allclose(strong, cond, atol=1e-3)
+
+
+def test_log_density_is_each_steps_gaussian(toy_diffusion):
+    head, z = toy_diffusion
+    h = z.expand(5, 2, 8)
+    tr = head.trajectory(h, 1.0, CounterNoise(0, torch.arange(5)), torch.tensor(2), temperature=0.9)
+    steps = len(head.sample_schedule)
+    assert tr["xs"].shape == (steps + 1, 5, 2, 2) and tr["mean"].shape == (steps, 5, 2, 2)
+    assert torch.equal(tr["xs"][-1], head.sample(h, 1.0, CounterNoise(0, torch.arange(5)), torch.tensor(2),
+                                                 temperature=0.9))  # fmt: skip
+    logp = head.log_density(tr["xs"], tr["mean"], tr["log_var"], temperature=0.9)
+    assert logp.shape == (steps - 1, 5, 2)
+    for i in (0, steps // 2, steps - 2):
+        direct = torch.distributions.Normal(tr["mean"][i], torch.exp(0.5 * tr["log_var"][i]) * 0.9)
+        assert torch.allclose(logp[i], direct.log_prob(tr["xs"][i + 1]).sum(-1), atol=1e-4)
+    # a verifier evaluates its own Gaussians on the drafted path: on its own path they are the ones it drew from
+    mean, log_var = head.step_gaussians(h, tr["xs"], 1.0)
+    assert torch.allclose(mean, tr["mean"], atol=1e-5) and torch.allclose(log_var, tr["log_var"], atol=1e-5)
+
+
+# ---- the generator: continuous raster tokens, units of several tokens ----------------------------------------------
+
+
+def diffusion_generator(unit_size: int = 1, head: str = "diffusion", seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, schedule="raster", head=head, unit_size=unit_size,
+                          head_options={"width": 16, "depth": 1, "steps": 4}, backbone="tiny")  # fmt: skip
+    gen = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
+    for p in gen.head.parameters():  # a non-trivial head (its output starts at zero)
+        torch.nn.init.normal_(p, std=0.1)
+    return gen
+
+
+@pytest.mark.parametrize("unit_size", [1, 4])
+def test_kv_cached_decoding_equals_full_recompute(unit_size):
+    gen = diffusion_generator(unit_size)
+    s, B = gen.schedule, 3
+    assert s.unit_sizes == [unit_size] * (64 // unit_size) and s.is_causal == (unit_size == 1)
+    seq = s.to_sequence(torch.randn(B, 3, 8, 8))
+    labels = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        full = gen.features(seq, labels)
+        cache = gen.backbone.new_cache(B, s.seq_len, torch.float32, "cpu")
+        units = s.split_units(seq)
+        cached = [gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache) for k in range(s.num_units)]
+    assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
+    generic = Schedule.teacher_inputs(s, seq)  # next_input unit by unit = what training reads
+    assert torch.equal(s.teacher_inputs(seq), generic)
+
+
+@pytest.mark.parametrize("head", ["diffusion", "flow_mlp"])
+def test_same_seed_same_images_at_any_batch_size(head):
+    gen = diffusion_generator(head=head)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    runs = [
+        Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=5, batch_size=bs)).sample_tokens(labels) for bs in (1, 3, 8)
+    ]
+    assert runs[0].shape == (8, 3, 8, 8)
+    assert torch.allclose(runs[0], runs[1], atol=1e-5) and torch.allclose(runs[0], runs[2], atol=1e-5)
+    assert not torch.allclose(Sampler(gen, SamplingConfig(seed=6)).sample_tokens(labels), runs[0], atol=1e-3)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ConfigError, match="needs a continuous tokenizer"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, head="diffusion", backbone="tiny"),
+                  tokenizer=VQTokenizer(TINY_VQ))  # fmt: skip
+    with pytest.raises(ConfigError, match="unit_size must be at least 1 and divide the 8 x 8 = 64 tokens, got 5"):
+        diffusion_generator(unit_size=5)
+    with pytest.raises(ConfigError, match="steps must be between 1 and train_steps"):
+        DiffusionHead(8, 2, steps=0)
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        FlowMLPHead(8, 2, steps=0)
+    with pytest.raises(ConfigError, match="head_options for the diffusion head"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, head="diffusion", backbone="tiny",
+                                  head_options={"widht": 8}), tokenizer=KLTokenizer(TINY_KL))  # fmt: skip
+    with pytest.raises(ConfigError, match="unit_size applies to the raster schedule"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, head="flow", schedule="flow_scale", unit_size=2,
+                                  backbone={"preset": "tiny", "rope_axes": 3}), tokenizer=KLTokenizer(TINY_KL))  # fmt: skip
+
+
+@pytest.mark.parametrize("head, unit_size", [("diffusion", 1), ("flow_mlp", 4)])
+def test_cifar_cut_trains_and_samples_end_to_end(tmp_path, head, unit_size):
+    from visgen.cli.sample import main as sample_main
+    from visgen.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    overrides = ["model.tokenizer=asset:cifar10-kl", f"model.head={head}", f"model.unit_size={unit_size}",
+                 "model.head_options={width: 32, depth: 1, steps: 8}", "model.backbone={preset: tiny}",
+                 f"train.out_dir={out}", "train.steps=30", "train.log_every=10", "train.lr=1e-3"]  # fmt: skip
+    assert train_main(["generator", "--recipe", "generators/quickstart.yaml", *overrides]) == 0
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
+    summary = json.loads((out / "final" / "metrics.json").read_text())
+    assert math.isfinite(summary["metrics"]["loss"])  # the validation loss on the held-out cut
+    assert sample_main(["--checkpoint", str(out / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
+    grid = next((tmp_path / "s").iterdir()) / "grid.png"
+    assert grid.is_file()
+    # save / load round trip: the same weights, the same samples
+    gen = load_model(out / "final")
+    gen.save_pretrained(tmp_path / "again")
+    again = load_model(tmp_path / "again")
+    a = Sampler(gen, SamplingConfig(seed=1)).sample_tokens([0, 1])
+    assert torch.equal(a, Sampler(again, SamplingConfig(seed=1)).sample_tokens([0, 1]))
+    assert isinstance(gen.schedule, RasterSchedule) and gen.schedule.unit_size == unit_size
