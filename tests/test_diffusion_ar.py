@@ -196,3 +196,10 @@ def test_cifar_cut_trains_and_samples_end_to_end(tmp_path, head, unit_size):
     a = Sampler(gen, SamplingConfig(seed=1)).sample_tokens([0, 1])
     assert torch.equal(a, Sampler(again, SamplingConfig(seed=1)).sample_tokens([0, 1]))
     assert isinstance(gen.schedule, RasterSchedule) and gen.schedule.unit_size == unit_size
+
+
+def test_images_decode_from_a_low_precision_sampler():
+    """The head's fp32 latents meet the sampler's bf16 copy of the decoder."""
+    gen = diffusion_generator()
+    images = Sampler(gen, SamplingConfig(dtype="bf16", seed=0)).sample_images([0, 1])
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32 and torch.isfinite(images).all()

@@ -212,6 +212,9 @@ class Generator(PretrainedMixin, nn.Module):
         """Token grid -> images in [-1, 1] through the tokenizer (or a copy of it, e.g. the sampler's bf16 one;
         an fp32 tokenizer on a GPU decodes under bf16 autocast)."""
         tok = (tokenizer or self.tokenizer).to(tokens.device)
-        fp32 = next(tok.parameters()).dtype == torch.float32
+        dtype = next(tok.parameters()).dtype
+        fp32 = dtype == torch.float32
+        if tokens.is_floating_point():  # continuous tokens in whatever dtype their head produced (fp32 states)
+            tokens = tokens.to(dtype)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tokens.is_cuda and fp32):
             return tok.decode(tokens).float().clamp(-1, 1)

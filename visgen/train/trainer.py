@@ -415,11 +415,17 @@ class Trainer:
         return metrics
 
     def save_preview(self, batch: dict):
+        """A grid of samples; one that fails is reported and training goes on (a preview is not worth a run)."""
         task = self.acc.unwrap_model(self.model)
         task.eval()
-        with torch.no_grad(), self._ema_weights() as model, self.acc.autocast():
-            images = task.preview(model, batch)
-        task.train()
+        try:
+            with torch.no_grad(), self._ema_weights() as model, self.acc.autocast():
+                images = task.preview(model, batch)
+        except (RuntimeError, ValueError) as e:
+            self.acc.print(f"warning: the preview at step {self.step} failed ({type(e).__name__}: {e}); training goes on")
+            return
+        finally:
+            task.train()
         if self.acc.is_main_process:
             from torchvision.utils import save_image
 
@@ -583,8 +589,6 @@ class Trainer:
                     logs_sum, logs_count = {}, 0
                 if applied and cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.log({f"val/{k}": v for k, v in self.validate().items()})
-                if applied and cfg.sample_every and self.step % cfg.sample_every == 0 and preview_batch is not None:
-                    self.save_preview(preview_batch)
                 if stop:
                     self._add_time(images_seen, t0)
                     path = self.save_checkpoint()
@@ -597,6 +601,8 @@ class Trainer:
                     self._add_time(images_seen, t0)
                     t0, images_seen = time.perf_counter(), 0
                     self.save_checkpoint()
+                if applied and cfg.sample_every and self.step % cfg.sample_every == 0 and preview_batch is not None:
+                    self.save_preview(preview_batch)  # after the checkpoint: a preview never costs one
                 if self.step >= cfg.steps or out_of_time:
                     break
             else:
