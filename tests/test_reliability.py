@@ -453,3 +453,16 @@ def test_cpu_sampling_thread_default(tmp_path, monkeypatch):
         assert settings["threads"] == default_threads() == max(1, (os.cpu_count() or 1) // 2)
     finally:
         torch.set_num_threads(threads)
+
+
+class BrokenPreview(Recon):
+    def preview(self, model, batch):
+        raise RuntimeError("Input type (float) and bias type (c10::BFloat16) should be the same")
+
+
+def test_a_failed_preview_costs_no_checkpoint(tmp_path, cifar_train, capsys):
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32))
+    summary = Trainer(BrokenPreview(), ds, ds, tiny_cfg(tmp_path, steps=4, ckpt_every=2, sample_every=2, lr=1e-3)).fit()
+    assert summary["metrics"] == {} and latest_checkpoint(tmp_path).name == "step-0000004"
+    assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and (tmp_path / "final" / "model.safetensors").is_file()
+    assert "the preview at step 2 failed" in capsys.readouterr().out

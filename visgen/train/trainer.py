@@ -422,7 +422,9 @@ class Trainer:
             with torch.no_grad(), self._ema_weights() as model, self.acc.autocast():
                 images = task.preview(model, batch)
         except (RuntimeError, ValueError) as e:
-            self.acc.print(f"warning: the preview at step {self.step} failed ({type(e).__name__}: {e}); training goes on")
+            self.acc.print(
+                f"warning: the preview at step {self.step} failed ({type(e).__name__}: {e}); training goes on"
+            )
             return
         finally:
             task.train()
