@@ -81,3 +81,14 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     assert d["train_b2_tokens_per_s"] > 0
     t = json.loads((tmp_path / "results" / "t.json").read_text())["metrics"]
     assert 0 < t["trainer_over_bare_b4"]
+
+
+def test_memorisation_bench_times_both_searches(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/memorisation.py"), "--samples", "20", "--reference", "300", "--name", "m"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "m.json").read_text())["metrics"]
+    assert m["pixel_20x300_s"] > 0 and m["feature_20x300_s"] > 0
