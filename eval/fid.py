@@ -38,6 +38,7 @@ from visgen.metrics.fidelity import (
 )  # fmt: skip
 from visgen.metrics.memorisation import memorisation_report, save_pairs, summary_line
 from visgen.metrics.recon import to_uint8
+from visgen.model_card import write_card
 from visgen.results import check_writable, hardware, write_result
 from visgen.sampling import Sampler, SamplingConfig
 
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="write results/NAME.json")
     p.add_argument("--results-dir", default="results", help="where --name writes")
     p.add_argument("--report", help="write the full JSON report here")
+    p.add_argument("--card", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the results to a checkpoint's model card (README.md)")  # fmt: skip
     return p
 
 
@@ -268,6 +271,8 @@ def main(argv=None) -> int:
         print(summary_line(metrics))
     elif args.memorisation:
         print(f"note: {memo_info['memorisation']}: no memorisation report", file=sys.stderr)
+    if kind == "checkpoint" and args.card:
+        add_to_card(Path(args.input), metrics, extractor, args, len(images))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
     if args.name:
@@ -276,6 +281,16 @@ def main(argv=None) -> int:
             flat["generation_images_per_s"] = info["generation_images_per_s"]
         write_result(Path(args.results_dir) / f"{args.name}.json", args.name, {**flat, "settings": report["settings"]})
     return 0
+
+
+def add_to_card(ckpt: Path, metrics: dict, extractor: Extractor, args, n: int):
+    """The checkpoint's model card gets these results (a read-only folder keeps its card, with a note)."""
+    key = f"{extractor.name}, cfg {args.cfg_scale:g} {args.cfg_schedule}, seed {args.seed}, {n} samples vs {args.ref}"
+    keep = {k: float(v) for k, v in metrics.items() if not k.endswith("_std") and not k.startswith("copy_threshold")}
+    try:
+        write_card(ckpt, results={key: keep})
+    except OSError as e:
+        print(f"note: could not add the results to {ckpt}'s model card: {e}", file=sys.stderr)
 
 
 def memorisation(images, gen_feats, ref: Reference, ref_feats, holdout: Reference, extractor, device, cache_dir,

@@ -466,3 +466,14 @@ def test_a_failed_preview_costs_no_checkpoint(tmp_path, cifar_train, capsys):
     assert summary["metrics"] == {} and latest_checkpoint(tmp_path).name == "step-0000004"
     assert (tmp_path / "checkpoints" / "step-0000004").is_dir() and (tmp_path / "final" / "model.safetensors").is_file()
     assert "the preview at step 2 failed" in capsys.readouterr().out
+
+
+def test_the_grid_fits_a_screen(tmp_path):
+    from PIL import Image
+
+    from visgen.cli.sample import grid_columns
+
+    assert grid_columns(100, 10, None) == 10 and grid_columns(1000, 10, None) == 32 and grid_columns(7, 10, "cat") == 3
+    assert sample_main(["--num-images", "30", "--grid-max", "12", "--labels", "cat", "--out", str(tmp_path)]) == 0
+    w, h = Image.open(next(tmp_path.glob("*/grid.png"))).size
+    assert (w, h) == (4 * 34 + 2, 3 * 34 + 2)  # 12 of the 30 images, 4 x 3 (32 px + 2 px padding)

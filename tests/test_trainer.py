@@ -54,7 +54,7 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-0000004"
     (tmp_path / "checkpoints" / "step-0000005.tmp").mkdir()  # an interrupted write is never taken for a checkpoint
     assert latest_checkpoint(tmp_path).name == "step-0000004"
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "trackers").rglob("events.out.tfevents.*"))  # tensorboard, through accelerate
     summary = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert summary["step"] == 4 and 0 < summary["metrics"]["codebook_usage"] <= 1
 
@@ -121,3 +121,21 @@ def test_cli_reports_errors(capsys):
     assert "data path not found" in capsys.readouterr().err
     assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart.yaml", "model.type=magic"]) == 2
     assert "unknown tokenizer type" in capsys.readouterr().err
+
+
+def test_trackers_are_chosen_and_checked(tmp_path):
+    r = run_cli(f"train.out_dir={tmp_path}/a", "train.steps=2", "train.log_with=[tensorboard]")
+    assert r.returncode == 0, r.stderr
+    events = list((tmp_path / "a" / "trackers").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "rec_loss" in acc.Tags()["scalars"]  # what metrics.jsonl holds, logged to the tracker as well
+    r = run_cli(f"train.out_dir={tmp_path}/b", "train.steps=2", "train.log_with=[wandb]")
+    if r.returncode != 0:  # not installed in CI: a clear message before any work
+        assert "train.log_with: wandb is not installed here; pip install wandb" in r.stderr
+    r = run_cli(f"train.out_dir={tmp_path}/c", "train.steps=2", "train.log_with=[neptune]")
+    assert r.returncode == 2 and "unknown tracker 'neptune'" in r.stderr
+    r = run_cli(f"train.out_dir={tmp_path}/d", "train.steps=2", "train.log_with=[]")
+    assert r.returncode == 0 and not (tmp_path / "d" / "trackers").exists()

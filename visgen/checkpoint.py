@@ -102,7 +102,10 @@ class PretrainedMixin:
             sha[EMA_NAME] = save_tensors({k: cast(v.contiguous().cpu()) for k, v in ema_state.items()},
                                          directory / EMA_NAME)  # fmt: skip
         meta = {"model_type": self.model_type, "config": to_dict(self.config), "sha256": sha}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))  # last: its checksums name the files above
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))  # its checksums name the files above
+        from visgen.model_card import write_card
+
+        write_card(directory, self)  # README.md: what the model is (the trainer and the harness add to it)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, ema: bool = False, map_location: str = "cpu"):

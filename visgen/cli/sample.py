@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write grid.png")
+    p.add_argument("--grid-max", type=int, default=100, help="images in grid.png at most (the first ones)")
     p.add_argument("--png", action="store_true", help="write every image as images/NNNNNN.png")
     p.add_argument("--npz", action="store_true", help="write samples.npz (arr_0: uint8 N x H x W x 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder written with other settings")
@@ -140,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.num_images < 1:
-            raise ConfigError("--num-images must be at least 1")
+        if args.num_images < 1 or args.grid_max < 1:
+            raise ConfigError("--num-images and --grid-max must be at least 1")
         if args.threads is not None and args.threads < 1:
             raise ConfigError("--threads must be at least 1")
         ckpt = resolve_checkpoint(args.checkpoint)
@@ -192,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def grid_columns(n: int, num_classes: int, labels: str | None) -> int:
+    """A near-square grid; class-balanced samples (the default labels) put one class per column when that fits."""
+    square = math.ceil(math.sqrt(n))
+    if labels is None and num_classes and n >= num_classes and n / num_classes <= 2 * num_classes:
+        return num_classes
+    return square
+
+
 RUNTIME_ONLY = {"batch_size", "cuda_graph", "compile", "decode_kernel", "dtype"}  # change speed, not the images' law
 
 
@@ -212,8 +222,8 @@ def write_outputs(out: Path, images: torch.Tensor, settings: dict, args, num_cla
         if args.grid:
             from torchvision.utils import save_image
 
-            nrow = num_classes if args.labels is None else 8
-            save_image(images.cpu() * 0.5 + 0.5, tmp / "grid.png", nrow=nrow)
+            shown = images[: args.grid_max].cpu()
+            save_image(shown * 0.5 + 0.5, tmp / "grid.png", nrow=grid_columns(len(shown), num_classes, args.labels))
         if args.png:
             from PIL import Image
 

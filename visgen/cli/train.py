@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import torch
@@ -38,7 +39,7 @@ def build_task(kind: str, recipe: dict, train_set):
     return build_generator_task(recipe, train_set)
 
 
-def run(kind: str, recipe: dict) -> dict:
+def run(kind: str, recipe: dict, command: str | None = None) -> dict:
     """Train a ``kind`` model as ``recipe`` says; returns the trainer's summary."""
     unknown = set(recipe) - KNOWN_SECTIONS[kind]
     if unknown:
@@ -51,7 +52,7 @@ def run(kind: str, recipe: dict) -> dict:
     train_set, val_set = build_datasets(recipe, cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run of the recipe
     task, train_set = build_task(kind, recipe, train_set)
-    return Trainer(task, train_set, val_set, cfg, recipe).fit()
+    return Trainer(task, train_set, val_set, cfg, recipe, command=command).fit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        summary = run(args.kind, recipe)
+        summary = run(args.kind, recipe, shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]))
     except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return Preempted.exit_code

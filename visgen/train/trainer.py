@@ -20,8 +20,10 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 from visgen.checkpoint import CheckpointError, check_finite, file_sha256, save_tensors
 from visgen.config import ConfigError, check, finite
 from visgen.data import DataError, batch_size_of, collate
+from visgen.model_card import write_card
 from visgen.results import check_writable
 from visgen.train.ema import EMA
 
@@ -80,6 +83,8 @@ class TrainConfig:
     compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block).
     activation_checkpointing: recompute each transformer block in the backward pass instead of storing its
         activations (about a third more compute for a fraction of the memory: larger batches fit).
+    log_with: trackers to log to through accelerate (``[tensorboard, wandb, mlflow, ...]``, each needs its package;
+        ``[]``: none); default tensorboard when it is installed. ``metrics.jsonl`` is written whatever this says.
     """
 
     out_dir: str = "runs/default"
@@ -108,6 +113,7 @@ class TrainConfig:
     time_limit_minutes: float = 0.0
     compile: bool = False
     activation_checkpointing: bool = False
+    log_with: list[str] | None = None
 
     def __post_init__(self):
         if self.mixed_precision is False:
@@ -134,6 +140,37 @@ class TrainConfig:
         check(finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0: off)", self.ema_decay)
         check(finite(self.time_limit_minutes) and self.time_limit_minutes >= 0, "time_limit_minutes",
               "finite and >= 0 (0: none)", self.time_limit_minutes)  # fmt: skip
+
+
+# accelerate's trackers and the module each needs (tensorboard: torch's writer, which needs the tensorboard package)
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}  # fmt: skip
+
+
+def resolve_trackers(log_with: list[str] | None) -> list[str]:
+    """The trackers to log to: ``log_with`` checked (known to accelerate, installed), or tensorboard when it is
+    installed and nothing was asked for."""
+    import importlib.util
+
+    if log_with is None:
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    for name in log_with:
+        if name not in TRACKERS:
+            raise ConfigError(f"train.log_with: unknown tracker {name!r}; known: {sorted(TRACKERS)}")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"train.log_with: {name} is not installed here; pip install {TRACKERS[name]}")
+    return list(log_with)
+
+
+def _flat_config(recipe: dict, prefix: str = "") -> dict:
+    """The recipe as flat ``section/key`` scalars, the form trackers' hyperparameter tables take."""
+    out = {}
+    for k, v in recipe.items():
+        if isinstance(v, dict):
+            out.update(_flat_config(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -235,12 +272,16 @@ def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
 class Trainer:
     """Trains ``task`` on ``train_set`` with the settings of ``cfg``; see the module docstring."""
 
-    def __init__(self, task: nn.Module, train_set, val_set, cfg: TrainConfig, recipe: dict | None = None):
+    def __init__(self, task: nn.Module, train_set, val_set, cfg: TrainConfig, recipe: dict | None = None,
+                 command: str | None = None):  # fmt: skip
         self.task, self.train_set, self.val_set, self.cfg = task, train_set, val_set, cfg
         self.recipe = recipe or {}
+        self.command = command or shlex.join([Path(sys.executable).name, *sys.argv])  # for the model card
         self.out = Path(cfg.out_dir)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=getattr(task, "has_unused_parameters", False))
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+        self.trackers = resolve_trackers(cfg.log_with)
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp],
+                               log_with=self.trackers or None, project_dir=str(self.out / "trackers"))  # fmt: skip
         if self.acc.is_main_process:
             self._check_writable()
         world = self.acc.num_processes
@@ -277,14 +318,8 @@ class Trainer:
         self.last_good: Path | None = None
         self.stop_signal: int | None = None
         self.log_file = self.out / "metrics.jsonl"
-        self.tb = None
-        if self.acc.is_main_process:
-            try:  # tensorboard when installed; metrics.jsonl always
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:
-                pass
+        if self.trackers:  # accelerate's tracker API: each user's usual tracker; metrics.jsonl always
+            self.acc.init_trackers(self.out.name, config=_flat_config(self.recipe))
 
     def _check_writable(self):
         """Fail before any work when the run folder cannot be written."""
@@ -443,11 +478,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "a") as fh:
                 fh.write(json.dumps({"step": self.step, **record}) + "\n")
-            if self.tb is not None:
-                for k, v in record.items():
-                    if isinstance(v, (int, float)):
-                        self.tb.add_scalar(k, v, self.step)
-                self.tb.flush()
+        if self.trackers:
+            self.acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
 
     # ---- training ----------------------------------------------------------------------------------------------
 
@@ -507,6 +539,8 @@ class Trainer:
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
+            if self.trackers:
+                self.acc.end_training()
 
     def _fit(self) -> dict:
         cfg, acc = self.cfg, self.acc
@@ -651,6 +685,12 @@ class Trainer:
                 summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
                            "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
                 (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+                write_card(tmp, training={
+                    "command": self.command, "steps": self.step,
+                    "processes": self.acc.num_processes, "train_images_per_s": throughput,
+                    "validation": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                    "recipe": self.recipe,
+                })  # fmt: skip
                 shutil.rmtree(old, ignore_errors=True)
                 if final.exists():
                     os.replace(final, old)
