@@ -109,8 +109,8 @@ def test_flowar_trains_end_to_end(tmp_path):
     )
 
     # the result file of a trained generator: training, sampling and FD/IS figures from the files the steps wrote
-    from eval.fid import main as fid_main
     from eval.generator_result import main as result_main
+    from visgen.cli.fid import main as fid_main
 
     report = tmp_path / "fd.json"
     assert fid_main(["--input", str(tmp_path / "final"), "--ref", "tests/data/cifar10/test", "--num-samples", "10",

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch_fidelity
 
-from eval.fid import main as fid_main
-from eval.tokenizer_recon import main as recon_main
 from visgen.checkpoint import CheckpointError
+from visgen.cli.fid import main as fid_main
+from visgen.cli.recon import main as recon_main
 from visgen.data import DataConfig, build_dataset
 from visgen.metrics.fidelity import (
     ASSETS,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.fid import main as fid_main
+from visgen.cli.fid import main as fid_main
 from visgen.data import DataConfig, build_dataset
 from visgen.metrics.fidelity import Extractor, images_from_dataset
 from visgen.metrics.memorisation import memorisation_report, nearest_feature, nearest_pixel

@@ -10,7 +10,7 @@ from visgen.model_card import read_card
 
 
 def test_a_trained_generator_card_has_model_training_and_results(tmp_path):
-    from eval.fid import main as fid_main
+    from visgen.cli.fid import main as fid_main
 
     out = tmp_path / "run"
     assert train_main(["generator", "--recipe", "generators/quickstart.yaml", "model.backbone={preset: tiny, n_layer: 1}",

@@ -171,7 +171,7 @@ def test_sample_cli_bad_values_and_devices(capsys):
 
 
 def test_fid_checks_inputs_and_outputs_before_sampling(tmp_path, monkeypatch, capsys):
-    import eval.fid as fid
+    import visgen.cli.fid as fid
 
     gen = tiny_generator()
     gen.save_pretrained(tmp_path / "g")

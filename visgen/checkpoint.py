@@ -188,10 +188,12 @@ def read_config(directory: str | Path) -> dict:
 
 
 def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):
-    """Load any registered visgen model from its folder."""
+    """Load any registered visgen model from its folder, or from the Hugging Face Hub by ``user/repo`` id."""
     import visgen.generator  # noqa: F401  (registers the model types)
     import visgen.tokenizers  # noqa: F401
+    from visgen.hub import resolve
 
+    directory = resolve(directory)
     meta = read_config(directory)
     cls = MODEL_TYPES.get(meta["model_type"])
     if cls is None:

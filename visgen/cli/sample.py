@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visgen import hub
 from visgen.checkpoint import EMA_NAME, WEIGHTS_NAME, CheckpointError, file_sha256, read_config
 from visgen.config import ConfigError
 from visgen.generator import ASSETS, Generator
@@ -29,7 +30,8 @@ DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
 
 def resolve_checkpoint(ref: str) -> Path:
-    path = ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else Path(ref).expanduser()
+    """A generator folder: ``asset:NAME``, a path, or a Hugging Face Hub id (``user/repo``)."""
+    path = ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else hub.resolve(ref)
     meta = read_config(path)
     if meta["model_type"] != Generator.model_type:
         raise CheckpointError(f"{path} holds a {meta['model_type']!r} model; sample.py needs a generator checkpoint")
@@ -76,9 +78,10 @@ def weights_id(ckpt: Path, ema: bool) -> str:
     return (recorded or file_sha256(ckpt / name))[:8]
 
 
-def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str | None = None) -> str:
+def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str | None = None,
+                label: str | None = None) -> str:  # fmt: skip
     parts = [
-        checkpoint_label(ckpt) + ("-ema" if ema else ""), weights_id(ckpt, ema), f"cfg{cfg.cfg_scale:g}",
+        (label or checkpoint_label(ckpt)) + ("-ema" if ema else ""), weights_id(ckpt, ema), f"cfg{cfg.cfg_scale:g}",
         cfg.cfg_schedule, f"T{cfg.temperature:g}", f"topk{cfg.top_k}", f"topp{cfg.top_p:g}", f"seed{cfg.seed}", f"n{n}",
     ]  # fmt: skip
     if cfg.cfg_schedule == "interval":
@@ -96,12 +99,12 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--checkpoint", default=DEFAULT_CHECKPOINT, help="generator folder (default: the bundled CIFAR-10 model)"
+        "--checkpoint",
+        default=DEFAULT_CHECKPOINT,
+        help="generator folder or Hugging Face Hub id user/repo (default: the bundled CIFAR-10 model)",
     )
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument(
@@ -139,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.num_images < 1 or args.grid_max < 1:
             raise ConfigError("--num-images and --grid-max must be at least 1")
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             batch_size=args.batch_size, compile=args.compile, decode_kernel=args.decode_kernel,
         )  # fmt: skip
-        out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels)
+        label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
+        out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels, label)
         check_writable(out.parent, "--out")
         generator = Generator.from_pretrained(ckpt, ema=use_ema)
         labels = parse_labels(args.labels, args.num_images, generator)

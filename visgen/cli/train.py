@@ -55,15 +55,16 @@ def run(kind: str, recipe: dict, command: str | None = None) -> dict:
     return Trainer(task, train_set, val_set, cfg, recipe, command=command).fit()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("kind", choices=sorted(KNOWN_SECTIONS), help="what to train")
     p.add_argument("--recipe", required=True, help="YAML recipe (tokenizers/*.yaml, generators/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
     args = p.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        summary = run(args.kind, recipe, shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]))
+        invoked = ["python", "train.py"] if prog == "train.py" else prog.split()
+        summary = run(args.kind, recipe, shlex.join([*invoked, *(sys.argv[1:] if argv is None else argv)]))
     except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return Preempted.exit_code

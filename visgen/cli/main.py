@@ -1,0 +1,39 @@
+"""``visgen``: the installed command. ``visgen train|sample|fid|recon ...`` take the options of ``train.py``,
+``sample.py``, ``eval/fid.py`` and ``eval/tokenizer_recon.py`` (thin wrappers over the same modules), from any
+folder; ``visgen COMMAND --help`` lists them."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("visgen.cli.train", "train a tokenizer or a generator from a recipe"),
+    "sample": ("visgen.cli.sample", "sample images from a generator checkpoint (default: the bundled CIFAR-10 model)"),
+    "fid": ("visgen.cli.fid", "FD / IS / KID / precision-recall and the memorisation report"),
+    "recon": ("visgen.cli.recon", "a tokenizer's reconstruction quality (PSNR, SSIM, usage, rFD)"),
+    "push": ("visgen.hub", "upload a saved model folder to the Hugging Face Hub"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: visgen COMMAND [options]\n\n" + __doc__.split("\n\n")[0] + "\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"visgen: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest, prog=f"visgen {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
