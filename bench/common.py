@@ -113,7 +113,9 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    tokens_per_s = steps * tokens.numel() / (time.perf_counter() - t0)
+    tokens_per_s = (
+        steps * len(tokens) * model.schedule.seq_len / (time.perf_counter() - t0)
+    )  # continuous: C values a token
     params = sum(p.numel() for p in model.parameters())
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     return {"tokens_per_s": tokens_per_s, "model_tflops": 6 * params * tokens_per_s / 1e12, "peak_gib": peak,

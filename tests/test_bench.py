@@ -81,6 +81,11 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     assert d["train_b2_tokens_per_s"] > 0
     t = json.loads((tmp_path / "results" / "t.json").read_text())["metrics"]
     assert 0 < t["trainer_over_bare_b4"]
+    out = subprocess.run([sys.executable, str(repo / "bench/cpu_threads.py"), "--busy", "0", "--num-images", "2",
+                          "--name", "c"], cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    c = json.loads((tmp_path / "results" / "c.json").read_text())["metrics"]
+    assert c["busy0_threads1_s"] > 0
 
 
 def test_memorisation_bench_times_both_searches(tmp_path):

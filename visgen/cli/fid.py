@@ -236,10 +236,11 @@ def main(argv=None, prog: str | None = None) -> int:
             str(Path(args.results_dir) / f"{args.name}-nearest.png") if args.name
             else str(Path(args.report).with_suffix("")) + "-nearest.png" if args.report else None
         )  # fmt: skip
-        outputs = [Path(args.results_dir) / "x" if args.name else None, args.report, pairs if holdout else None]
-        for out, flag in zip(outputs, ("--name", "--report", "--pairs")):
-            if out is not None:
-                check_writable(Path(out).parent, flag)
+        folders = {"--name": args.name and Path(args.results_dir), "--report": args.report and Path(args.report).parent,
+                   "--pairs": holdout and pairs and Path(pairs).parent}  # fmt: skip
+        for flag, folder in folders.items():
+            if folder:
+                check_writable(folder, flag)
         extractor.weights_hash()  # the extractor's weights exist
         images, info = load_input(args, kind)
         if not info.pop("is_main", True):

@@ -25,6 +25,7 @@ from visgen.generator import ASSETS, Generator
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
+from visgen.sampling.sampler import resolve_device
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
@@ -79,9 +80,10 @@ def weights_id(ckpt: Path, ema: bool) -> str:
 
 
 def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str | None = None,
-                label: str | None = None) -> str:  # fmt: skip
+                label: str | None = None, weights: str | None = None) -> str:  # fmt: skip
     parts = [
-        (label or checkpoint_label(ckpt)) + ("-ema" if ema else ""), weights_id(ckpt, ema), f"cfg{cfg.cfg_scale:g}",
+        (label or checkpoint_label(ckpt)) + ("-ema" if ema else ""), weights or weights_id(ckpt, ema),
+        f"cfg{cfg.cfg_scale:g}",
         cfg.cfg_schedule, f"T{cfg.temperature:g}", f"topk{cfg.top_k}", f"topp{cfg.top_p:g}", f"seed{cfg.seed}", f"n{n}",
     ]  # fmt: skip
     if cfg.cfg_schedule == "interval":
@@ -93,9 +95,8 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
 
 def default_threads() -> int:
     """CPU threads for sampling when neither ``--threads`` nor OMP_NUM_THREADS says: half the cores. Decoding steps
-    are small, and a thread per core collapses when anything else runs (2 cores, 8 images of the bundled model:
-    0.6 s with 2 threads and 1.0 s with 1 on an idle machine, 3.1-3.9 s against 1.3-1.4 s beside one or two busy
-    processes)."""
+    are small, and a thread per core collapses when anything else runs (``bench/cpu_threads.py``: on 2 cores, 0.6 s
+    with 2 threads and 1.5 s with 1 when idle, 1.9 / 3.3 s against 1.2 / 1.3 s beside one / two busy processes)."""
     return max(1, (os.cpu_count() or 1) // 2)
 
 
@@ -157,12 +158,13 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
             batch_size=args.batch_size, compile=args.compile, decode_kernel=args.decode_kernel,
         )  # fmt: skip
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
-        out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels, label)
+        weights = weights_id(ckpt, use_ema)
+        out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels, label, weights)
         check_writable(out.parent, "--out")
         generator = Generator.from_pretrained(ckpt, ema=use_ema)
         labels = parse_labels(args.labels, args.num_images, generator)
         settings = {
-            "checkpoint": str(ckpt), "weights_sha256_8": weights_id(ckpt, use_ema), "ema": use_ema,
+            "checkpoint": str(ckpt), "weights_sha256_8": weights, "ema": use_ema,
             "num_images": args.num_images, "labels": labels.tolist(),
             "sampling": {**vars(cfg), "cfg_interval": list(cfg.cfg_interval)},
         }  # fmt: skip
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
             if not same:
                 raise ConfigError(f"{out} holds samples of other settings; pass --overwrite to replace it")
             print(f"note: {out} holds samples of these settings; replacing them", file=sys.stderr)
-        if sampler_device_is_cpu(args.device) and args.threads is None and "OMP_NUM_THREADS" not in os.environ:
+        on_cpu = resolve_device(args.device).type == "cpu"
+        if on_cpu and args.threads is None and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(default_threads())
         elif args.threads is not None:
             torch.set_num_threads(args.threads)
@@ -207,10 +210,6 @@ def grid_columns(n: int, num_classes: int, labels: str | None) -> int:
 
 
 RUNTIME_ONLY = {"batch_size", "cuda_graph", "compile", "decode_kernel", "dtype"}  # change speed, not the images' law
-
-
-def sampler_device_is_cpu(device: str | None) -> bool:
-    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
 
 
 def write_outputs(out: Path, images: torch.Tensor, settings: dict, args, num_classes: int):

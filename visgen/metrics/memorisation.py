@@ -25,7 +25,7 @@ import torch.nn.functional as F
 PERCENTILE = 1.0  # the held-out quantile that marks "closer than real new images come"
 
 
-def _chunk_rows(n_ref: int, dim: int, device: torch.device) -> int:
+def _chunk_rows(n_ref: int, dim: int) -> int:
     # rows of queries per chunk, so one (rows, n_ref) distance block plus a block of queries stays near 256 MiB
     budget = (256 << 20) // 4
     return max(1, min(4096, budget // max(1, n_ref + dim)))
@@ -37,7 +37,7 @@ def nearest_feature(query: torch.Tensor, ref: torch.Tensor, device: str | torch.
     device = torch.device(device)
     r = F.normalize(ref.float().to(device), dim=1)
     dist, idx = [], []
-    for q in query.split(_chunk_rows(len(r), r.shape[1], device)):
+    for q in query.split(_chunk_rows(len(r), r.shape[1])):
         sim = F.normalize(q.float().to(device), dim=1) @ r.T
         best, i = sim.max(dim=1)
         dist.append((1 - best).clamp_min(0).cpu())
@@ -65,7 +65,7 @@ def nearest_pixel(
         for r0 in range(0, len(ref), 8192):  # reference blocks keep memory bounded for 50k+ images
             r = _as_unit(ref[r0 : r0 + 8192], device)
             r2 = (r * r).sum(1)
-            rows = _chunk_rows(len(r), r.shape[1], device)
+            rows = _chunk_rows(len(r), r.shape[1])
             for q0 in range(0, len(query_NHWC), rows):
                 q = _as_unit(query_NHWC[q0 : q0 + rows], device)
                 d2, i = ((q * q).sum(1, keepdim=True) + r2[None] - 2 * q @ r.T).min(dim=1)
@@ -74,7 +74,8 @@ def nearest_pixel(
                 best_d[sl] = torch.where(better, d2, best_d[sl])
                 best_i[sl] = torch.where(better, i.cpu() + r0, best_i[sl])
                 best_f[sl] = torch.where(better, f, best_f[sl])
-    nearest = torch.stack([refs[f][i] for f, i in zip(best_f.tolist(), best_i.tolist())])
+    nearest = ref_NHWC[best_i]
+    nearest = torch.where(best_f.bool().view(-1, 1, 1, 1), nearest.flip(2), nearest)  # the mirror where it won
     exact = (_as_unit(query_NHWC, "cpu") - _as_unit(nearest, "cpu")).norm(dim=1)
     return exact, best_i
 

@@ -340,11 +340,12 @@ class Trainer:
         acc, final = self.acc, self.out / "checkpoints" / f"step-{self.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
         task = acc.unwrap_model(self.model)
-        state = {k: v.detach().contiguous().cpu() for k, v in task.state_dict().items()}
-        try:
-            check_finite(state, f"step {self.step}")
-        except CheckpointError as e:
-            raise NonFiniteLossError(f"{e}: no checkpoint written at step {self.step}; {self._where_good()}") from e
+        floats = [v for v in task.state_dict().values() if v.is_floating_point()]
+        if floats and not bool(_all_finite(floats)):  # every process decides alike (the weights are replicated)
+            try:
+                check_finite(task.state_dict(), f"step {self.step}")  # names the tensor
+            except CheckpointError as e:
+                raise NonFiniteLossError(f"{e}: no checkpoint written at step {self.step}; {self._where_good()}") from e
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -355,6 +356,7 @@ class Trainer:
             if acc.is_main_process:
                 ema = self.ema.full_state_dict(task.model) if self.ema else None
                 task.model.save_pretrained(tmp / "model", ema_state=ema)
+                state = {k: v.detach().contiguous().cpu() for k, v in task.state_dict().items()}
                 save_tensors(state, tmp / "task.safetensors")
                 torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
                 if acc.scaler is not None:
