@@ -196,6 +196,24 @@ class Generator(PretrainedMixin, nn.Module):
             rope=(cos[off : off + n], sin[off : off + n]),
         )  # fmt: skip
 
+    def decode_rows(self, inputs, labels_B: torch.Tensor, cache, pos_Bn: torch.Tensor) -> torch.Tensor:
+        """Features (B, n, d) of one-token units at positions of each row's own, ``pos_Bn`` (B, n): rows of a batch
+        at different points of their sequences (speculative decoding accepts different lengths per row). Each
+        position reads its input (``inputs`` (B, n) tokens or (B, n, C) latents), writes its keys and values at its
+        slot and attends to every slot at or before it: slots past a row's position are never read, so moving a
+        row back is only a smaller position. Positions past the sequence (a finished row) take the last position's
+        rotation; what they compute is discarded."""
+        if set(self.schedule.unit_sizes) != {1}:
+            raise ConfigError("decoding at per-row positions needs one-token units (raster with unit_size 1)")
+        _, cos, sin = self._decode_tables(labels_B.device)
+        slots = cache.k.shape[3]
+        at = pos_Bn.clamp(max=self.schedule.seq_len - 1)
+        mask = torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
+        return self.backbone(
+            self.input_emb(inputs), None, self.cond(labels_B), mask=mask, cache=cache, input_pos=pos_Bn,
+            kv_len=slots, rope=(cos[at][:, None], sin[at][:, None]),
+        )  # fmt: skip
+
     def _decode_tables(self, device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """What decoding reads, built once per device and kept out of the buffers: each unit's sequence positions
         (n,), a tensor of its own per unit (aligned: compiled code and Triton kernels take it as they were compiled

@@ -52,6 +52,15 @@ class CategoricalHead(nn.Module):
         c, u = logits.chunk(2)
         return u + cfg_scale * (c - u)
 
+    def probs(self, h, cfg_scale, guided: bool = False, temperature: float = 1.0, top_k: int = 0,
+              top_p: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """The distribution ``sample`` draws from, (B, n, V) fp32: guided, filtered, softmax(logits / T); one-hot
+        on the argmax at temperature 0. Speculative decoding compares two models' distributions through it."""
+        logits = filter_logits(self.guided_logits(h, cfg_scale, guided), top_k, top_p)
+        if temperature == 0:
+            return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return (logits / temperature).softmax(-1)
+
     def sample(
         self,
         h: torch.Tensor,

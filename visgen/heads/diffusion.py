@@ -165,11 +165,14 @@ class DiffusionHead(nn.Module):
             eps = eps_u + torch.as_tensor(cfg_scale, device=eps.device, dtype=eps.dtype) * (eps_c - eps_u)
         return self._gaussian(sch, x, k, eps, v, self.x0_clip)
 
-    def _denoise(self, h, cfg_scale, noise: CounterNoise, step, guided: bool, temperature: float, keep: bool):
+    def _denoise(self, h, cfg_scale, noise: CounterNoise, step, guided: bool, temperature: float, keep: str):
+        """The sampling loop; ``keep``: ``sample`` (the latents), ``path`` (``trajectory``) or ``final`` (the last
+        step's Gaussian, ``final_gaussian``)."""
         B, n, D = h.shape
         B = B // 2 if guided else B
         S, C = len(self.sample_schedule), self.channels
         zc = self.net.c_in(h.reshape(-1, D))
+        shape = lambda t: t.view(B, n, C)
         x = noise.normal(step, (n, C), stream=0).reshape(B * n, C)
         # every step's noise drawn at once (one counter-noise call a unit), step i of the path at [:, i]
         e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 else None
@@ -178,14 +181,15 @@ class DiffusionHead(nn.Module):
             mean, log_var = self._step(k, x, zc, cfg_scale, guided)
             if k > 0:  # the last step adds no noise (DDPM)
                 x = mean + torch.exp(0.5 * log_var) * e_all[:, i].reshape(B * n, C) * temperature
+            elif keep == "final":
+                return shape(mean), shape(log_var)
             else:
                 x = mean
-            if keep:
+            if keep == "path":
                 xs.append(x)
                 means.append(mean)
                 log_vars.append(log_var)
-        shape = lambda t: t.view(B, n, C)
-        if not keep:
+        if keep == "sample":
             return shape(x)
         return {"xs": torch.stack([shape(t) for t in xs]), "mean": torch.stack([shape(t) for t in means]),
                 "log_var": torch.stack([shape(t) for t in log_vars])}  # fmt: skip
@@ -194,7 +198,7 @@ class DiffusionHead(nn.Module):
                temperature: float = 1.0, **_) -> torch.Tensor:  # fmt: skip
         """Latents (B, n, C) from features ``h`` (B, n, D), or (2B, n, D) when ``guided`` (conditional rows, then
         unconditional); noise keyed by (sample, ``step``, denoising step)."""
-        return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep=False)
+        return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep="sample")
 
     # ---- densities, for continuous speculative decoding ---------------------------------------------------------
 
@@ -202,7 +206,15 @@ class DiffusionHead(nn.Module):
                    temperature: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
         """A sample with its whole denoising path: ``xs`` (S + 1, B, n, C) from the initial noise to the sample,
         and each step's Gaussian ``mean`` and ``log_var`` (S, B, n, C) before the temperature."""
-        return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep=True)
+        return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep="path")
+
+    def final_gaussian(self, h: torch.Tensor, cfg_scale, noise: CounterNoise, step, guided: bool = False,
+                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(mean, log_var) (B, n, C) of the last denoising step, x_0 ~ N(mean, exp(log_var)), along the path
+        that ``sample`` takes under the same noise (``sample`` returns its mean). Continuous speculative decoding
+        takes a token's density to be this Gaussian: two heads on one aligned path (the same counter noise) give
+        the two densities of one token (CSpD, Wang et al. 2024, sec. 3)."""
+        return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep="final")
 
     def step_gaussians(self, h: torch.Tensor, xs: torch.Tensor, cfg_scale, guided: bool = False):
         """This head's (mean, log_var) (S, B, n, C) for each step of a given path ``xs`` (another head's, say)."""

@@ -94,7 +94,7 @@ class Attention(nn.Module):
     def forward(self, x, rope, mask, is_causal, kv, input_pos, kv_len):
         B, L, _ = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim)
-        if self.decode_fn is not None and kv is not None and L == 1:
+        if self.decode_fn is not None and kv is not None and L == 1 and input_pos.dim() == 1:
             # rotate, append to the cache and attend to exactly slots 0..input_pos in one kernel; no mask
             return self.proj(self.decode_fn(qkv[:, 0], *rope, *kv, input_pos).view(B, 1, -1))
         qkv = qkv.permute(2, 0, 3, 1, 4)
@@ -102,8 +102,13 @@ class Attention(nn.Module):
         v = qkv[2]
         if kv is not None:  # decoding: write this unit, attend to the first kv_len slots
             k_cache, v_cache = kv
-            k_cache.index_copy_(2, input_pos, k)
-            v_cache.index_copy_(2, input_pos, v)
+            if input_pos.dim() == 1:  # every row at the same positions
+                k_cache.index_copy_(2, input_pos, k)
+                v_cache.index_copy_(2, input_pos, v)
+            else:  # (B, L): each row at its own positions (speculative decoding: rows accept different lengths)
+                idx = input_pos[:, None, :, None].expand(-1, self.n_head, -1, self.head_dim)
+                k_cache.scatter_(2, idx, k)
+                v_cache.scatter_(2, idx, v)
             k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
@@ -232,7 +237,9 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Features (B, L, d_model). Training: the whole sequence with ``mask`` (bool, True = attend) or
         ``is_causal``. Decoding: one unit at sequence positions ``input_pos`` against ``cache``, reading its first
-        ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all).
+        ``kv_len`` slots (default all), with ``mask`` (n, kv_len) saying which of them it may read (None: all);
+        or, with ``input_pos`` (B, n), each row at positions of its own, ``mask`` (B, 1, n, kv_len) and the RoPE
+        tables (B, 1, n, head_dim / 2).
         ``rope``: the (cos, sin) tables of these positions (``rope_tables``) instead of ``positions_LA``, when the
         caller keeps them (decoding slices them from tables built once: no kernel computes them in a step)."""
         if rope is None:

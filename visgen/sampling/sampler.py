@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from visgen.config import ConfigError, check, finite
 from visgen.sampling.noise import CounterNoise
+from visgen.sampling.speculative import CSPD_RULES, METHODS, SpeculativeDecoder
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -41,6 +42,17 @@ class SamplingConfig:
         shape for all one-token units; GPUs) or ``auto`` (``triton`` on GPUs where it applies, else ``sdpa``).
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
+    speculative: ``none``; ``draft`` (a draft model drafts, the target verifies: exactly the target's
+        distribution), ``jacobi`` (speculative Jacobi decoding, no draft model, exact) or ``cspd`` (continuous
+        speculative decoding for the diffusion head); see ``visgen.sampling.speculative``. One-token units only.
+    draft: the draft generator's checkpoint folder (``draft`` and ``cspd``; or pass ``draft=`` to ``Sampler``).
+    gamma: tokens drafted per round (one verifying pass of gamma + 1 positions).
+    prefill: fraction of the tokens drawn by the target alone before speculating (CSpD's pre-filling; at least
+        two tokens are).
+    cspd_rule: ``exact`` (the paper's rule: stop at the first rejection, the ratio of the two Gaussians) or
+        ``reference`` (the reference code's relaxation: standard deviations x 42 inside the ratio, tokens after a
+        rejection kept; not exact).
+    sync_every: speculative rounds between the host's checks for finished rows (each check is one host sync).
     """
 
     cfg_scale: float = 1.0
@@ -55,6 +67,12 @@ class SamplingConfig:
     compile: bool = False
     decode_kernel: str = "auto"
     dtype: str = "auto"
+    speculative: str = "none"
+    draft: str = ""
+    gamma: int = 4
+    prefill: float = 0.0
+    cspd_rule: str = "exact"
+    sync_every: int = 4
 
     def __post_init__(self):
         # every entry point (sample.py, eval/fid.py, Python) gets these checks: NaN guidance draws garbage silently
@@ -71,6 +89,12 @@ class SamplingConfig:
         check(self.decode_kernel in ("auto", "sdpa", "triton"), "decode_kernel", "auto, sdpa or triton",
               self.decode_kernel)  # fmt: skip
         check(self.dtype == "auto" or self.dtype in _DTYPES, "dtype", f"auto or one of {sorted(_DTYPES)}", self.dtype)
+        check(self.speculative in ("none", *METHODS), "speculative", "none, " + ", ".join(METHODS), self.speculative)
+        check(isinstance(self.gamma, int) and self.gamma >= 1, "gamma", "an integer >= 1", self.gamma)
+        check(finite(self.prefill) and 0 <= self.prefill < 1, "prefill", "in [0, 1)", self.prefill)
+        check(self.cspd_rule in CSPD_RULES, "cspd_rule", " or ".join(CSPD_RULES), self.cspd_rule)
+        check(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "an integer >= 1",
+              self.sync_every)  # fmt: skip
 
 
 CFG_SCHEDULES = ("constant", "linear", "interval")
@@ -149,7 +173,10 @@ class _BatchState:
 class Sampler:
     """Samples token grids or images from a ``Generator``; see ``SamplingConfig``."""
 
-    def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None):
+    def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None,
+                 draft=None):  # fmt: skip
+        """``draft``: the draft generator for ``speculative`` ``draft`` / ``cspd`` (default: loaded from
+        ``cfg.draft``)."""
         self.cfg = cfg or SamplingConfig()
         device = resolve_device(device)
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -197,6 +224,13 @@ class Sampler:
             # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         self._states: dict[int, _BatchState] = {}
+        self.speculative = None
+        if self.cfg.speculative != "none":
+            if draft is None and self.cfg.draft and self.cfg.speculative != "jacobi":
+                from visgen.checkpoint import load_model
+
+                draft = load_model(self.cfg.draft, ema=True)
+            self.speculative = SpeculativeDecoder(self, draft)
 
     # ---- one unit ------------------------------------------------------------------------------------------------
 
@@ -240,6 +274,8 @@ class Sampler:
 
     @torch.no_grad()
     def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.speculative is not None:
+            return self.speculative.sample_batch(labels, ids)
         B, m = len(labels), self.model
         st = self._states.get(B)
         if st is None:

@@ -1,0 +1,425 @@
+"""Speculative decoding inside the one sampler: several one-token AR steps verified in one pass of the target.
+
+Three ways to draft the next ``gamma`` tokens, one verification:
+
+- ``draft`` (Leviathan et al. 2023; Chen et al. 2023): a small generator over the same tokenizer drafts them.
+- ``jacobi`` (speculative Jacobi decoding, Teng et al. 2025): no draft model; the window of the next ``gamma``
+  tokens is iterated, each round's drafts sampled from the target's own distributions of the round before (random
+  tokens where the window is new).
+- ``cspd`` (continuous speculative decoding, Wang et al. 2024): a small diffusion-head generator drafts continuous
+  tokens along the same denoising noise as the target (trajectory alignment), and a token's density is the last
+  denoising step's Gaussian of each head (``DiffusionHead.final_gaussian``).
+
+The target reads the last committed token and the drafts in one pass of gamma + 1 positions through its KV cache.
+Discrete tokens: token i is accepted with probability min(1, p_i / q_i) under the distributions the sampler
+samples from (guidance, temperature, top-k, top-p alike for both models); the first rejected one is resampled from
+max(0, p - q) normalised, and on full acceptance one more token comes from p: the output is exactly the target's
+distribution. ``cspd`` does the same with the two Gaussians' densities, the residual drawn by acceptance-rejection
+with the target's Gaussian as the proposal (a fixed number of proposals; a row where all fail takes the first one
+and is counted in ``residual_fallbacks``); ``cspd_rule="reference"`` is the reference code's relaxation instead
+(standard deviations scaled by 42 inside the ratio, and every drafted token decided on its own, so tokens after a
+rejection are kept): not exact, measured beside the exact rule.
+
+Rows of a batch accept different numbers of tokens, so every row keeps its own position (``Generator.decode_rows``
+writes each row's keys and values at its own slots); a round is the same work whatever was accepted, all on the
+device, and on GPUs one captured CUDA graph replayed: the host looks at the rows only every ``sync_every`` rounds,
+to stop when every row has all its tokens. Every random number of a round is keyed by (seed, sample, the row's
+position when the round starts), so a sample does not depend on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from visgen.config import ConfigError
+from visgen.sampling.noise import CounterNoise
+
+METHODS = ("draft", "jacobi", "cspd")
+CSPD_RULES = ("exact", "reference")
+REFERENCE_TEMPERATURE = 42.0  # the reference code's temperature inside the CSpD ratio
+PROPOSALS = 128  # acceptance-rejection proposals per residual draw (cspd)
+
+# counter-noise streams (the heads' own draws use 0-2 at a token's position)
+_DRAFT, _ACCEPT, _RESIDUAL, _JACOBI, _FINAL, _PROPOSAL = 8, 9, 10, 11, 12, 13
+
+
+# ---- the acceptance rules (pure functions on distributions: the tests check them) ---------------------------------
+
+
+def leading_accepts(accept_BG: torch.Tensor) -> torch.Tensor:
+    """(B,) how many drafts are accepted: the run of accepted ones before the first rejection."""
+    return accept_BG.long().cumprod(-1).sum(-1)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """max(0, p - q), unnormalised: what a rejected token is drawn from (p itself where q is all zero)."""
+    res = (p - q).clamp_min(0)
+    return torch.where(res.sum(-1, keepdim=True) > 0, res, p)  # p == q to rounding: never rejected, guard anyway
+
+
+def verify_tokens(p, q, drafts, u, gumbel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discrete verification. p (B, G + 1, V): the target's distributions at the G drafted positions and one more;
+    q (B, G, V): those the drafts were drawn from; drafts (B, G); u (B, G) uniforms; gumbel (B, V).
+    Returns (accepted (B,), tokens (B, G + 1)): tokens[:, :accepted] are the accepted drafts and tokens[:, accepted]
+    the resampled (or, on full acceptance, extra) token; later entries are meaningless."""
+    G, V = drafts.shape[1], p.shape[-1]
+    p_d = p[:, :G].gather(-1, drafts[..., None])[..., 0]
+    q_d = q.gather(-1, drafts[..., None])[..., 0]
+    a = leading_accepts(u * q_d < p_d)  # u < p / q without dividing
+    at = a[:, None, None].expand(-1, 1, V)
+    q_a = F.pad(q, (0, 0, 0, 1)).gather(1, at)[:, 0]  # a zero row at index G: full acceptance draws from p
+    token = (residual(p.gather(1, at)[:, 0], q_a).log() + gumbel).argmax(-1)  # Gumbel-max: exactly the residual
+    return a, torch.cat([drafts, drafts[:, :1]], 1).scatter(1, a[:, None], token[:, None])
+
+
+def gaussian_log_density(x, mean, log_var) -> torch.Tensor:
+    """log N(x; mean, exp(log_var)) summed over the last axis."""
+    return (-0.5 * ((x - mean).pow(2) * torch.exp(-log_var) + log_var + math.log(2 * math.pi))).sum(-1)
+
+
+def gaussian_residual(mp, lvp, mq, lvq, e, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """A draw from max(0, p - q) normalised for Gaussians p = N(mp, exp(lvp)), q = N(mq, exp(lvq)) (..., C) by
+    acceptance-rejection with p as the proposal: proposal y is kept with probability 1 - q(y) / p(y) (max(0, p - q)
+    <= p, so the bound is 1; CSpD sec. 3.4). ``e`` (..., R, C) standard normals for R proposals, ``v`` (..., R)
+    uniforms. Returns (the first kept proposal, whether one was kept)."""
+    y = mp[..., None, :] + torch.exp(0.5 * lvp)[..., None, :] * e
+    log_ratio = gaussian_log_density(y, mq[..., None, :], lvq[..., None, :]) - gaussian_log_density(
+        y, mp[..., None, :], lvp[..., None, :]
+    )
+    kept = v < -torch.expm1(log_ratio.clamp(max=0.0))  # 1 - q/p, 0 where q >= p
+    first = kept.long().argmax(-1)  # the first kept one (0 when none is)
+    pick = y.gather(-2, first[..., None, None].expand(*first.shape, 1, y.shape[-1]))[..., 0, :]
+    return pick, kept.any(-1)
+
+
+def cspd_log_ratio(x, mp, lvp, mq, lvq, rule: str = "exact") -> torch.Tensor:
+    """log p(x) / q(x) of drafted tokens x under the two Gaussians; ``reference``: both standard deviations scaled
+    by 42 inside the exponent (the reference code's relaxation; the normalisers as in the exact ratio)."""
+    if rule == "exact":
+        return gaussian_log_density(x, mp, lvp) - gaussian_log_density(x, mq, lvq)
+    t2 = 2 * math.log(REFERENCE_TEMPERATURE)  # the scaled normalisers' ratio is the exact ratio's
+    return gaussian_log_density(x, mp, lvp + t2) - gaussian_log_density(x, mq, lvq + t2)
+
+
+def verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule: str = "exact"):
+    """Continuous verification. x (B, G, C) drafted tokens; (mp, lvp) (B, G + 1, C) the target's Gaussians at the
+    drafted positions and one more; (mq, lvq) (B, G, C) the draft's; u (B, G) uniforms; e (B, G, R, C) and v
+    (B, G, R) for the residual draws; bonus (B, C) the target's own draw at position G. Returns (accepted (B,),
+    decided (B,): drafts accepted on their own (the reference rule counts every one), tokens (B, G + 1, C),
+    commit (B,): how many of tokens to keep, fallbacks (B,))."""
+    G = x.shape[1]
+    ok = u.log() < cspd_log_ratio(x, mp[:, :G], lvp[:, :G], mq, lvq, rule)
+    y, found = gaussian_residual(mp[:, :G], lvp[:, :G], mq, lvq, e, v)
+    if rule == "reference":  # each token on its own: a rejected one is replaced and the ones after it are kept
+        tokens = torch.cat([torch.where(ok[..., None], x, y), bonus[:, None]], 1)
+        fallbacks = (~ok & ~found).sum(-1)
+        full = torch.full_like(ok[:, 0], G, dtype=torch.long)
+        return full, ok.sum(-1), tokens, full + 1, fallbacks
+    a = leading_accepts(ok)
+    at = a.clamp(max=G - 1)[:, None, None].expand(-1, 1, x.shape[-1])
+    resampled = torch.where((a < G)[:, None], y.gather(1, at)[:, 0], bonus)
+    tokens = torch.cat([x, x[:, :1]], 1).scatter(1, a[:, None, None].expand(-1, 1, x.shape[-1]), resampled[:, None])
+    fallbacks = ((a < G) & ~found.gather(1, a.clamp(max=G - 1)[:, None])[:, 0]).long()
+    return a, a, tokens, a + 1, fallbacks
+
+
+# ---- checks --------------------------------------------------------------------------------------------------------
+
+
+def _tokenizer_id(gen) -> tuple:
+    tok = gen.tokenizer
+    state = {k: v for k, v in tok.state_dict().items() if v.is_floating_point()}
+    fingerprint = tuple(round(float(v.double().sum()), 4) for v in state.values())
+    return type(tok).__name__, getattr(tok, "vocab_size", None), getattr(tok, "latent_channels", None), fingerprint
+
+
+def check_models(target, draft, method: str, cfg) -> None:
+    """Clear errors for what speculative decoding cannot do."""
+    if set(target.schedule.unit_sizes) != {1}:
+        raise ConfigError(
+            "speculative decoding verifies one-token units (token, continuous-token and pixel families); this model's "
+            f"units hold {sorted(set(target.schedule.unit_sizes))} tokens (scale, frame or multi-token units)"
+        )
+    discrete = getattr(target.head, "discrete", False)
+    if method in ("draft", "jacobi") and not discrete:
+        raise ConfigError(f"speculative={method!r} verifies categorical tokens; for the diffusion head use 'cspd'")
+    if method == "cspd":
+        if type(target.head).__name__ != "DiffusionHead":
+            raise ConfigError(
+                f"speculative='cspd' needs the diffusion head (head: diffusion); this model's head is "
+                f"{target.config.head!r}" + (" (use 'draft' or 'jacobi')" if discrete else "")
+            )
+        if not cfg.temperature > 0:
+            raise ConfigError("speculative='cspd' needs temperature > 0 (a token's density is a Gaussian)")
+    if method == "jacobi":
+        return
+    if draft is None:
+        raise ConfigError(f"speculative={method!r} needs a draft model: SamplingConfig.draft / --draft FOLDER")
+    if not hasattr(draft, "schedule"):
+        raise ConfigError(f"the draft must be a generator checkpoint; got a {type(draft).__name__}")
+    if draft.config.schedule != target.config.schedule or draft.config.head != target.config.head:
+        raise ConfigError(
+            f"the draft is another family (schedule {draft.config.schedule!r}, head {draft.config.head!r}) than the "
+            f"target (schedule {target.config.schedule!r}, head {target.config.head!r})"
+        )
+    if draft.schedule.seq_len != target.schedule.seq_len or draft.config.unit_size != target.config.unit_size:
+        raise ConfigError(
+            f"the draft's sequence ({draft.schedule.seq_len} tokens) is not the target's ({target.schedule.seq_len})"
+        )
+    if draft.config.num_classes != target.config.num_classes:
+        raise ConfigError(f"the draft has {draft.config.num_classes} classes, the target {target.config.num_classes}")
+    if _tokenizer_id(draft) != _tokenizer_id(target):
+        raise ConfigError(
+            "the draft was trained over another tokenizer or vocabulary than the target; a draft must share the "
+            "target's tokenizer (its weights too)"
+        )
+
+
+# ---- the decoder ---------------------------------------------------------------------------------------------------
+
+
+class _State:
+    """One batch size's buffers (and captured graphs): caches, committed tokens, each row's position, statistics."""
+
+    def __init__(self, sd: SpeculativeDecoder, batch: int):
+        s, dev = sd.sampler, sd.sampler.device
+        self.guided = s.guided
+        rows = 2 * batch if self.guided else batch
+        self.cache = sd.target.backbone.new_cache(rows, sd.slots, s.dtype, dev)
+        self.dcache = sd.draft.backbone.new_cache(rows, sd.slots, s.dtype, dev) if sd.draft is not None else None
+        self.labels = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.ids = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.noise = CounterNoise(0, self.ids)
+        C = sd.channels
+        shape = (batch, sd.slots, C) if C else (batch, sd.slots)
+        self.tokens = torch.zeros(shape, dtype=torch.float32 if C else torch.long, device=dev)
+        self.pos = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.stats = torch.zeros(5, batch, dtype=torch.float32, device=dev)  # accepted, offered, passes, committed, fb
+        V = sd.vocab
+        self.window = torch.zeros(batch, sd.gamma, dtype=torch.long, device=dev) if sd.method == "jacobi" else None
+        self.window_q = torch.zeros(batch, sd.gamma, V, device=dev) if sd.method == "jacobi" else None
+        self.prefix_graph = self.round_graph = None
+
+
+class SpeculativeDecoder:
+    """The sampler's speculative path (``SamplingConfig.speculative``); built by ``Sampler``, not by users.
+
+    ``stats`` after sampling: ``acceptance`` (accepted drafts / drafts offered for tokens of the image),
+    ``tokens_per_pass`` (tokens committed per verifying pass), ``target_passes_per_image`` (the prefix's one-token
+    steps included), ``residual_fallbacks`` (cspd rows whose proposals all failed)."""
+
+    def __init__(self, sampler, draft=None):
+        cfg, m = sampler.cfg, sampler.model
+        self.sampler, self.target, self.method, self.gamma = sampler, m, cfg.speculative, cfg.gamma
+        check_models(m, draft, self.method, cfg)
+        self.draft = None
+        if draft is not None and self.method != "jacobi":
+            self.draft = copy.deepcopy(draft).to(device=sampler.device, dtype=sampler.dtype).eval()
+            self.draft.requires_grad_(False)
+        L = self.L = m.schedule.seq_len
+        self.prefix = min(L, max(2, math.ceil(cfg.prefill * L)))  # >= 2: a round reads the last two tokens
+        self.slots = L + 2 * self.gamma + 2  # a finished row keeps running rounds past its end: room for them
+        self.channels = 0 if m.head.discrete else m.tokenizer.latent_channels
+        self.vocab = m.tokenizer.vocab_size if m.head.discrete else 0
+        scales = sampler.scales + [sampler.scales[-1]] * (self.slots - L)
+        self.scale_table = torch.tensor(scales, dtype=torch.float32, device=sampler.device)
+        self._states: dict[int, _State] = {}
+        self.totals = torch.zeros(5, dtype=torch.float64)
+        self.images = 0
+
+    @property
+    def stats(self) -> dict:
+        acc, offered, passes, committed, fallbacks = self.totals.tolist()
+        n = max(self.images, 1)
+        return {
+            "acceptance": acc / max(offered, 1),
+            "tokens_per_pass": committed / max(passes, 1),
+            "target_passes_per_image": passes / n + self.prefix,
+            "residual_fallbacks": int(fallbacks),
+        }
+
+    # ---- pieces of a round ---------------------------------------------------------------------------------------
+
+    def _dup(self, st, t):
+        return torch.cat([t, t]) if st.guided else t
+
+    def _rows(self, model, cache, st, inputs, at):
+        """Features (B, n, d) at per-row positions ``at`` (B, n); guided: the conditional and the null rows."""
+        if inputs.is_floating_point():
+            inputs = inputs.to(self.sampler.dtype)
+        return model.decode_rows(self._dup(st, inputs), st.labels, cache, self._dup(st, at))
+
+    def _final(self, model, h, st, at):
+        """(mean, log_var) (B, n, C) of the last denoising step of tokens at positions ``at`` (B, n), each token
+        with the counter noise of its own position (the draft's and the target's paths aligned), fp32, with the
+        temperature in the variance."""
+        c = self.sampler.cfg
+        B, n = at.shape
+        flat = lambda t: t.reshape(-1, 1, t.shape[-1])
+        h = torch.cat([flat(t) for t in h.chunk(2)]) if st.guided else flat(h)
+        scale = self.scale_table[at].reshape(-1, 1)
+        noise = st.noise.repeat(n) if n > 1 else st.noise
+        mean, log_var = model.head.final_gaussian(h, scale, noise, at.reshape(-1), st.guided, c.temperature)
+        return mean.view(B, n, -1), log_var.view(B, n, -1) + 2 * math.log(c.temperature)
+
+    def _commit(self, st, tokens, commit, accepted, offered, fallbacks):
+        G1 = self.gamma + 1
+        pos, L = st.pos, self.L
+        active = pos < L
+        at = (pos[:, None] + torch.arange(G1, device=pos.device)).clamp(max=self.slots - 1)
+        if tokens.dim() == 3:
+            st.tokens.scatter_(1, at[..., None].expand(-1, -1, tokens.shape[-1]), tokens.float())
+        else:
+            st.tokens.scatter_(1, at, tokens)
+        left = (L - pos).clamp(min=0)  # tokens this row still needs: drafts past the image are not counted
+        f = active.float()
+        st.stats += torch.stack([
+            torch.minimum(accepted, left) * f, torch.minimum(torch.full_like(left, offered), left) * f, f,
+            torch.minimum(commit, left) * f, fallbacks * f,
+        ])  # fmt: skip
+        st.pos.copy_(torch.where(active, pos + commit, pos))
+
+    # ---- the three methods' rounds -------------------------------------------------------------------------------
+
+    def _draft_steps(self, st, pos):
+        """gamma one-token steps of the draft model from each row's position. The first reads the last two
+        committed tokens (slot pos - 1 rewritten: after a fully accepted round the draft never read the last
+        accepted draft). Returns the drafts and, per method, what verification needs."""
+        d, G = self.draft, self.gamma
+        ar2 = torch.arange(-2, 0, device=pos.device)
+        inputs = st.tokens.gather(1, self._expand(st, (pos[:, None] + ar2)))
+        at = pos[:, None] + ar2 + 1
+        c = self.sampler.cfg
+        drafts, dists = [], []
+        gumbel = st.noise.gumbel(pos, (G, self.vocab), stream=_DRAFT) if self.vocab else None
+        for i in range(G):
+            h = self._rows(d, st.dcache, st, inputs, at)[:, -1:]
+            if self.vocab:
+                q = d.head.probs(h, self.scale_table[pos + i][:, None, None], st.guided, c.temperature, c.top_k,
+                                 c.top_p)[:, 0]  # fmt: skip
+                x = (q.log() + gumbel[:, i]).argmax(-1)
+                dists.append(q)
+                inputs = x[:, None]
+            else:
+                mq, lvq = self._final(d, h, st, (pos + i)[:, None])
+                e0 = st.noise.normal(pos + i, (1, self.channels), stream=_FINAL)
+                x = (mq + torch.exp(0.5 * lvq) * e0)[:, 0]
+                dists.append((mq[:, 0], lvq[:, 0]))
+                inputs = x[:, None]
+            drafts.append(x)
+            at = (pos + i + 1)[:, None]
+        return torch.stack(drafts, 1), dists
+
+    def _expand(self, st, idx):
+        return idx[..., None].expand(-1, -1, self.channels) if self.channels else idx
+
+    def _verify_pass(self, st, pos, drafts):
+        last = st.tokens.gather(1, self._expand(st, (pos - 1)[:, None]))
+        at = pos[:, None] + torch.arange(self.gamma + 1, device=pos.device)
+        return self._rows(self.target, st.cache, st, torch.cat([last, drafts], 1), at), at
+
+    def _round(self, st):
+        pos, G, c = st.pos, self.gamma, self.sampler.cfg
+        u = st.noise.uniform(pos, (G,), stream=_ACCEPT)
+        if self.method == "jacobi":
+            h, at = self._verify_pass(st, pos, st.window)
+            p = self.target.head.probs(h, self.scale_table[at][..., None], st.guided, c.temperature, c.top_k, c.top_p)
+            a, tokens = verify_tokens(p, st.window_q, st.window, u, st.noise.gumbel(pos, (self.vocab,), _RESIDUAL))
+            # the next window: position pos + a + 1 + i from this pass's distribution there, when the pass had it
+            src = a[:, None] + 1 + torch.arange(G, device=pos.device)
+            q_next = p.gather(1, src.clamp(max=G)[..., None].expand(-1, -1, self.vocab))
+            q_next = torch.where((src <= G)[..., None], q_next, torch.full_like(q_next, 1 / self.vocab))
+            st.window.copy_((q_next.log() + st.noise.gumbel(pos, (G, self.vocab), _JACOBI)).argmax(-1))
+            st.window_q.copy_(q_next)
+            self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
+            return
+        drafts, dists = self._draft_steps(st, pos)
+        h, at = self._verify_pass(st, pos, drafts)
+        if self.vocab:
+            p = self.target.head.probs(h, self.scale_table[at][..., None], st.guided, c.temperature, c.top_k, c.top_p)
+            a, tokens = verify_tokens(p, torch.stack(dists, 1), drafts, u, st.noise.gumbel(pos, (self.vocab,), _RESIDUAL))
+            self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
+            return
+        mp, lvp = self._final(self.target, h, st, at)
+        mq, lvq = torch.stack([m for m, _ in dists], 1), torch.stack([lv for _, lv in dists], 1)
+        e = st.noise.normal(pos, (G, PROPOSALS, self.channels), stream=_PROPOSAL)
+        v = st.noise.uniform(pos, (G, PROPOSALS), stream=_RESIDUAL)
+        e_bonus = st.noise.normal(pos + G, (1, self.channels), stream=_FINAL)[:, 0]
+        bonus = mp[:, G] + torch.exp(0.5 * lvp[:, G]) * e_bonus
+        a, decided, tokens, commit, fallbacks = verify_gaussians(
+            drafts, mp, lvp, mq, lvq, u, e, v, bonus, self.sampler.cfg.cspd_rule
+        )
+        self._commit(st, tokens, commit, decided, G, fallbacks)
+
+    # ---- a batch -------------------------------------------------------------------------------------------------
+
+    def _prefix(self, st):
+        """The first tokens from the target alone (the plain loop's steps), the draft's cache filled with them,
+        positions and statistics reset, the Jacobi window drawn at random."""
+        s, m = self.sampler, self.target
+        units, state = [], None
+        for k in range(self.prefix):
+            inputs, state = m.schedule.step_input(state, units) if k else (None, None)
+            if inputs is not None and inputs.is_floating_point():
+                inputs = inputs.to(s.dtype)
+            units.append(s._step(st, k, inputs))
+        seq = torch.cat(units, 1)
+        st.tokens[:, : self.prefix].copy_(seq)
+        if self.draft is not None:
+            self.draft.decode_unit(0, None, st.labels, st.dcache, self.L)
+            if self.prefix > 2:  # slots 1 .. prefix - 2; a round writes prefix - 1 and on
+                at = torch.arange(1, self.prefix - 1, device=seq.device).expand(len(st.ids), -1)
+                self._rows(self.draft, st.dcache, st, seq[:, : self.prefix - 2], at)
+        st.pos.fill_(self.prefix)
+        st.stats.zero_()
+        if st.window is not None:
+            uniform = torch.full_like(st.window_q, 1 / self.vocab)
+            st.window_q.copy_(uniform)
+            st.window.copy_((uniform.log() + st.noise.gumbel(0, (self.gamma, self.vocab), _JACOBI)).argmax(-1))
+
+    def _run(self, st, graph_name: str, fn):
+        """``fn(st)`` eagerly, or through the batch state's captured graph (captured at the first call, after one
+        eager run that warms kernels up, and replayed after)."""
+        if not self.sampler.use_graph:
+            return fn(st)
+        graph = getattr(st, graph_name)
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(st)  # a real run: its work is the first call's
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn(st)
+            setattr(st, graph_name, graph)
+            return None  # capturing does not run it: the caller's next call replays
+        graph.replay()
+
+    def sample_batch(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        B, m = len(labels), self.target
+        st = self._states.get(B)
+        if st is None:
+            st = self._states[B] = _State(self, B)
+        st.labels[:B].copy_(labels)
+        if st.guided:
+            st.labels[B:].fill_(m.null_class)
+        st.ids.copy_(ids)
+        st.noise.key.copy_(CounterNoise(self.sampler.cfg.seed, ids).key)
+        self._run(st, "prefix_graph", self._prefix)  # at the first batch of a size: run eagerly, then captured
+        every = self.sampler.cfg.sync_every
+        for r in range(self.L - self.prefix + 1):  # a round commits at least one token per row
+            self._run(st, "round_graph", self._round)
+            if (r + 1) % every == 0 and bool((st.pos >= self.L).all()):
+                break
+        # a graph's capture interrupts the loop once (nothing ran in it): finish what is left
+        while not bool((st.pos >= self.L).all()):
+            self._run(st, "round_graph", self._round)
+        self.totals += st.stats.sum(1).double().cpu()
+        self.images += B
+        return m.schedule.from_sequence(st.tokens[:, : self.L].clone())  # the buffer is the next batch's
+
