@@ -53,9 +53,10 @@ def setup(args, build) -> tuple:
     return gen, rec
 
 
-def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool) -> dict:
-    """images/s over ``repeats`` batches after a first one (allocation, compile, CUDA-graph capture), timed apart."""
-    sampler = Sampler(gen, cfg)
+def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool, draft=None) -> dict:
+    """images/s over ``repeats`` batches after a first one (allocation, compile, CUDA-graph capture), timed apart;
+    with speculative decoding, its statistics over the timed batches too."""
+    sampler = Sampler(gen, cfg, draft=draft)
     batch = cfg.batch_size
     labels = torch.arange(batch) % gen.config.num_classes
     run = sampler.sample_images if decode else sampler.sample_tokens
@@ -64,11 +65,16 @@ def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool) -> dict
     run(labels)
     sync()
     warmup = time.perf_counter() - t0
+    if sampler.speculative is not None:
+        sampler.speculative.reset_stats()
     t0 = time.perf_counter()
     for r in range(repeats):
         run(labels, sample_ids=torch.arange(batch) + (r + 1) * batch)
     sync()
-    return {"images_per_s": repeats * batch / (time.perf_counter() - t0), "first_batch_s": warmup}
+    out = {"images_per_s": repeats * batch / (time.perf_counter() - t0), "first_batch_s": warmup}
+    if sampler.speculative is not None:
+        out.update(sampler.speculative.stats)
+    return out
 
 
 def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False) -> dict:

@@ -97,3 +97,16 @@ def test_memorisation_bench_times_both_searches(tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "results" / "m.json").read_text())["metrics"]
     assert m["pixel_20x300_s"] > 0 and m["feature_20x300_s"] > 0
+
+
+def test_speculative_bench_measures_each_method(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/speculative.py"), "--tiny", "--sample-batches", "2", "--images", "2",
+         "--gamma", "2", "--cspd-gamma", "2", "--name", "s"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "s.json").read_text())["metrics"]
+    for method in ("draft", "jacobi", "cspd", "cspd_reference"):
+        assert m[f"speedup_{method}_b2"] > 0 and 0 <= m[f"acceptance_{method}"] <= 1

@@ -26,6 +26,7 @@ import torch
 
 from visgen import hub
 from visgen.checkpoint import CheckpointError, read_config
+from visgen.cli.sample import add_speculative_arguments, speculative_settings
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.data.images import detect_format
@@ -68,7 +69,10 @@ def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tup
     out[index] = order
     if out.shape[-1] == 1:
         out = out.expand(-1, -1, -1, 3)
-    return out, {"generation_images_per_s": rate, "processes": acc.num_processes, "is_main": acc.is_main_process}
+    info = {"generation_images_per_s": rate, "processes": acc.num_processes, "is_main": acc.is_main_process}
+    if sampler.speculative is not None:
+        info["speculative_stats"] = sampler.speculative.stats  # this process's share of the samples
+    return out, info
 
 
 def check_input(args) -> str:
@@ -108,6 +112,7 @@ def sampling_config(args) -> SamplingConfig:
     return SamplingConfig(
         cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, compile=args.compile,
+        **speculative_settings(args),
     )  # fmt: skip
 
 
@@ -197,6 +202,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--compile", action="store_true", help="compiled sampling (SamplingConfig.compile)")
+    add_speculative_arguments(p)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-kid", action="store_true")
     p.add_argument("--no-prc", action="store_true")

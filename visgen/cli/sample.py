@@ -88,9 +88,32 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
     ]  # fmt: skip
     if cfg.cfg_schedule == "interval":
         parts.insert(5, f"{cfg.cfg_interval[0]:g}-{cfg.cfg_interval[1]:g}")
+    if cfg.speculative != "none":  # exact methods draw other images than the plain loop under one seed
+        parts.append(f"spec-{cfg.speculative}-g{cfg.gamma}-pre{cfg.prefill:g}")
+        if cfg.speculative == "cspd":
+            parts.append(cfg.cspd_rule)
+        if cfg.draft:
+            draft = resolve_checkpoint(cfg.draft)
+            parts.append("draft-" + weights_id(draft, (draft / EMA_NAME).is_file()))
     if labels:
         parts.append("labels-" + hashlib.sha256(labels.encode()).hexdigest()[:6])
     return "-".join(parts)
+
+
+def add_speculative_arguments(p: argparse.ArgumentParser):
+    """The flags of ``SamplingConfig``'s speculative decoding (sample.py and eval/fid.py alike)."""
+    p.add_argument("--speculative", default="none", choices=["none", "draft", "jacobi", "cspd"],
+                   help="speculative decoding: a draft model, speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
+    p.add_argument("--draft", default="", help="the draft generator's checkpoint folder (draft, cspd)")
+    p.add_argument("--gamma", type=int, default=4, help="tokens drafted per verifying pass")
+    p.add_argument("--prefill", type=float, default=0.0, help="fraction of tokens drawn by the target alone first")
+    p.add_argument("--cspd-rule", default="exact", choices=["exact", "reference"],
+                   help="exact: the paper's rule; reference: the reference code's relaxation (not exact)")  # fmt: skip
+
+
+def speculative_settings(args) -> dict:
+    return dict(speculative=args.speculative, draft=args.draft, gamma=args.gamma, prefill=args.prefill,
+                cspd_rule=args.cspd_rule)  # fmt: skip
 
 
 def default_threads() -> int:
@@ -131,6 +154,7 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
         choices=["auto", "sdpa", "triton"],
         help="attention of one-token decoding steps (triton: GPUs; auto: triton where it applies, else sdpa)",
     )
+    add_speculative_arguments(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write grid.png")
@@ -156,6 +180,7 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
             cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, cfg_interval=tuple(args.cfg_interval),
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             batch_size=args.batch_size, compile=args.compile, decode_kernel=args.decode_kernel,
+            **speculative_settings(args),
         )  # fmt: skip
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
         weights = weights_id(ckpt, use_ema)
@@ -191,6 +216,8 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
     settings.update({"device": str(sampler.device), "threads": torch.get_num_threads(), "seconds": seconds,
                      "images_per_s": args.num_images / seconds,
                      "float_to_uint8": "round((clamp(x, -1, 1) + 1) * 127.5)"})  # fmt: skip
+    if sampler.speculative is not None:
+        settings["speculative_stats"] = sampler.speculative.stats
     try:
         write_outputs(out, images, settings, args, generator.config.num_classes)
     except OSError as e:

@@ -30,13 +30,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 class CounterNoise:
-    """Noise for a batch of samples with global indices ``sample_ids`` (B,) under ``seed``."""
+    """Noise for a batch of samples with global indices ``sample_ids`` (B,) under ``seed``; ``step`` in the draws
+    is an int, a scalar tensor or a (B,) tensor (a step per sample)."""
 
     def __init__(self, seed: int, sample_ids: torch.Tensor):
-        """``step`` in the draws below is an int, a scalar tensor or a (B,) tensor (a step per sample)."""
         self.key = _mix(_mix(torch.full_like(sample_ids, seed & _M32, dtype=torch.int64)) ^ (sample_ids.long() & _M32))
 
-    def repeat(self, n: int) -> "CounterNoise":
+    def repeat(self, n: int) -> CounterNoise:
         """Noise for ``n`` rows per sample (B * n rows, each sample's in turn): a row draws what its sample draws
         at the row's own step, so a unit's tokens decoded at once and one at a time see the same noise."""
         out = CounterNoise.__new__(CounterNoise)

@@ -231,6 +231,10 @@ class SpeculativeDecoder:
         self.totals = torch.zeros(5, dtype=torch.float64)
         self.images = 0
 
+    def reset_stats(self):
+        self.totals.zero_()
+        self.images = 0
+
     @property
     def stats(self) -> dict:
         acc, offered, passes, committed, fallbacks = self.totals.tolist()
@@ -341,7 +345,9 @@ class SpeculativeDecoder:
         h, at = self._verify_pass(st, pos, drafts)
         if self.vocab:
             p = self.target.head.probs(h, self.scale_table[at][..., None], st.guided, c.temperature, c.top_k, c.top_p)
-            a, tokens = verify_tokens(p, torch.stack(dists, 1), drafts, u, st.noise.gumbel(pos, (self.vocab,), _RESIDUAL))
+            a, tokens = verify_tokens(
+                p, torch.stack(dists, 1), drafts, u, st.noise.gumbel(pos, (self.vocab,), _RESIDUAL)
+            )
             self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
             return
         mp, lvp = self._final(self.target, h, st, at)
@@ -422,4 +428,3 @@ class SpeculativeDecoder:
         self.totals += st.stats.sum(1).double().cpu()
         self.images += B
         return m.schedule.from_sequence(st.tokens[:, : self.L].clone())  # the buffer is the next batch's
-

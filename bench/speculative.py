@@ -1,0 +1,132 @@
+"""Speculative decoding on trained models: images/s against visgen's plain sampler (same settings, same run), the
+acceptance statistics, and FD with and without.
+
+Discrete: ``--target`` (a GPT-B-sized token model) with ``--draft`` (a small one over the same VQ tokenizer) for
+``draft``, and the target alone for ``jacobi``. Continuous: ``--cspd-target`` / ``--cspd-draft`` (two diffusion-head
+models over the same KL tokenizer) for ``cspd`` under the exact rule and the reference's relaxation
+(``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain
+sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method}``, ``tokens_per_pass_{method}``,
+``target_passes_per_image_{method}`` (pooled over the timed batches), and with ``--ref``
+``fd_cifar10cls_{method}`` of ``--fd-samples`` samples (``--cspd-fd-samples`` for the continuous models, whose plain
+FD is taken at each of ``--seeds`` for the seed-to-seed spread).
+
+    python bench/speculative.py --target T --draft D --cspd-target CT --cspd-draft CD --ref DATA/train \
+        --name bench-speculative          # a GPU; --tiny: tiny random models, to check the script on a CPU
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from common import Record, bench_sampling, parser
+
+from visgen.checkpoint import load_model
+from visgen.cli.fid import main as fid_main
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import SamplingConfig
+from visgen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
+
+
+def tiny_checkpoints(folder: Path) -> dict[str, str]:
+    """Random tiny target / draft pairs over shared tokenizers, saved as checkpoints (a CPU check of the script)."""
+    vq = VQTokenizer(VQConfig(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=32, codebook_dim=4))
+    kl = KLTokenizer(KLConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=3))
+    out = {}
+    for name, tok, head in (("target", vq, "categorical"), ("cspd_target", kl, "diffusion")):
+        for role, seed in ((name, 0), (name.replace("target", "draft"), 1)):
+            torch.manual_seed(seed)
+            opts = {"width": 16, "depth": 1, "steps": 4} if head == "diffusion" else {}
+            cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, backbone="tiny", head=head,
+                                  head_options=opts)  # fmt: skip
+            gen = Generator(cfg, tokenizer=tok)
+            for p in gen.head.parameters():
+                torch.nn.init.normal_(p, std=0.1)
+            gen.save_pretrained(folder / role)
+            out[role] = str(folder / role)
+    return out
+
+
+def fd(args, checkpoint: str, n: int, seed: int = 0, **spec) -> float:
+    """FD of ``n`` samples through the harness (eval/fid.py), with the speculative flags ``spec``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "r.json"
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
+        argv = ["--input", checkpoint, "--ref", args.ref, "--num-samples", str(n), "--cfg-scale", str(args.cfg_scale),
+                "--seed", str(seed), "--batch-size", str(args.fd_batch), "--no-kid", "--report", str(report), *flags]  # fmt: skip
+        if fid_main(argv) != 0:
+            raise SystemExit(f"eval/fid.py failed for {checkpoint} {spec}")
+        return json.loads(report.read_text())["metrics"]["fd_cifar10cls"]
+
+
+def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, dict], fd_samples: int,
+                 seeds: list[int]):  # fmt: skip
+    gen, drafter = load_model(target, ema=True), load_model(draft, ema=True)
+    key = methods_key(methods)
+    rec.add(f"params_target_{key}", sum(p.numel() for p in gen.parameters()), ",d")
+    rec.add(f"params_draft_{key}", sum(p.numel() for p in drafter.parameters()), ",d")
+    pooled: dict[str, list[dict]] = {m: [] for m in methods}
+    for b in args.sample_batches:
+        repeats = max(2, args.images // b)
+        base = dict(cfg_scale=args.cfg_scale, batch_size=b)
+        plain = bench_sampling(gen, SamplingConfig(**base), repeats, decode=True)
+        rec.add(f"images_per_s_plain_{key}_b{b}", plain["images_per_s"], ".2f")
+        for name, spec in methods.items():
+            r = bench_sampling(gen, SamplingConfig(**base, **spec), repeats, decode=True, draft=drafter)
+            rec.add(f"images_per_s_{name}_b{b}", r["images_per_s"], ".2f")
+            rec.add(f"speedup_{name}_b{b}", r["images_per_s"] / plain["images_per_s"], ".3f")
+            pooled[name].append({**r, "images": repeats * b})
+    for name, runs in pooled.items():
+        n = sum(r["images"] for r in runs)
+        for stat in ("acceptance", "tokens_per_pass", "target_passes_per_image"):
+            rec.add(f"{stat}_{name}", sum(r[stat] * r["images"] for r in runs) / n, ".3f")
+    if not args.ref or fd_samples < 1:
+        return
+    for s in seeds:
+        rec.add(f"fd_cifar10cls_plain_{key}_seed{s}", fd(args, target, fd_samples, s), ".4f")
+    for name, spec in methods.items():
+        rec.add(f"fd_cifar10cls_{name}", fd(args, target, fd_samples, seeds[0], **spec, draft=draft), ".4f")
+
+
+def methods_key(methods: dict) -> str:
+    return "cspd" if any(m.get("speculative") == "cspd" for m in methods.values()) else "discrete"
+
+
+def main():
+    p = parser(__doc__)
+    p.set_defaults(sample_batches=[1, 8, 64])
+    p.add_argument("--target")
+    p.add_argument("--draft")
+    p.add_argument("--cspd-target")
+    p.add_argument("--cspd-draft")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--cspd-gamma", type=int, default=4)
+    p.add_argument("--cspd-prefill", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--images", type=int, default=64, help="images timed per batch size (at least two batches)")
+    p.add_argument("--ref", help="training images for FD (skipped without)")
+    p.add_argument("--fd-samples", type=int, default=10000)
+    p.add_argument("--cspd-fd-samples", type=int, default=2000)
+    p.add_argument("--fd-batch", type=int, default=500)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the plain FD (cspd models)")
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    rec = Record(args.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = tiny_checkpoints(Path(tmp)) if args.tiny else {}
+        target, draft = paths.get("target", args.target), paths.get("draft", args.draft)
+        if target and draft:
+            methods = {"draft": dict(speculative="draft", gamma=args.gamma), "jacobi": dict(speculative="jacobi",
+                       gamma=args.gamma)}  # fmt: skip
+            bench_family(args, rec, target, draft, methods, args.fd_samples, args.seeds[:1])
+        ct, cd = paths.get("cspd_target", args.cspd_target), paths.get("cspd_draft", args.cspd_draft)
+        if ct and cd:
+            common = dict(speculative="cspd", gamma=args.cspd_gamma, prefill=args.cspd_prefill)
+            methods = {"cspd": {**common, "cspd_rule": "exact"}, "cspd_reference": {**common, "cspd_rule": "reference"}}
+            bench_family(args, rec, ct, cd, methods, args.cspd_fd_samples, args.seeds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Speculative decoding: exactness against enumerated target distributions, greedy equality, batch-size
+invariance, rollback, CSpD's rule on a Gaussian mixture, and clear errors."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from tests.test_diffusion_ar import diffusion_generator
+from tests.test_engine import tiny_generator
+from tests.test_scale import var_generator
+from tests.test_tokenizers import TINY_VQ
+from visgen.config import ConfigError
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import Sampler, SamplingConfig, speculative
+from visgen.tokenizers import VQTokenizer
+from visgen.tokenizers.vq import VQConfig
+
+
+def sibling(gen: Generator, seed: int, std: float = 0.5, **config) -> Generator:
+    """Another generator over the same tokenizer (a draft), its head randomised."""
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(**{**gen.config.__dict__, **config})
+    other = Generator(cfg, tokenizer=gen.tokenizer).eval()
+    for p in other.head.parameters():
+        torch.nn.init.normal_(p, std=std)
+    return other
+
+
+# ---- discrete: exactly the target's distribution -------------------------------------------------------------------
+
+TOY = dict(cfg_scale=2.0, top_k=4, temperature=1.0)  # 6 tokens, 4 positions, class-conditional, guided, top-k
+
+
+@pytest.fixture(scope="module")
+def toy_pair():
+    """A target and a draft over a 6-token vocabulary and a 2 x 2 grid (image 4, downsampled by 2)."""
+    torch.manual_seed(0)
+    tok = VQTokenizer(VQConfig(**{**TINY_VQ.__dict__, "codebook_size": 6})).eval()
+    cfg = GeneratorConfig(tokenizer="-", image_size=4, num_classes=2, backbone="tiny")
+    target = Generator(cfg, tokenizer=tok).eval()
+    for p in target.head.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    return target, sibling(target, seed=1, std=1.0)
+
+
+def exact_joint(gen: Generator, label: int) -> torch.Tensor:
+    """The target's probability of each of the 6^4 sequences, by enumeration through teacher forcing."""
+    seqs = torch.tensor(list(itertools.product(range(6), repeat=4)))
+    n = len(seqs)
+    with torch.no_grad():
+        h = torch.cat([gen.features(seqs, torch.full((n,), label)), gen.features(seqs, torch.full((n,), 2))])
+        p = gen.head.probs(h, TOY["cfg_scale"], True, TOY["temperature"], TOY["top_k"])
+    return p.gather(-1, seqs[..., None])[..., 0].prod(-1)
+
+
+def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of samples (N, 4) against the sequence probabilities; bins of expected count < 5 pooled."""
+    index = (samples.flatten(1) * torch.tensor([216, 36, 6, 1])).sum(-1)
+    counts = torch.bincount(index, minlength=len(probs)).double()
+    expected = probs.double() * len(samples)
+    big = expected >= 5
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    stat = ((obs - exp) ** 2 / exp.clamp_min(1e-12)).sum().item()
+    return float(chi2.sf(stat, len(obs) - 1))
+
+
+def toy_samples(pair, method: str, n: int = 30000) -> torch.Tensor:
+    target, draft = pair
+    cfg = SamplingConfig(**TOY, speculative=method, gamma=3, batch_size=n, seed=11)
+    return Sampler(target, cfg, draft=draft).sample_tokens(torch.ones(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method", ["draft", "jacobi"])
+def test_speculative_samples_follow_the_targets_exact_distribution(toy_pair, method):
+    assert chi_square_p(toy_samples(toy_pair, method), exact_joint(toy_pair[0], 1)) > 1e-3
+
+
+def test_a_wrong_acceptance_rule_fails_the_same_test(toy_pair, monkeypatch):
+    monkeypatch.setattr(speculative, "residual", lambda p, q: p)  # a rejected token redrawn from p, not p - q
+    assert chi_square_p(toy_samples(toy_pair, "draft"), exact_joint(toy_pair[0], 1)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["draft", "jacobi"])
+def test_temperature_zero_gives_the_targets_greedy_tokens(method):
+    target = tiny_generator()
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    plain = Sampler(target, SamplingConfig(cfg_scale=2.0, temperature=0.0)).sample_tokens(labels)
+    cfg = SamplingConfig(cfg_scale=2.0, temperature=0.0, speculative=method, gamma=3)
+    assert torch.equal(Sampler(target, cfg, draft=sibling(target, 1)).sample_tokens(labels), plain)
+
+
+@pytest.mark.parametrize("method", ["draft", "jacobi", "cspd"])
+def test_same_seed_same_images_at_any_batch_size(method):
+    target = diffusion_generator() if method == "cspd" else tiny_generator()
+    draft = sibling(target, 3, std=0.1 if method == "cspd" else 0.5)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    runs = [
+        Sampler(target, SamplingConfig(cfg_scale=2.0, speculative=method, gamma=3, batch_size=bs, seed=5), draft=draft)
+        .sample_tokens(labels)
+        for bs in (1, 3, 8)
+    ]  # fmt: skip
+    for run in runs[1:]:
+        torch.testing.assert_close(run, runs[0], atol=1e-5, rtol=0)
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted():
+    target = tiny_generator()
+    s = Sampler(target, SamplingConfig(cfg_scale=2.0, top_k=8, speculative="draft", gamma=3), draft=target)
+    s.sample_tokens(torch.arange(4))
+    stats = s.speculative.stats
+    assert stats["acceptance"] == 1.0 and stats["tokens_per_pass"] > 3.5  # 4 tokens a pass but for the last ones
+    assert stats["target_passes_per_image"] < 20  # of 64 tokens
+
+
+@pytest.mark.parametrize("method", ["draft", "cspd"])
+def test_rollback_leaves_the_caches_of_the_accepted_tokens(method):
+    """After sampling, the slots of both caches equal caches built by decoding the committed tokens directly."""
+    target = diffusion_generator() if method == "cspd" else tiny_generator()
+    draft = sibling(target, 4, std=0.1 if method == "cspd" else 0.5)
+    labels = torch.tensor([0, 3, 1])
+    s = Sampler(target, SamplingConfig(cfg_scale=2.0, speculative=method, gamma=3), draft=draft)
+    grids = s.sample_tokens(labels)
+    st = s.speculative._states[3]
+    L = target.schedule.seq_len
+    for model, cache, valid in ((target, st.cache, L), (draft, st.dcache, L - 1)):
+        direct = model.backbone.new_cache(6, L, torch.float32, "cpu")
+        seq = model.schedule.to_sequence(grids)
+        both = torch.cat([labels, torch.full_like(labels, model.null_class)])
+        with torch.no_grad():
+            for k in range(L):
+                inputs = torch.cat([seq[:, k - 1 : k]] * 2) if k else None
+                model.decode_unit(k, inputs, both, direct)
+        torch.testing.assert_close(cache.k[:, :, :, :valid], direct.k[:, :, :, :valid], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cache.v[:, :, :, :valid], direct.v[:, :, :, :valid], atol=1e-5, rtol=1e-4)
+
+
+# ---- continuous: CSpD -------------------------------------------------------------------------------------------
+
+
+def mixture_round(rule: str, n: int = 40000):
+    """One token per row from a 1-D mixture: the mode z (weight 0.7 on mode 1) is the randomness both models share
+    (the aligned denoising path); given it the target's token is N(mu_p[z], 0.5^2) and the draft's N(mu_q[z], 0.6^2).
+    Returns the verified tokens and the modes."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.rand(n, generator=g) < 0.7).long()
+    mp = torch.tensor([-2.0, 2.0])[z][:, None, None].expand(n, 2, 1)  # the drafted position and the extra one
+    mq = (torch.tensor([-1.7, 2.4])[z])[:, None, None]
+    lvp, lvq = torch.full_like(mp, math.log(0.25)), torch.full_like(mq, math.log(0.36))
+    x = mq + 0.6 * torch.randn(n, 1, 1, generator=g)
+    u = torch.rand(n, 1, generator=g)
+    e = torch.randn(n, 1, speculative.PROPOSALS, 1, generator=g)
+    v = torch.rand(n, 1, speculative.PROPOSALS, generator=g)
+    bonus = mp[:, 1] + 0.5 * torch.randn(n, 1, generator=g)
+    a, decided, tokens, commit, fallbacks = speculative.verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule)
+    return tokens[:, 0, 0], z, a.float().mean().item(), fallbacks.sum().item()
+
+
+def test_cspd_exact_rule_matches_the_targets_mixture():
+    x, z, acceptance, fallbacks = mixture_round("exact")
+    assert 0.3 < acceptance < 0.9 and fallbacks == 0  # both branches (accepted drafts, residual draws) exercised
+    assert abs((x > 0).float().mean().item() - 0.7) < 0.01  # mode weight
+    for mode, mean in ((0, -2.0), (1, 2.0)):
+        assert abs(x[z == mode].mean().item() - mean) < 0.02
+        assert abs(x[z == mode].std().item() - 0.5) < 0.02
+
+
+def test_cspd_reference_relaxation_keeps_the_drafts_distribution():
+    x, z, acceptance, _ = mixture_round("reference")
+    assert acceptance > 0.99  # a ratio of near-flat Gaussians: nearly every draft kept
+    assert abs(x[z == 1].mean().item() - 2.0) > 0.3 and abs(x[z == 1].std().item() - 0.5) > 0.05  # the draft's
+
+
+def test_cspd_with_a_draft_equal_to_the_target_accepts_every_token():
+    target = diffusion_generator()
+    s = Sampler(target, SamplingConfig(cfg_scale=2.0, speculative="cspd", gamma=3), draft=target)
+    spec = s.sample_tokens(torch.arange(4))
+    assert s.speculative.stats["acceptance"] == 1.0
+    # the target's own samples under the same noise, but for the last step's noise (std exp(0.5 log_var))
+    plain = Sampler(target, SamplingConfig(cfg_scale=2.0)).sample_tokens(torch.arange(4))
+    assert (spec - plain).abs().max() < 0.1 < plain.std()
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    token, cont = tiny_generator(), diffusion_generator()
+    with pytest.raises(ConfigError, match="gamma"):
+        SamplingConfig(speculative="draft", gamma=0)
+    with pytest.raises(ConfigError, match="speculative"):
+        SamplingConfig(speculative="medusa")
+    with pytest.raises(ConfigError, match="needs a draft"):
+        Sampler(token, SamplingConfig(speculative="draft"))
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        Sampler(token, SamplingConfig(speculative="draft"), draft=tiny_generator(seed=1))  # its own VQ weights
+    with pytest.raises(ConfigError, match="another family"):
+        Sampler(token, SamplingConfig(speculative="draft"), draft=cont)
+    with pytest.raises(ConfigError, match="classes"):
+        Sampler(token, SamplingConfig(speculative="draft"), draft=sibling(token, 1, num_classes=3))
+    with pytest.raises(ConfigError, match="diffusion head"):
+        Sampler(token, SamplingConfig(speculative="cspd"), draft=token)
+    with pytest.raises(ConfigError, match="use 'cspd'"):
+        Sampler(cont, SamplingConfig(speculative="jacobi"))
+    with pytest.raises(ConfigError, match="temperature > 0"):
+        Sampler(cont, SamplingConfig(speculative="cspd", temperature=0.0), draft=cont)
+    with pytest.raises(ConfigError, match="one-token units"):
+        Sampler(var_generator(), SamplingConfig(speculative="jacobi"))
+    with pytest.raises(ConfigError, match="one-token units"):
+        Sampler(diffusion_generator(unit_size=4), SamplingConfig(speculative="cspd"), draft=cont)
+    token.tokenizer.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ConfigError, match="generator checkpoint"):
+        Sampler(token, SamplingConfig(speculative="draft", draft=str(tmp_path / "tok")))
+
+
+# ---- the commands ------------------------------------------------------------------------------------------------
+
+
+def test_sample_and_fid_commands_speculate(tmp_path, cifar_train):
+    from visgen.cli.fid import main as fid_main
+    from visgen.cli.sample import main as sample_main
+
+    bundled = "visgen/assets/cifar10-token-ar"  # its own draft: every token accepted
+    args = ["--num-images", "3", "--device", "cpu", "--out", str(tmp_path), "--speculative", "draft",
+            "--draft", bundled, "--gamma", "3"]  # fmt: skip
+    assert sample_main(args) == 0
+    (folder,) = tmp_path.iterdir()
+    assert "spec-draft-g3" in folder.name and "draft-" in folder.name
+    stats = json.loads((folder / "settings.json").read_text())["speculative_stats"]
+    assert stats["acceptance"] == 1.0 and stats["target_passes_per_image"] < 20
+    gen = tiny_generator()
+    gen.config.image_size = 16
+    gen.save_pretrained(tmp_path / "g")
+    report = tmp_path / "r.json"
+    assert fid_main(["--input", str(tmp_path / "g"), "--ref", cifar_train, "--num-samples", "6", "--no-kid",
+                     "--speculative", "jacobi", "--report", str(report), "--cache-dir", str(tmp_path / "c")]) == 0  # fmt: skip
+    s = json.loads(report.read_text())["settings"]
+    assert s["sampling"]["speculative"] == "jacobi" and 0 <= s["speculative_stats"]["acceptance"] <= 1
