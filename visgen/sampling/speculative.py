@@ -385,7 +385,11 @@ class SpeculativeDecoder:
         if st.window is not None:
             uniform = torch.full_like(st.window_q, 1 / self.vocab)
             st.window_q.copy_(uniform)
-            st.window.copy_((uniform.log() + st.noise.gumbel(torch.zeros_like(st.pos), (self.gamma, self.vocab), _JACOBI)).argmax(-1))
+            st.window.copy_(
+                (uniform.log() + st.noise.gumbel(torch.zeros_like(st.pos), (self.gamma, self.vocab), _JACOBI)).argmax(
+                    -1
+                )
+            )
 
     def _run(self, st, graph_name: str, fn):
         """``fn(st)`` eagerly, or through the batch state's captured graph (captured at the first call, after one
