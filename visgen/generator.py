@@ -16,11 +16,12 @@ from torch import nn
 
 from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
 from visgen.config import ConfigError, from_dict
-from visgen.heads import CategoricalHead, DiffusionHead, FlowHead, FlowMLPHead
+from visgen.heads import CategoricalHead, DiffusionHead, DMoLHead, FlowHead, FlowMLPHead
 from visgen.nn import Transformer, backbone_config
 from visgen.nn.transformer import rope_tables
 from visgen.schedules import build_schedule
 from visgen.tokenizers.base import Tokenizer
+from visgen.tokenizers.pixel import PixelConfig, PixelTokenizer, pixel_tokenizer_ref
 
 ASSETS = Path(__file__).parent / "assets"
 CONTINUOUS_HEADS = {"flow": FlowHead, "diffusion": DiffusionHead, "flow_mlp": FlowMLPHead}
@@ -31,7 +32,8 @@ class GeneratorConfig:
     """Generator settings.
 
     tokenizer: the tokenizer folder: ``asset:NAME`` for one bundled under ``visgen/assets``, or a path (a saved
-        generator keeps a copy in its own ``tokenizer/`` subfolder, so a checkpoint folder is self-contained).
+        generator keeps a copy in its own ``tokenizer/`` subfolder, so a checkpoint folder is self-contained); or
+        ``pixel`` / ``pixel:grey``, raw 8-bit sub-pixels (RGB / grey) of ``image_size`` images (no weights).
     image_size: side of the generated images.
     num_classes: classes for conditioning; index ``num_classes`` is the null class used for guidance.
     schedule: unit schedule: ``raster`` (one token per unit) or ``next_scale`` (one scale per unit, VAR; needs a
@@ -41,13 +43,15 @@ class GeneratorConfig:
         Ho & Salimans 2022).
     head: ``categorical`` for discrete tokenizers; for continuous ones ``flow`` (flow matching over a whole unit,
         FlowAR), ``diffusion`` (MAR's per-token diffusion head) or ``flow_mlp`` (per-token flow matching on the
-        same MLP).
+        same MLP); ``dmol`` (PixelCNN++'s discretised logistic mixture) for whole-pixel units.
     head_options: keyword arguments of the head (``FlowHead``: width, depth, heads, steps, cfg_interval;
         ``DiffusionHead``: width, depth, train_steps, steps, batch_mul; ``FlowMLPHead``: width, depth, steps,
         batch_mul).
     unit_size: tokens per unit of the ``raster`` schedule: k consecutive raster tokens predicted in one AR step
         (block-causal attention, each token through the head on its own); must divide the token count.
     scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
+    unit: the ``pixel`` schedule's unit: ``subpixel`` (one 8-bit value a step, categorical head) or ``pixel`` (a
+        whole pixel a step, its channels jointly through the ``dmol`` head: a third of the steps).
     class_names: names of the classes, in label order (filled from the training data).
     """
 
@@ -62,6 +66,15 @@ class GeneratorConfig:
     scales: list[int] | None = None
     class_names: list[str] = field(default_factory=list)
     unit_size: int = 1
+    unit: str = "subpixel"
+
+
+def build_tokenizer_ref(ref: str, image_size: int, base: Path | None = None) -> Tokenizer:
+    """The tokenizer a generator's reference names: the pixel tokenizer, or one loaded from its folder."""
+    channels = pixel_tokenizer_ref(ref)
+    if channels is not None:
+        return PixelTokenizer(PixelConfig(channels=channels, image_size=image_size))
+    return load_model(resolve_tokenizer(ref, base))
 
 
 def resolve_tokenizer(ref: str, base: Path | None = None) -> Path:
@@ -87,9 +100,11 @@ class Generator(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         if tokenizer is None:
-            tokenizer = load_model(resolve_tokenizer(config.tokenizer))
+            tokenizer = build_tokenizer_ref(config.tokenizer, config.image_size)
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
-        self.schedule = build_schedule(config.schedule, tokenizer, config.image_size, config.scales, config.unit_size)
+        self.schedule = build_schedule(
+            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit
+        )
         self.backbone_cfg = backbone_config(config.backbone)
         d = self.backbone_cfg.d_model
         self.backbone = Transformer(self.backbone_cfg)
@@ -100,10 +115,23 @@ class Generator(PretrainedMixin, nn.Module):
             nn.init.normal_(self.input_emb.weight, std=0.02)
         else:
             self.input_emb = nn.Linear(self.schedule.input_dim, d)
+        whole_pixels = config.schedule == "pixel" and config.unit == "pixel"
+        if whole_pixels and config.head != "dmol":
+            raise ConfigError("whole-pixel units (unit: pixel) predict a pixel's channels jointly: use head: dmol")
+        if config.head == "dmol" and not whole_pixels:
+            raise ConfigError(
+                "the dmol head predicts whole pixels: use schedule: pixel with unit: pixel (sub-pixel units take "
+                "head: categorical)"
+            )
         if config.head == "categorical":
             if not tokenizer.discrete:
                 raise ConfigError("the categorical head needs a discrete tokenizer (VQ); this one is continuous")
             self.head = CategoricalHead(d, tokenizer.vocab_size, **config.head_options)
+        elif config.head == "dmol":
+            try:
+                self.head = DMoLHead(d, tokenizer.config.channels, **config.head_options)
+            except TypeError as e:
+                raise ConfigError(f"model.head_options for the dmol head: {e}") from None
         elif config.head in CONTINUOUS_HEADS:
             if tokenizer.discrete:
                 raise ConfigError(
@@ -115,7 +143,7 @@ class Generator(PretrainedMixin, nn.Module):
             except TypeError as e:
                 raise ConfigError(f"model.head_options for the {config.head} head: {e}") from None
         else:
-            raise ConfigError(f"unknown head {config.head!r}; known: categorical, {', '.join(CONTINUOUS_HEADS)}")
+            raise ConfigError(f"unknown head {config.head!r}; known: categorical, dmol, {', '.join(CONTINUOUS_HEADS)}")
         s = self.schedule
         self.register_buffer("positions", s.positions.clone(), persistent=False)
         self.register_buffer("unit_ids", s.unit_ids, persistent=False)
@@ -136,7 +164,7 @@ class Generator(PretrainedMixin, nn.Module):
     def save_pretrained(self, directory, ema_state=None, dtype=None):
         directory = Path(directory)
         ref = self.config.tokenizer
-        if not ref.startswith("asset:"):
+        if not ref.startswith("asset:") and pixel_tokenizer_ref(ref) is None:  # the pixel tokenizer has no folder
             tok_dir = directory / "tokenizer"
             shutil.rmtree(tok_dir, ignore_errors=True)
             self.tokenizer.save_pretrained(tok_dir)
@@ -147,7 +175,7 @@ class Generator(PretrainedMixin, nn.Module):
     def from_config(cls, meta: dict, directory=None):
         cfg = from_dict(GeneratorConfig, meta["config"], "generator config")
         base = Path(directory) if directory is not None else None
-        return cls(cfg, tokenizer=load_model(resolve_tokenizer(cfg.tokenizer, base)))
+        return cls(cfg, tokenizer=build_tokenizer_ref(cfg.tokenizer, cfg.image_size, base))
 
     # ---- the sequence ------------------------------------------------------------------------------------------
 
@@ -230,7 +258,7 @@ class Generator(PretrainedMixin, nn.Module):
         """Token grid -> images in [-1, 1] through the tokenizer (or a copy of it, e.g. the sampler's bf16 one;
         an fp32 tokenizer on a GPU decodes under bf16 autocast)."""
         tok = (tokenizer or self.tokenizer).to(tokens.device)
-        dtype = next(tok.parameters()).dtype
+        dtype = next(tok.parameters(), torch.empty(0)).dtype  # fp32 for a tokenizer of no weights (pixels)
         fp32 = dtype == torch.float32
         if tokens.is_floating_point():  # continuous tokens in whatever dtype their head produced (fp32 states)
             tokens = tokens.to(dtype)

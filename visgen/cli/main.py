@@ -1,5 +1,5 @@
-"""``visgen``: the installed command. ``visgen train|sample|fid|recon ...`` take the options of ``train.py``,
-``sample.py``, ``eval/fid.py`` and ``eval/tokenizer_recon.py`` (thin wrappers over the same modules), from any
+"""``visgen``: the installed command. ``visgen train|sample|fid|recon|bpd ...`` take the options of ``train.py``,
+``sample.py``, ``eval/fid.py``, ``eval/tokenizer_recon.py`` and ``eval/bpd.py`` (thin wrappers over the same modules), from any
 folder; ``visgen COMMAND --help`` lists them."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ COMMANDS = {
     "sample": ("visgen.cli.sample", "sample images from a generator checkpoint (default: the bundled CIFAR-10 model)"),
     "fid": ("visgen.cli.fid", "FD / IS / KID / precision-recall and the memorisation report"),
     "recon": ("visgen.cli.recon", "a tokenizer's reconstruction quality (PSNR, SSIM, usage, rFD)"),
+    "bpd": ("visgen.cli.bpd", "bits per dimension of a pixel-level generator on a data set"),
     "push": ("visgen.hub", "upload a saved model folder to the Hugging Face Hub"),
 }
 

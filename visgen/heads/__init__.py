@@ -2,7 +2,8 @@
 
 from visgen.heads.categorical import CategoricalHead, filter_logits
 from visgen.heads.diffusion import DiffusionHead
+from visgen.heads.dmol import DMoLHead
 from visgen.heads.flow import FlowHead
 from visgen.heads.flow_mlp import FlowMLPHead
 
-__all__ = ["CategoricalHead", "DiffusionHead", "FlowHead", "FlowMLPHead", "filter_logits"]
+__all__ = ["CategoricalHead", "DiffusionHead", "DMoLHead", "FlowHead", "FlowMLPHead", "filter_logits"]

@@ -5,17 +5,30 @@ from __future__ import annotations
 from visgen.config import ConfigError
 from visgen.schedules.base import Schedule
 from visgen.schedules.next_scale import ContinuousScaleSchedule, NextScaleSchedule
+from visgen.schedules.pixel import PIXEL_UNITS, PixelSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = ("raster", "next_scale", "flow_scale")
+SCHEDULES = ("raster", "next_scale", "flow_scale", "pixel")
 
 
 def build_schedule(
-    name: str, tokenizer, image_size: int, scales: list[int] | None = None, unit_size: int = 1
-) -> Schedule:
+    name: str, tokenizer, image_size: int, scales: list[int] | None = None, unit_size: int = 1,
+    unit: str = "subpixel",
+) -> Schedule:  # fmt: skip
     """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size``."""
     if unit_size != 1 and name != "raster":
         raise ConfigError(f"unit_size applies to the raster schedule; {name!r} fixes its own units")
+    if unit != "subpixel" and name != "pixel":
+        raise ConfigError(f"unit: {unit} applies to the pixel schedule; {name!r} fixes its own units")
+    if name == "pixel":
+        if type(tokenizer).__name__ != "PixelTokenizer":
+            raise ConfigError("the pixel schedule reads raw sub-pixels: model.tokenizer must be pixel (or pixel:grey)")
+        if unit not in PIXEL_UNITS:
+            raise ConfigError(f"unknown unit {unit!r} of the pixel schedule; known: {', '.join(PIXEL_UNITS)}")
+        side, _ = tokenizer.grid_shape(image_size)
+        return PixelSchedule(side, tokenizer.config.channels, unit)
+    if type(tokenizer).__name__ == "PixelTokenizer":
+        raise ConfigError(f"the pixel tokenizer's sub-pixels go through schedule: pixel, not {name!r}")
     if name == "raster":
         grid = tokenizer.grid_shape(image_size)
         if unit_size < 1 or (grid[0] * grid[1]) % unit_size:
@@ -44,4 +57,12 @@ def _doubling(side: int) -> list[int]:
     return out
 
 
-__all__ = ["Schedule", "RasterSchedule", "NextScaleSchedule", "ContinuousScaleSchedule", "SCHEDULES", "build_schedule"]
+__all__ = [
+    "Schedule",
+    "RasterSchedule",
+    "PixelSchedule",
+    "NextScaleSchedule",
+    "ContinuousScaleSchedule",
+    "SCHEDULES",
+    "build_schedule",
+]

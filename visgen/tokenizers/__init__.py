@@ -7,6 +7,7 @@ from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.diffusers_adapter import DiffusersKLTokenizer, DiffusersVAEConfig, DiffusersVQTokenizer
 from visgen.tokenizers.kl import KLConfig, KLTokenizer
 from visgen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQTokenizer
+from visgen.tokenizers.pixel import PixelConfig, PixelTokenizer
 from visgen.tokenizers.vq import VQConfig, VQTokenizer
 
 TOKENIZERS = {
@@ -15,6 +16,7 @@ TOKENIZERS = {
     "diffusers-kl": DiffusersKLTokenizer,
     "diffusers-vq": DiffusersVQTokenizer,
     "msvq": MultiScaleVQTokenizer,
+    "pixel": PixelTokenizer,
 }
 
 
@@ -30,6 +32,6 @@ def build_tokenizer(section: dict) -> Tokenizer:
 
 __all__ = [
     "Tokenizer", "VQTokenizer", "VQConfig", "KLTokenizer", "KLConfig", "DiffusersKLTokenizer",
-    "DiffusersVQTokenizer", "DiffusersVAEConfig", "MultiScaleVQTokenizer", "MultiScaleVQConfig", "build_tokenizer",
+    "DiffusersVQTokenizer", "DiffusersVAEConfig", "MultiScaleVQTokenizer", "MultiScaleVQConfig", "PixelTokenizer", "PixelConfig", "build_tokenizer",
     "TOKENIZERS",
 ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from visgen.config import from_dict
 from visgen.data import DataError, ImageDataset, collate
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
+from visgen.schedules import PixelSchedule
 
 
 @dataclass
@@ -105,7 +107,10 @@ class GeneratorTask(nn.Module):
             loss = model.loss(self._tokens(batch), batch["label"].clamp_min(0)).double()
             sums += torch.stack([loss * n, torch.tensor(float(n), device=loss.device, dtype=torch.float64)])
         sums = accelerator.reduce(sums, "sum")
-        return {"loss": sums[0].item() / max(sums[1].item(), 1)}
+        out = {"loss": sums[0].item() / max(sums[1].item(), 1)}
+        if isinstance(model.schedule, PixelSchedule):  # the loss is nats per sub-pixel: an exact likelihood
+            out["bpd"] = out["loss"] / math.log(2)
+        return out
 
     @torch.no_grad()
     def preview(self, model: Generator, batch: dict) -> torch.Tensor:
