@@ -4,7 +4,7 @@
         --name cifar10-var --command "how it was made"
 
 Training figures come from the run folder (``final/metrics.json``: steps, seconds, images/s, final validation;
-``metrics.jsonl``: last logged train loss, validation loss by step), sampling speed and the grid from a ``sample.py``
+``metrics.jsonl``: last logged train loss, validation loss (and bits/dim) by step), sampling speed and the grid from a ``sample.py``
 output folder (``settings.json``, ``grid.png``), FD/IS/KID/PR from ``eval/fid.py --report`` (more reports: a guidance sweep, kept beside the headline). Nothing is computed
 here; a missing file is an error, not a gap in the result.
 """
@@ -34,7 +34,19 @@ def training_metrics(run: Path) -> dict:
         out["val_loss_by_step"] = val
     if "loss" in final["metrics"]:
         out["final_val_loss"] = final["metrics"]["loss"]
+    bpd = {str(r["step"]): r["val/bpd"] for r in records if "val/bpd" in r}  # pixel models: an exact likelihood
+    if bpd:
+        out["val_bpd_by_step"] = bpd
+    if "bpd" in final["metrics"]:
+        out["final_val_bpd"] = final["metrics"]["bpd"]
     return out
+
+
+def bpd_metrics(result: Path) -> dict:
+    """``test_bpd`` (class-conditional) and ``test_bpd_unconditional`` from ``eval/bpd.py --name``'s result."""
+    m = json.loads(result.read_text())["metrics"]
+    return {"test_bpd": m["bpd"], "test_bpd_unconditional": m["bpd_unconditional"], "test_bpd_images": m["images"],
+            "test_bpd_split": m["split"]}  # fmt: skip
 
 
 def sampling_metrics(folder: Path) -> dict:
@@ -66,6 +78,7 @@ def main(argv=None) -> int:
         nargs="+",
         help="JSON(s) written by eval/fid.py --report: the first is the headline, the rest a guidance sweep",
     )
+    p.add_argument("--bpd-report", help="a result written by eval/bpd.py --name (pixel models)")
     p.add_argument("--name", required=True)
     p.add_argument("--command", help="the command(s) that made the run (default: this command line)")
     p.add_argument("--results-dir", default="results")
@@ -76,6 +89,8 @@ def main(argv=None) -> int:
         metrics = {**training_metrics(run), **sampling_metrics(samples), **fd[0]}
         if len(fd) > 1:
             metrics["fd_sweep"] = fd
+        if args.bpd_report:
+            metrics.update(bpd_metrics(Path(args.bpd_report)))
     except (OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: cannot assemble {args.name}: {e}", file=sys.stderr)
         return 2

@@ -110,3 +110,16 @@ def test_speculative_bench_measures_each_method(tmp_path):
     m = json.loads((tmp_path / "results" / "s.json").read_text())["metrics"]
     for method in ("draft", "jacobi", "cspd", "cspd_reference"):
         assert m[f"speedup_{method}_b2"] > 0 and 0 <= m[f"acceptance_{method}"] <= 1
+
+
+def test_pixel_bench_measures_both_units(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/pixel.py"), "--tiny", "--sample-batches", "2", "--train-batches", "2",
+         "--train-steps", "1", "--name", "p"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "p.json").read_text())["metrics"]
+    for unit in ("subpixel", "pixel"):
+        assert m[f"sample_{unit}_b2_images_per_s"] > 0 and m[f"train_{unit}_b2_subpixels_per_s"] > 0
