@@ -42,14 +42,14 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def setup(args, build) -> tuple:
-    """(generator, record) with the model's size recorded first."""
+def setup(args, build, rec: Record | None = None, prefix: str = "") -> tuple:
+    """(generator, record) with the model's size recorded first (into ``rec`` when given, names after ``prefix``)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
     gen = build(args.tiny)
-    rec = Record(args.name)
-    rec.add("params", sum(p.numel() for p in gen.parameters()), ",d")
-    rec.add("tokens_per_image", gen.schedule.seq_len, "d")
+    rec = rec or Record(args.name)
+    rec.add(f"{prefix}params", sum(p.numel() for p in gen.parameters()), ",d")
+    rec.add(f"{prefix}tokens_per_image", gen.schedule.seq_len, "d")
     return gen, rec
 
 

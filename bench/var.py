@@ -1,4 +1,4 @@
-"""VAR speed: sampling images/s (256 px, tokenizer decode included) and training tokens/s, VAR-d16-sized.
+"""VAR (and NFIG) speed: sampling images/s (256 px, tokenizer decode included) and training tokens/s, VAR-d16-sized.
 
 The model: the ``var-d16`` preset (16 x 1024, AdaLN) with 3-axis RoPE over the next-scale schedule of a multi-scale
 VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), codebook 4096 x 32, scales
@@ -8,7 +8,11 @@ compiled.
 Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batch that does not fit is retried with
 activation checkpointing.
 
-    python bench/var.py [--name bench-var]      # a GPU; on a CPU use --tiny to check it runs
+``--families var nfig`` adds NFIG in the same run: the same backbone over the next-frequency schedule of a
+frequency-band tokenizer of the same autoencoder and codebook, its 16 x 16 latent cut at ``NFIG_EDGES`` (grids by
+the Nyquist rule: 1, 2, 4, 8, 12, 16 = 485 tokens against VAR's 680); its figures carry the prefix ``nfig_``.
+
+    python bench/var.py [--name bench-var] [--families var nfig]   # a GPU; on a CPU use --tiny to check it runs
 """
 
 from __future__ import annotations
@@ -20,23 +24,28 @@ from common import bench_sampling, bench_training, parser, setup, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.tokenizers import MultiScaleVQConfig, MultiScaleVQTokenizer
+from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer, MultiScaleVQConfig, MultiScaleVQTokenizer
 
 SAMPLING = dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)  # as VAR samples
+NFIG_EDGES = (0.03125, 0.0625, 0.125, 0.25, 0.375, 0.5)  # cycles per latent sample, for a 16 x 16 latent
 
 
-def build(tiny: bool) -> Generator:
+def build(tiny: bool, family: str = "var") -> Generator:
+    schedule = "next_frequency" if family == "nfig" else "next_scale"
     if tiny:
-        tok = MultiScaleVQTokenizer(MultiScaleVQConfig(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=64,
-                                                       codebook_dim=4, scales=(1, 2, 4, 8)))  # fmt: skip
-        cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, schedule="next_scale",
+        shape = dict(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=64, codebook_dim=4)
+        tok = (FrequencyVQTokenizer(FrequencyVQConfig(**shape, band_edges=(0.125, 0.25, 0.5), latent_size=8))
+               if family == "nfig" else MultiScaleVQTokenizer(MultiScaleVQConfig(**shape, scales=(1, 2, 4, 8))))  # fmt: skip
+        cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, schedule=schedule,
                               backbone={"preset": "tiny", "adaln": True, "rope_axes": 3})  # fmt: skip
         return Generator(cfg, tokenizer=tok)
-    tok = MultiScaleVQTokenizer(MultiScaleVQConfig(
-        channels=160, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, codebook_size=4096,
-        codebook_dim=32, scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    ))  # fmt: skip
-    cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, schedule="next_scale",
+    shape = dict(channels=160, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, codebook_size=4096,
+                 codebook_dim=32)  # fmt: skip
+    if family == "nfig":
+        tok = FrequencyVQTokenizer(FrequencyVQConfig(**shape, band_edges=NFIG_EDGES, latent_size=16))
+    else:
+        tok = MultiScaleVQTokenizer(MultiScaleVQConfig(**shape, scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)))
+    cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, schedule=schedule,
                           backbone={"preset": "var-d16", "rope_axes": 3})  # fmt: skip
     return Generator(cfg, tokenizer=tok)
 
@@ -45,13 +54,20 @@ def main():
     p = parser(__doc__)
     p.add_argument("--train-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--sample-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--families", nargs="+", default=["var"], choices=["var", "nfig"])
     args = p.parse_args()
-    gen, rec = setup(args, build)
+    rec = None
+    for family in args.families:
+        gen, rec = setup(args, lambda tiny, f=family: build(tiny, f), rec, "" if family == "var" else f"{family}_")
+        run_family(args, gen, rec, "" if family == "var" else f"{family}_")
+
+
+def run_family(args, gen, rec, pre: str):
     for mode in args.sample_modes:
         for bs in args.sample_batches:
             cfg = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode == "compiled")
             r = bench_sampling(gen, cfg, repeats=3, decode=True)
-            prefix = "sample" if mode == "eager" else "sample_compiled"
+            prefix = pre + ("sample" if mode == "eager" else "sample_compiled")
             rec.add(f"{prefix}_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
             rec.add(f"{prefix}_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,7 +83,7 @@ def main():
         for _ in range(3):
             sampler.model.decode_tokens(tokens, dec)
         sync()
-        rec.add(f"decode_b{bs}_{name}_images_per_s", 3 * bs / (time.perf_counter() - t0), unit="images/s")
+        rec.add(f"{pre}decode_b{bs}_{name}_images_per_s", 3 * bs / (time.perf_counter() - t0), unit="images/s")
     del sampler
     for mode in args.train_modes:
         for bs in args.train_batches:
@@ -75,11 +91,11 @@ def main():
             steps = 10 if not args.tiny else 2
             r = bench_training(gen, tokens, steps, compile=mode == "compiled")
             if r.get("oom"):
-                rec.add(f"train_{mode}_b{bs}_oom", True)
+                rec.add(f"{pre}train_{mode}_b{bs}_oom", True)
                 r = bench_training(gen, tokens, steps, compile=mode == "compiled", checkpointing=True)
-                rec.add(f"train_{mode}_b{bs}_activation_checkpointing", True)
+                rec.add(f"{pre}train_{mode}_b{bs}_activation_checkpointing", True)
             for k, v in r.items():
-                rec.add(f"train_{mode}_b{bs}_{k}", v)
+                rec.add(f"{pre}train_{mode}_b{bs}_{k}", v)
 
 
 if __name__ == "__main__":

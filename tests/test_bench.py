@@ -12,7 +12,8 @@ import pytest
 @pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
 def test_bench_runs_and_writes_its_result(script, tmp_path):
     repo = Path.cwd()
-    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager"]
+    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager",
+                                                             "--families", "var", "nfig"]  # fmt: skip
     out = subprocess.run(
         [sys.executable, str(repo / script), "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes,
          "--name", "b"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
@@ -20,6 +21,8 @@ def test_bench_runs_and_writes_its_result(script, tmp_path):
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "results" / "b.json").read_text())["metrics"]
     assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
+    if "var" in script:  # NFIG beside VAR in the same run
+        assert m["nfig_train_eager_b4_tokens_per_s"] > 0 and m["nfig_tokens_per_image"] < m["tokens_per_image"]
 
 
 def test_token_bench_probe_times_a_first_batch(tmp_path):

@@ -36,8 +36,10 @@ class GeneratorConfig:
         ``pixel`` / ``pixel:grey``, raw 8-bit sub-pixels (RGB / grey) of ``image_size`` images (no weights).
     image_size: side of the generated images.
     num_classes: classes for conditioning; index ``num_classes`` is the null class used for guidance.
-    schedule: unit schedule: ``raster`` (one token per unit) or ``next_scale`` (one scale per unit, VAR; needs a
-        multi-scale tokenizer and a 3-axis RoPE backbone, e.g. ``{preset: var-d16, rope_axes: 3}``).
+    schedule: unit schedule: ``raster`` (one token per unit), ``next_scale`` (one scale per unit, VAR; needs a
+        multi-scale tokenizer and a 3-axis RoPE backbone, e.g. ``{preset: var-d16, rope_axes: 3}``),
+        ``next_frequency`` (one frequency band per unit, NFIG; a ``freqvq`` tokenizer, the same backbone),
+        ``flow_scale`` (FlowAR) or ``pixel`` (raw sub-pixels).
     backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
     class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
         Ho & Salimans 2022).

@@ -8,7 +8,7 @@ from visgen.schedules.next_scale import ContinuousScaleSchedule, NextScaleSchedu
 from visgen.schedules.pixel import PIXEL_UNITS, PixelSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = ("raster", "next_scale", "flow_scale", "pixel")
+SCHEDULES = ("raster", "next_scale", "next_frequency", "flow_scale", "pixel")
 
 
 def build_schedule(
@@ -37,7 +37,15 @@ def build_schedule(
                 f"got {unit_size}"
             )
         return RasterSchedule(grid, not tokenizer.discrete, tokenizer.latent_channels, unit_size)
+    bands = hasattr(tokenizer, "band_edges")
+    if name == "next_frequency":  # NFIG (Huang et al. 2025): VAR's machinery over frequency bands
+        if not bands:
+            raise ConfigError("the next_frequency schedule needs a frequency-band tokenizer (type: freqvq)")
+        tokenizer.grid_shape(image_size)
+        return NextScaleSchedule(tokenizer)
     if name == "next_scale":
+        if bands:
+            raise ConfigError("a frequency-band tokenizer (freqvq) goes with schedule: next_frequency")
         if not hasattr(tokenizer, "scales"):
             raise ConfigError("the next_scale schedule needs a multi-scale tokenizer (type: msvq)")
         tokenizer.grid_shape(image_size)  # checks the last scale against the image size

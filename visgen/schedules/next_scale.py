@@ -27,7 +27,9 @@ def scale_positions(scales: list[int]) -> torch.Tensor:
 class NextScaleSchedule(Schedule):
     """Units are the scales of a multi-scale VQ tokenizer; tokens arrive as (B, sum(s^2)).
 
-    Positions: ``scale_positions``.
+    Positions: ``scale_positions``. The same class is the ``next_frequency`` schedule (NFIG) over a frequency-band
+    tokenizer: its bands' grids are the scales, and the input for band k is the reconstruction from bands < k,
+    resampled to band k's grid.
     """
 
     input_kind = "features"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from visgen.config import ConfigError, from_dict
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.diffusers_adapter import DiffusersKLTokenizer, DiffusersVAEConfig, DiffusersVQTokenizer
+from visgen.tokenizers.freqvq import FrequencyVQConfig, FrequencyVQTokenizer
 from visgen.tokenizers.kl import KLConfig, KLTokenizer
 from visgen.tokenizers.msvq import MultiScaleVQConfig, MultiScaleVQTokenizer
 from visgen.tokenizers.pixel import PixelConfig, PixelTokenizer
@@ -16,6 +17,7 @@ TOKENIZERS = {
     "diffusers-kl": DiffusersKLTokenizer,
     "diffusers-vq": DiffusersVQTokenizer,
     "msvq": MultiScaleVQTokenizer,
+    "freqvq": FrequencyVQTokenizer,
     "pixel": PixelTokenizer,
 }
 
@@ -32,6 +34,6 @@ def build_tokenizer(section: dict) -> Tokenizer:
 
 __all__ = [
     "Tokenizer", "VQTokenizer", "VQConfig", "KLTokenizer", "KLConfig", "DiffusersKLTokenizer",
-    "DiffusersVQTokenizer", "DiffusersVAEConfig", "MultiScaleVQTokenizer", "MultiScaleVQConfig", "PixelTokenizer", "PixelConfig", "build_tokenizer",
+    "DiffusersVQTokenizer", "DiffusersVAEConfig", "MultiScaleVQTokenizer", "MultiScaleVQConfig", "PixelTokenizer", "PixelConfig", "FrequencyVQTokenizer", "FrequencyVQConfig", "build_tokenizer",
     "TOKENIZERS",
 ]  # fmt: skip

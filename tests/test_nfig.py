@@ -1,0 +1,146 @@
+"""Frequency family (NFIG): the frequency-band tokenizer and next-frequency prediction on the scale engine."""
+
+import json
+
+import pytest
+import torch
+
+from tests.test_tokenizers import train_briefly
+from visgen.checkpoint import load_model
+from visgen.config import ConfigError
+from visgen.data import DataConfig, build_dataset, collate
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import Sampler, SamplingConfig
+from visgen.schedules import NextScaleSchedule
+from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer
+from visgen.tokenizers.freqvq import band_masks, nyquist_grids, radial_frequency
+from visgen.train.tokenizer_task import TokenizerLossConfig
+
+TINY = dict(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=32, codebook_dim=4, latent_size=8)
+EDGES = (0.0625, 0.125, 0.25, 0.5)
+
+
+def nfig_generator(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES)).eval()
+    cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, schedule="next_frequency",
+                          backbone={"preset": "tiny", "rope_axes": 3, "adaln": True})  # fmt: skip
+    gen = Generator(cfg, tokenizer=tok).eval()
+    for p in list(gen.head.parameters()) + [b.ada[1].weight for b in gen.backbone.blocks]:
+        torch.nn.init.normal_(p, std=0.3)  # non-trivial head and AdaLN (both start at zero)
+    return gen
+
+
+def test_the_band_split_is_a_partition_of_the_spectrum():
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=(0.1, 0.2, 0.35, 0.5)))
+    f = torch.randn(2, 4, 8, 8)
+    bands = tok.band_split(f)
+    torch.testing.assert_close(sum(bands), f, atol=1e-5, rtol=0)  # they sum to the latent
+    r = radial_frequency(8)
+    edges = [-1.0, 0.1, 0.2, 0.35, float("inf")]
+    for k, band in enumerate(bands):
+        spectrum = torch.fft.fft2(band).abs()
+        outside = ~((r > edges[k]) & (r <= edges[k + 1]))
+        assert spectrum[..., outside].max() < 1e-4 and spectrum[..., ~outside].max() > 1e-2  # zero off its annulus
+    assert band_masks(8, (0.1, 0.2, 0.35, 0.5)).sum(0).eq(1).all()
+
+
+def test_grids_follow_the_nyquist_rule():
+    assert nyquist_grids(8, EDGES) == [1, 2, 4, 8]
+    assert nyquist_grids(16, (0.05, 0.1, 0.2, 0.3, 0.5)) == [2, 4, 7, 10, 16]
+    assert FrequencyVQConfig(**TINY, band_edges=(0.0625, 0.5), grids=(3, 8)).scales == (3, 8)  # a grid may be larger
+
+
+def test_round_trip_and_save_load(tmp_path):
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES)).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    codes = tok.encode(x)
+    assert codes.shape == (2, 1 + 4 + 16 + 64) and codes.max() < 32
+    assert tok.decode(codes).shape == x.shape
+    tok.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path).eval()
+    assert isinstance(loaded, FrequencyVQTokenizer)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), codes)
+        torch.testing.assert_close(loaded.decode(codes), tok.decode(codes), atol=1e-5, rtol=0)
+
+
+def test_training_lowers_reconstruction_error(cifar_train):
+    torch.manual_seed(0)
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES))
+    x = collate([build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32))[i] for i in range(32)])["image"]
+    start, end, _ = train_briefly(tok, TokenizerLossConfig(), x, chunks=1)
+    assert end < 0.6 * start
+
+
+def test_teacher_inputs_equal_sampling_inputs():
+    gen = nfig_generator()
+    s, seen = gen.schedule, []
+    original = s.step_input
+
+    def record(state, units):
+        x, state = original(state, units)
+        seen.append((x, s.next_input(units)))  # the running reconstruction, and the definition from every band
+        return x, state
+
+    s.step_input = record
+    tokens = Sampler(gen, SamplingConfig(seed=1)).sample_tokens([0, 1])
+    s.step_input = original
+    stepped, defined = (torch.cat(t, dim=1) for t in zip(*seen))
+    torch.testing.assert_close(stepped, defined, atol=1e-6, rtol=0)
+    torch.testing.assert_close(stepped, s.teacher_inputs(s.to_sequence(tokens)), atol=1e-6, rtol=0)
+    assert isinstance(s, NextScaleSchedule) and s.unit_sizes == [1, 4, 16, 64]
+
+
+def test_kv_cached_band_decoding_equals_full_recompute():
+    gen = nfig_generator()
+    s = gen.schedule
+    tokens = torch.randint(0, 32, (3, s.seq_len))
+    labels = torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        full = gen.head.logits(gen.features(tokens, labels))
+        cache = gen.backbone.new_cache(3, s.seq_len, torch.float32, "cpu")
+        units, cached = s.split_units(tokens), []
+        for k in range(s.num_units):
+            cached.append(gen.head.logits(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache)))
+    torch.testing.assert_close(torch.cat(cached, 1), full, atol=1e-4, rtol=0)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ConfigError, match="increase within"):
+        FrequencyVQConfig(**TINY, band_edges=(0.25, 0.125, 0.5))
+    with pytest.raises(ConfigError, match="increase within"):
+        FrequencyVQConfig(**TINY, band_edges=(0.0, 0.5))
+    with pytest.raises(ConfigError, match="end at 0.5"):
+        FrequencyVQConfig(**TINY, band_edges=(0.1, 0.3))
+    with pytest.raises(ConfigError, match="needs a grid side of at least 4"):
+        FrequencyVQConfig(**TINY, band_edges=(0.25, 0.5), grids=(2, 8))
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES))
+    with pytest.raises(ConfigError, match="8 x 8 latent"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=32, schedule="next_frequency", backbone="tiny"),
+                  tokenizer=tok)  # fmt: skip
+    with pytest.raises(ConfigError, match="next_frequency"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, schedule="next_scale", backbone="tiny"), tokenizer=tok)
+    with pytest.raises(ConfigError, match="frequency-band tokenizer"):
+        Generator(GeneratorConfig(image_size=32, schedule="next_frequency", backbone="tiny"))  # the bundled VQ
+
+
+def test_nfig_recipes_train_and_sample_end_to_end(tmp_path):
+    from visgen.cli.sample import main as sample_main
+    from visgen.cli.train import main as train_main
+
+    tok_dir = tmp_path / "freqvq"
+    overrides = ["model.type=freqvq", "model.band_edges=[0.0625, 0.125, 0.25, 0.5]", "model.latent_size=8",
+                 "model.init_from=visgen/assets/cifar10-vq", f"train.out_dir={tok_dir}", "train.steps=20"]  # fmt: skip
+    assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart-msvq.yaml", *overrides]) == 0
+    gen_dir = tmp_path / "nfig"
+    overrides = [f"model.tokenizer={tok_dir}/final", "model.schedule=next_frequency", f"train.out_dir={gen_dir}",
+                 "model.backbone={preset: tiny, adaln: true, rope_axes: 3}", "train.steps=40", "train.log_every=10"]  # fmt: skip
+    assert train_main(["generator", "--recipe", "generators/quickstart.yaml", *overrides]) == 0
+    losses = [json.loads(x)["loss"] for x in (gen_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0]
+    out = tmp_path / "s"
+    assert sample_main(["--checkpoint", str(gen_dir / "final"), "--num-images", "4", "--cfg-schedule", "linear",
+                        "--out", str(out)]) == 0  # fmt: skip
+    assert (next(out.iterdir()) / "grid.png").is_file()
+    assert load_model(gen_dir / "final").tokenizer.config.band_edges == (0.0625, 0.125, 0.25, 0.5)
