@@ -14,6 +14,7 @@ COMMANDS = {
     "recon": ("visgen.cli.recon", "a tokenizer's reconstruction quality (PSNR, SSIM, usage, rFD)"),
     "bpd": ("visgen.cli.bpd", "bits per dimension of a pixel-level generator on a data set"),
     "push": ("visgen.hub", "upload a saved model folder to the Hugging Face Hub"),
+    "demo": ("visgen.demo", 'a demo page in the browser (Gradio: pip install "visgen[demo]")'),
 }
 
 
