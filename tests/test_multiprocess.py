@@ -42,3 +42,12 @@ def test_trainer_on_two_processes(tmp_path):
     state = json.loads((tmp_path / "checkpoints" / "step-0000004" / "trainer.json").read_text())
     assert state["num_processes"] == 2
     assert (tmp_path / "checkpoints" / "step-0000004" / "rng-1.safetensors").is_file()
+
+
+def test_the_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    ddp = ClusterConfig.from_yaml_file(str(REPO / "configs/accelerate/ddp-2gpu.yaml"))
+    fsdp = ClusterConfig.from_yaml_file(str(REPO / "configs/accelerate/fsdp-2gpu.yaml"))
+    assert ddp.num_processes == fsdp.num_processes == 2 and str(ddp.distributed_type).endswith("MULTI_GPU")
+    assert fsdp.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD" and fsdp.fsdp_config["fsdp_use_orig_params"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -282,6 +282,13 @@ class Trainer:
         self.trackers = resolve_trackers(cfg.log_with)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp],
                                log_with=self.trackers or None, project_dir=str(self.out / "trackers"))  # fmt: skip
+        if self.acc.distributed_type == DistributedType.FSDP:
+            # checkpoints read the unwrapped model's state dict and one optimizer state: under FSDP those are shards,
+            # and a run would save checkpoints that do not load; refused until they gather (issue 17)
+            raise ConfigError(
+                "training under FSDP is not supported yet (its checkpoints would hold shards); use data parallel: "
+                "accelerate launch --config_file configs/accelerate/ddp-2gpu.yaml ..."
+            )
         if self.acc.is_main_process:
             self._check_writable()
         world = self.acc.num_processes
