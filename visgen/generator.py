@@ -52,6 +52,12 @@ class GeneratorConfig:
     unit_size: tokens per unit of the ``raster`` schedule: k consecutive raster tokens predicted in one AR step
         (block-causal attention, each token through the head on its own); must divide the token count.
     scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
+    frames: clip length of a video model (``schedule: next_frame``, one unit a frame over a KL tokenizer applied
+        frame by frame, ``head: flow``); 0 for images.
+    context_noise: video training: each context frame's input latent gets Gaussian noise of a standard deviation
+        drawn uniformly in [0, context_noise] per clip and frame, except a tenth of the frames kept clean (FAR's
+        stochastic clean context, Gu et al. 2025, against exposure bias: at sampling the context is the model's own
+        imperfect frames); 0 keeps every context clean.
     unit: the ``pixel`` schedule's unit: ``subpixel`` (one 8-bit value a step, categorical head) or ``pixel`` (a
         whole pixel a step, its channels jointly through the ``dmol`` head: a third of the steps).
     class_names: names of the classes, in label order (filled from the training data).
@@ -69,6 +75,8 @@ class GeneratorConfig:
     class_names: list[str] = field(default_factory=list)
     unit_size: int = 1
     unit: str = "subpixel"
+    frames: int = 0
+    context_noise: float = 0.0
 
 
 def build_tokenizer_ref(ref: str, image_size: int, base: Path | None = None) -> Tokenizer:
@@ -105,8 +113,10 @@ class Generator(PretrainedMixin, nn.Module):
             tokenizer = build_tokenizer_ref(config.tokenizer, config.image_size)
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
         self.schedule = build_schedule(
-            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit
+            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit, config.frames
         )
+        if not config.context_noise >= 0:
+            raise ConfigError(f"model.context_noise must be >= 0, got {config.context_noise}")
         self.backbone_cfg = backbone_config(config.backbone)
         d = self.backbone_cfg.d_model
         self.backbone = Transformer(self.backbone_cfg)
@@ -188,10 +198,29 @@ class Generator(PretrainedMixin, nn.Module):
     def cond(self, labels_B: torch.Tensor) -> torch.Tensor | None:
         return self.class_emb(labels_B) if self.backbone_cfg.adaln else None
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens; clips (B, T, C, H, W) frame by frame -> (B, T, ...)."""
+        if images.dim() == 5:
+            B, T = images.shape[:2]
+            return self.tokenizer.encode(images.flatten(0, 1)).unflatten(0, (B, T))
+        return self.tokenizer.encode(images)
+
+    def _noised_context(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Training inputs of a video model with ``context_noise`` (see ``GeneratorConfig``)."""
+        n, B = self.schedule.unit_sizes[0], len(inputs)
+        frames = inputs.shape[1] // n
+        std = torch.rand(B, frames, 1, 1, device=inputs.device) * self.config.context_noise
+        std = std * (torch.rand(B, frames, 1, 1, device=inputs.device) >= 0.1)  # a tenth stay clean
+        noisy = inputs.unflatten(1, (frames, n)) + std * torch.randn_like(inputs.unflatten(1, (frames, n)))
+        return noisy.flatten(1, 2)
+
     def features(self, seq: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         """Teacher-forced features (B, L, d) for a known sequence in generation order."""
         s = self.schedule
-        x = torch.cat([self.start(labels_B, s.unit_sizes[0]), self.input_emb(s.teacher_inputs(seq))], dim=1)
+        inputs = s.teacher_inputs(seq)
+        if self.training and self.config.context_noise > 0:
+            inputs = self._noised_context(inputs)
+        x = torch.cat([self.start(labels_B, s.unit_sizes[0]), self.input_emb(inputs)], dim=1)
         mask = None if s.is_causal else self.unit_ids[None, :] <= self.unit_ids[:, None]
         return self.backbone(x, self.positions, self.cond(labels_B), mask=mask, is_causal=s.is_causal)
 
@@ -259,6 +288,9 @@ class Generator(PretrainedMixin, nn.Module):
     def decode_tokens(self, tokens: torch.Tensor, tokenizer: Tokenizer | None = None) -> torch.Tensor:
         """Token grid -> images in [-1, 1] through the tokenizer (or a copy of it, e.g. the sampler's bf16 one;
         an fp32 tokenizer on a GPU decodes under bf16 autocast)."""
+        if self.config.frames and tokens.dim() == 5:  # a clip: each frame through the image tokenizer
+            B, T = tokens.shape[:2]
+            return self.decode_tokens(tokens.flatten(0, 1), tokenizer).unflatten(0, (B, T))
         tok = (tokenizer or self.tokenizer).to(tokens.device)
         dtype = next(tok.parameters(), torch.empty(0)).dtype  # fp32 for a tokenizer of no weights (pixels)
         fp32 = dtype == torch.float32

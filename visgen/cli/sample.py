@@ -239,6 +239,26 @@ def grid_columns(n: int, num_classes: int, labels: str | None) -> int:
 RUNTIME_ONLY = {"batch_size", "cuda_graph", "compile", "decode_kernel", "dtype"}  # change speed, not the images' law
 
 
+def write_clips(folder: Path, clips: torch.Tensor, args):
+    """A video model's samples: ``clips/NNNNNN.gif`` (animated, 8 frames/s), ``grid.png`` (a clip a row, its frames
+    along it; at most ``--grid-max`` clips), ``samples.npz`` with ``--npz`` (``arr_0``: uint8 N x T x H x W x 3)."""
+    from PIL import Image
+
+    u8 = to_uint8(clips.flatten(0, 1)).unflatten(0, clips.shape[:2]).permute(0, 1, 3, 4, 2).cpu().numpy()
+    if u8.shape[-1] == 1:
+        u8 = np.repeat(u8, 3, axis=-1)
+    (folder / "clips").mkdir()
+    for i, clip in enumerate(u8):
+        frames = [Image.fromarray(f) for f in clip]
+        frames[0].save(folder / "clips" / f"{i:06d}.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+    if args.grid:
+        shown = u8[: args.grid_max]
+        n, t, h, w, c = shown.shape
+        Image.fromarray(shown.transpose(0, 2, 1, 3, 4).reshape(n * h, t * w, c)).save(folder / "grid.png")
+    if args.npz:
+        np.savez(folder / "samples.npz", arr_0=u8)
+
+
 def write_outputs(out: Path, images: torch.Tensor, settings: dict, args, num_classes: int):
     """Everything goes to ``out.tmp`` first and is renamed into place when complete: a full disk or an interrupted
     run leaves no half-written folder, and an older folder of these settings stays until the new one is whole."""
@@ -246,6 +266,12 @@ def write_outputs(out: Path, images: torch.Tensor, settings: dict, args, num_cla
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
+        if images.dim() == 5:
+            write_clips(tmp, images, args)
+            (tmp / "settings.json").write_text(json.dumps(settings, indent=2))
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+            return
         u8 = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
         if u8.shape[-1] == 1:
             u8 = np.repeat(u8, 3, axis=-1)

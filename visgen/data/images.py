@@ -35,7 +35,11 @@ class DataConfig:
     image_size: output side; images are resized (shorter side) and centre-cropped to it.
     channels: 3 turns grey images to RGB; 1 turns colour images to grey.
     random_flip: horizontal flips, chosen per (seed, epoch, index) so a resumed run sees the same flips.
-    limit: use only the first ``limit`` images (after a fixed shuffle, so every class appears).
+    limit: use only the first ``limit`` images (after a fixed shuffle, so every class appears); clips for video.
+    frames: clip length for video data (``visgen.data.video``: frame folders, .npy / .npz arrays, video files);
+        0 reads images.
+    frame_stride: take every ``frame_stride``-th frame of a video for a clip.
+    layout: axes of a 4-D video array: ``auto``, ``NT`` (clips, frames, H, W) or ``TN`` (Moving MNIST's file).
     """
 
     path: str = ""
@@ -45,6 +49,9 @@ class DataConfig:
     channels: int = 3
     random_flip: bool = False
     limit: int | None = None
+    frames: int = 0
+    frame_stride: int = 1
+    layout: str = "auto"
 
 
 def _to_tensor(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
@@ -261,6 +268,12 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> ImageDataset:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {path}")
+    if cfg.frames:
+        from visgen.data.video import VideoDataset
+
+        if cfg.channels not in (1, 3):
+            raise DataError(f"data.channels must be 1 or 3, got {cfg.channels}")
+        return VideoDataset(cfg, seed)
     if path.is_file():
         raise DataError(
             f"data path {path} is a file; give a folder (unpack archives first, e.g. tar -xzf cifar10-jpeg.tar.gz)"

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from visgen.config import ConfigError
 from visgen.schedules.base import Schedule
+from visgen.schedules.next_frame import NextFrameSchedule
 from visgen.schedules.next_scale import ContinuousScaleSchedule, NextScaleSchedule
 from visgen.schedules.pixel import PIXEL_UNITS, PixelSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = ("raster", "next_scale", "next_frequency", "flow_scale", "pixel")
+SCHEDULES = ("raster", "next_scale", "next_frequency", "flow_scale", "pixel", "next_frame")
 
 
 def build_schedule(
     name: str, tokenizer, image_size: int, scales: list[int] | None = None, unit_size: int = 1,
-    unit: str = "subpixel",
+    unit: str = "subpixel", frames: int = 0,
 ) -> Schedule:  # fmt: skip
-    """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size``."""
+    """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size`` (or clips of ``frames``
+    frames of that side)."""
+    if (name == "next_frame") != (frames > 0):
+        raise ConfigError(
+            "video models (model.frames > 0) take schedule: next_frame, and next_frame needs model.frames, the clip "
+            f"length; got schedule {name!r} with frames {frames}"
+        )
+    if name == "next_frame":
+        if tokenizer.discrete:
+            raise ConfigError("the next_frame schedule predicts continuous frame latents: use a kl tokenizer")
+        return NextFrameSchedule(frames, tokenizer.grid_shape(image_size), tokenizer.latent_channels)
     if unit_size != 1 and name != "raster":
         raise ConfigError(f"unit_size applies to the raster schedule; {name!r} fixes its own units")
     if unit != "subpixel" and name != "pixel":

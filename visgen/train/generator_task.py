@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from visgen.config import from_dict
+from visgen.config import ConfigError, from_dict
 from visgen.data import DataError, ImageDataset, collate
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -39,6 +39,10 @@ class TokenDataset(torch.utils.data.Dataset):
         images.cfg.random_flip = False
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = tokenizer.to(device)
+        # clips (B, T, C, H, W) are encoded frame by frame
+        encode = lambda x: (
+            tokenizer.encode(x.flatten(0, 1)).unflatten(0, x.shape[:2]) if x.dim() == 5 else tokenizer.encode(x)
+        )
         loader = torch.utils.data.DataLoader(
             images, batch_size=batch_size, collate_fn=collate, num_workers=min(4, os.cpu_count() or 1)
         )
@@ -49,9 +53,9 @@ class TokenDataset(torch.utils.data.Dataset):
                 if not len(batch["image"]):
                     continue
                 x = batch["image"].to(device)
-                tokens.append(tokenizer.encode(x).cpu())
+                tokens.append(encode(x).cpu())
                 if self.flip:
-                    flipped.append(tokenizer.encode(x.flip(-1)).cpu())
+                    flipped.append(encode(x.flip(-1)).cpu())
                 labels.append(batch["label"])
         if not tokens:
             raise DataError(
@@ -93,7 +97,7 @@ class GeneratorTask(nn.Module):
         if "tokens" in batch:
             return batch["tokens"]
         with torch.no_grad():
-            return self.model.tokenizer.encode(batch["image"])  # on the model's device (Generator._apply)
+            return self.model.encode(batch["image"])  # on the model's device (Generator._apply); clips per frame
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = self.model.loss(self._tokens(batch), batch["label"].clamp_min(0))
@@ -126,6 +130,12 @@ class GeneratorTask(nn.Module):
 def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[GeneratorTask, torch.utils.data.Dataset]:
     """The task and the data set it trains on (tokens cached once when the recipe asks for it)."""
     cfg = from_dict(GeneratorConfig, recipe["model"], "model")
+    frames = recipe.get("data", {}).get("frames", 0)
+    if cfg.frames != frames:
+        raise ConfigError(
+            f"model.frames is {cfg.frames} but data.frames is {frames}: a video model trains on clips of its own "
+            "length (set both), an image model on images (both 0)"
+        )
     if not cfg.class_names and train_set.classes:
         cfg.class_names = list(train_set.classes)
     model = Generator(cfg)

@@ -15,6 +15,12 @@ from visgen.metrics import psnr, ssim
 from visgen.tokenizers.base import Tokenizer
 
 
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """Images as they are; video clips (B, T, C, H, W) as their frames (B T, C, H, W): a frame tokenizer trains on
+    the frames of a video data set (``data.frames``)."""
+    return x.flatten(0, 1) if x.dim() == 5 else x
+
+
 @dataclass
 class TokenizerLossConfig:
     """Loss weights for tokenizer training.
@@ -52,7 +58,7 @@ class TokenizerTask(nn.Module):
         self.has_unused_parameters = self.disc is not None  # the discriminator idles until adv_start
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, c = batch["image"], self.loss_cfg
+        x, c = _frames(batch["image"]), self.loss_cfg
         recon, terms = self.model.training_losses(x)
         recon = recon.float()
         loss = c.l1_weight * F.l1_loss(recon, x) + c.l2_weight * F.mse_loss(recon, x)
@@ -84,7 +90,7 @@ class TokenizerTask(nn.Module):
         sums = torch.zeros(4, device=accelerator.device, dtype=torch.float64)
         used = torch.zeros(max(model.vocab_size, 1), device=accelerator.device)
         for batch in batches:
-            x = batch["image"]
+            x = _frames(batch["image"])
             tokens = model.encode(x)
             recon = model.decode(tokens).float().clamp(-1, 1)
             sums[0] += psnr(recon, x).sum()
@@ -108,5 +114,5 @@ class TokenizerTask(nn.Module):
     @torch.no_grad()
     def preview(self, model: Tokenizer, batch: dict) -> torch.Tensor:
         """Originals above their reconstructions."""
-        x = batch["image"][:8]
+        x = _frames(batch["image"])[:8]
         return torch.cat([x, model.reconstruct(x).float().clamp(-1, 1)])

@@ -476,10 +476,14 @@ class Trainer:
             from torchvision.utils import save_image
 
             (self.out / "samples").mkdir(parents=True, exist_ok=True)
+            nrow = 8
+            if images.dim() == 5:  # video clips: a clip a row, its frames along it
+                nrow = images.shape[1]
+                images = images[:8].flatten(0, 1)
             save_image(
                 images.float().clamp(-1, 1) * 0.5 + 0.5,
                 self.out / "samples" / f"step-{self.step:07d}.png",
-                nrow=8,
+                nrow=nrow,
             )
 
     def log(self, record: dict):

@@ -1,0 +1,202 @@
+"""Video: the data formats, Moving Fashion-MNIST, the next-frame schedule, training and sampling end to end."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_tokenizers import TINY_KL
+from visgen.config import ConfigError
+from visgen.data import DataConfig, DataError, build_dataset, collate
+from visgen.data.video import bounce, moving_fashion_mnist
+from visgen.generator import Generator, GeneratorConfig
+from visgen.sampling import Sampler, SamplingConfig
+from visgen.schedules import NextFrameSchedule, Schedule
+from visgen.tokenizers import KLTokenizer
+
+
+def fmnist_items(fmnist) -> tuple[np.ndarray, np.ndarray]:
+    ds = build_dataset(DataConfig(path=fmnist, split="train", image_size=28, channels=1))
+    items = [ds[i] for i in range(60)]
+    u8 = np.stack([((it["image"][0].numpy() + 1) * 127.5).round().astype(np.uint8) for it in items])
+    return u8, np.array([it["label"] for it in items])
+
+
+@pytest.fixture(scope="module")
+def moving(tmp_path_factory):
+    """A small Moving Fashion-MNIST written as the generator writes it: train.npz / test.npz."""
+    from tests.conftest import DATA
+
+    folder = tmp_path_factory.mktemp("moving")
+    items, labels = fmnist_items(str(DATA / "fashion-mnist"))
+    for split, n, seed in (("train", 24, 0), ("test", 8, 1)):
+        np.savez(folder / f"{split}.npz", **moving_fashion_mnist(items, labels, n, frames=8, size=32, seed=seed))
+    return folder
+
+
+def test_moving_fashion_mnist_is_seeded_and_obeys_its_physics(fmnist):
+    items, labels = fmnist_items(fmnist)
+    a = moving_fashion_mnist(items, labels, 6, frames=12, size=40, seed=3)
+    assert np.array_equal(a["clips"], moving_fashion_mnist(items, labels, 6, frames=12, size=40, seed=3)["clips"])
+    assert not np.array_equal(a["clips"], moving_fashion_mnist(items, labels, 6, frames=12, size=40, seed=4)["clips"])
+    limit = 40 - 28
+    for n in range(6):
+        for k in range(a["counts"][n]):
+            path = a["positions"][n, :, k]
+            p, v = path[0].copy(), a["velocities"][n, k].copy()  # stepped by hand: move, reflect off each wall
+            for t in range(1, 12):
+                p = p + v
+                for d in range(2):
+                    if p[d] < 0 or p[d] > limit:
+                        p[d], v[d] = (-p[d], -v[d]) if p[d] < 0 else (2 * limit - p[d], -v[d])
+                np.testing.assert_allclose(path[t], p, atol=1e-9)
+            r, c = np.rint(path[5]).astype(int)
+            assert a["clips"][n, 5, r : r + 28, c : c + 28].sum() > 0  # the item is drawn where it is
+    assert np.allclose(bounce(np.array([1.0]), np.array([5.0]), np.arange(4.0), 10.0)[:, 0], [1, 6, 9, 4])
+
+
+def test_video_formats_give_clips(moving, tmp_path):
+    ds = build_dataset(DataConfig(path=str(moving), frames=4, frame_stride=2, image_size=16, channels=1))
+    assert len(ds) == 24 and ds[0]["image"].shape == (4, 1, 16, 16)  # one clip of 4 frames per 8-frame video
+    full = np.load(moving / "train.npz")
+    same = build_dataset(DataConfig(path=str(moving), frames=8, image_size=32, channels=1))[0]["image"]
+    assert torch.equal(same[2], torch.from_numpy(full["clips"][0, 2]).float().div(127.5).sub(1)[None])  # exact frames
+    # Moving MNIST's own layout: a .npy of (T, N, H, W)
+    np.save(tmp_path / "mm.npy", np.swapaxes(full["clips"], 0, 1))
+    mm = build_dataset(DataConfig(path=str(tmp_path / "mm.npy"), frames=8, image_size=32, channels=1))
+    assert len(mm) == 24 and torch.equal(mm[3]["image"], build_dataset(
+        DataConfig(path=str(moving), frames=8, image_size=32, channels=1))[3]["image"])  # fmt: skip
+    # frame folders, root/<class>/<video>/<frame>.png, one frame corrupt
+    for cls, video in (("a", "v0"), ("a", "v1"), ("b", "v2")):
+        (tmp_path / "frames" / cls / video).mkdir(parents=True)
+        for t in range(4):
+            Image.fromarray(full["clips"][int(video[1]), t]).save(tmp_path / "frames" / cls / video / f"{t:03d}.png")
+    (tmp_path / "frames" / "b" / "v2" / "001.png").write_bytes(b"not a png")
+    frames = build_dataset(DataConfig(path=str(tmp_path / "frames"), frames=4, image_size=32, channels=3))
+    assert frames.classes == ["a", "b"] and len(frames) == 3 and frames[0]["image"].shape == (4, 3, 32, 32)
+    batch = collate([frames[i] for i in range(3)])
+    assert batch["skipped"] == 1 and batch["label"].tolist() == [0, 0]
+    # a GIF through Pillow, an unreadable one, and mp4 (PyAV, an optional extra)
+    (tmp_path / "gifs").mkdir()
+    pics = [Image.fromarray(f) for f in full["clips"][0]]
+    pics[0].save(tmp_path / "gifs" / "a.gif", save_all=True, append_images=pics[1:])
+    (tmp_path / "gifs" / "b.gif").write_bytes(b"GIF89a broken")
+    gifs = build_dataset(DataConfig(path=str(tmp_path / "gifs"), frames=8, image_size=32, channels=1))
+    assert len(gifs) == 1 and gifs.unreadable == 1 and gifs[0]["image"].shape == (8, 1, 32, 32)
+    if importlib.util.find_spec("av") is None:
+        (tmp_path / "mp4").mkdir()
+        (tmp_path / "mp4" / "a.mp4").write_bytes(b"")
+        with pytest.raises(DataError, match="pip install"):
+            build_dataset(DataConfig(path=str(tmp_path / "mp4"), frames=4))
+    with pytest.raises(DataError, match="holds 16 frames"):
+        build_dataset(DataConfig(path=str(moving), frames=16))
+
+
+def video_generator(frames: int = 3, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, schedule="next_frame", frames=frames,
+                          head="flow", head_options={"width": 16, "depth": 1, "heads": 2, "steps": 3},
+                          backbone={"preset": "tiny", "rope_axes": 3})  # fmt: skip
+    return Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
+
+
+def test_frame_schedule_mask_positions_and_inputs():
+    s = NextFrameSchedule(3, (2, 2), 4)
+    assert s.unit_sizes == [4, 4, 4] and s.positions[5].tolist() == [1, 0, 1]
+    mask = s.attn_mask()
+    assert mask[4:8, :8].all() and not mask[4:8, 8:].any()  # frame 1 sees frames 0 and 1, whole
+    latents = torch.randn(2, 3, 4, 2, 2)
+    seq = s.to_sequence(latents)
+    assert torch.equal(s.from_sequence(seq), latents)
+    assert torch.equal(s.teacher_inputs(seq), Schedule.teacher_inputs(s, seq))
+    assert torch.equal(s.next_input(s.split_units(seq)[:1]), latents[:, 0].permute(0, 2, 3, 1).flatten(1, 2))
+
+
+def test_kv_cached_frame_decoding_equals_full_recompute():
+    gen = video_generator()
+    s = gen.schedule
+    seq = torch.randn(2, s.seq_len, 3)
+    labels = torch.tensor([0, 3])
+    with torch.no_grad():
+        full = gen.features(seq, labels)
+        cache = gen.backbone.new_cache(2, s.seq_len, torch.float32, "cpu")
+        units, cached = s.split_units(seq), []
+        for k in range(s.num_units):
+            cached.append(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache))
+    torch.testing.assert_close(torch.cat(cached, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_context_noise_is_training_only():
+    gen = video_generator()
+    gen.config.context_noise = 0.5
+    seq = torch.randn(2, gen.schedule.seq_len, 3)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        clean = gen.features(seq, labels)
+        gen.train()
+        noisy = gen.features(seq, labels)
+        gen.eval()
+        again = gen.features(seq, labels)
+    assert torch.equal(clean, again) and not torch.allclose(noisy[:, 4:], clean[:, 4:])
+    torch.testing.assert_close(noisy[:, :4], clean[:, :4])  # the first frame reads the class, not a context
+
+
+def test_bad_settings_are_clear_errors():
+    tok = KLTokenizer(TINY_KL)
+    with pytest.raises(ConfigError, match="model.frames"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, schedule="next_frame", head="flow", backbone="tiny"),
+                  tokenizer=tok)  # fmt: skip
+    with pytest.raises(ConfigError, match="next_frame"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, frames=4, head="diffusion", backbone="tiny"),
+                  tokenizer=tok)  # fmt: skip
+    with pytest.raises(ConfigError, match="kl tokenizer"):
+        Generator(GeneratorConfig(image_size=32, schedule="next_frame", frames=4, backbone="tiny"))  # the bundled VQ
+    with pytest.raises(ConfigError, match="context_noise"):
+        Generator(GeneratorConfig(tokenizer="-", image_size=16, schedule="next_frame", frames=2, head="flow",
+                                  backbone="tiny", context_noise=-1.0), tokenizer=tok)  # fmt: skip
+
+
+def test_a_tiny_video_model_trains_and_samples_gifs(moving, tmp_path):
+    from visgen.cli.sample import main as sample_main
+    from visgen.cli.train import main as train_main
+
+    tok, gen = tmp_path / "kl", tmp_path / "far"
+    common = [f"data.path={moving}", "data.image_size=16", "data.channels=1", f"val.path={moving}", "val.split=test",
+              "train.log_every=5", "train.num_workers=0", "train.mixed_precision=no", "train.val_images=8",
+              "train.time_limit_minutes=0"]  # fmt: skip
+    assert train_main(["tokenizer", "--recipe", "tokenizers/moving-fmnist-kl.yaml", "model.channel_mult=[1, 2]",
+                       "model.channels=8", "model.latent_channels=3", *common, f"train.out_dir={tok}",
+                       "train.steps=5", "train.batch_size=8", "train.eval_every=0", "train.sample_every=0",
+                       "train.ckpt_every=0"]) == 0  # fmt: skip
+    overrides = [f"model.tokenizer={tok}/final", "model.image_size=16", "model.schedule=next_frame", "model.frames=4",
+                 "model.head=flow", "model.head_options={width: 16, depth: 1, heads: 2, steps: 3}",
+                 "model.context_noise=0.1", "model.backbone={preset: tiny, rope_axes: 3}", "model.num_classes=10",
+                 "data.frames=4", "data.frame_stride=2", *common, f"train.out_dir={gen}", "train.steps=20",
+                 "train.lr=2e-3", "train.batch_size=8", "train.warmup_steps=2", "tokenizer.cache=false"]  # fmt: skip
+    assert train_main(["generator", "--recipe", "generators/quickstart.yaml", *overrides]) == 0
+    losses = [json.loads(x)["loss"] for x in (gen / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0]
+    out = tmp_path / "s"
+    assert sample_main(["--checkpoint", str(gen / "final"), "--num-images", "2", "--npz", "--out", str(out)]) == 0
+    folder = next(out.iterdir())
+    gif = Image.open(folder / "clips" / "000000.gif")
+    assert gif.n_frames == 4 and gif.size == (16, 16)
+    assert np.load(folder / "samples.npz")["arr_0"].shape == (2, 4, 16, 16, 3)
+    assert Image.open(folder / "grid.png").size == (4 * 16, 2 * 16)
+    with pytest.raises(ConfigError, match="data.frames"):
+        from visgen.train.generator_task import build_generator_task
+
+        build_generator_task({"model": {"tokenizer": f"{tok}/final", "image_size": 16, "schedule": "next_frame",
+                                        "frames": 4, "head": "flow", "backbone": "tiny"}, "data": {}}, None)  # fmt: skip
+
+
+def test_sampler_draws_clips_seeded_per_sample():
+    gen = video_generator()
+    labels = torch.tensor([0, 1, 2])
+    a = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=1, seed=2)).sample_images(labels)
+    b = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=3, seed=2)).sample_images(labels)
+    assert a.shape == (3, 3, 3, 16, 16)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
