@@ -186,11 +186,34 @@ def test_a_tiny_video_model_trains_and_samples_gifs(moving, tmp_path):
     assert gif.n_frames == 4 and gif.size == (16, 16)
     assert np.load(folder / "samples.npz")["arr_0"].shape == (2, 4, 16, 16, 3)
     assert Image.open(folder / "grid.png").size == (4 * 16, 2 * 16)
+    # video prediction: every sample's first 2 frames are the context clip's, as the tokenizer encodes them
+    assert sample_main(["--checkpoint", str(gen / "final"), "--num-images", "2", "--npz", "--out", str(out),
+                        "--context", str(moving), "--context-frames", "2"]) == 0  # fmt: skip
+    predicted = next(f for f in out.iterdir() if "-ctx2-" in f.name)
+    assert np.load(predicted / "samples.npz")["arr_0"].shape == (2, 4, 16, 16, 3)
+    assert sample_main(["--checkpoint", str(gen / "final"), "--context", str(moving), "--context-frames", "4",
+                        "--out", str(out)]) == 2  # fmt: skip
     with pytest.raises(ConfigError, match="data.frames"):
         from visgen.train.generator_task import build_generator_task
 
         build_generator_task({"model": {"tokenizer": f"{tok}/final", "image_size": 16, "schedule": "next_frame",
                                         "frames": 4, "head": "flow", "backbone": "tiny"}, "data": {}}, None)  # fmt: skip
+
+
+def test_context_frames_are_kept_and_condition_what_follows():
+    gen = video_generator()
+    for p in gen.head.parameters():  # a flow head that reads its conditions (AdaLN starts at zero)
+        torch.nn.init.normal_(p, std=0.2)
+    sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=4))
+    clips = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    labels = torch.tensor([0, 1])
+    given = sampler.given_units(clips, 2)
+    tokens = sampler.sample_tokens(labels, given=given)
+    torch.testing.assert_close(tokens[:, :2], gen.encode(clips)[:, :2])  # the context, as encoded
+    free = sampler.sample_tokens(labels)
+    assert not torch.allclose(tokens[:, 2], free[:, 2])  # and the next frame follows from it
+    with pytest.raises(ConfigError, match="context units"):
+        sampler.given_units(clips, 3)
 
 
 def test_sampler_draws_clips_seeded_per_sample():

@@ -21,6 +21,7 @@ import torch
 from visgen import hub
 from visgen.checkpoint import EMA_NAME, WEIGHTS_NAME, CheckpointError, file_sha256, read_config
 from visgen.config import ConfigError
+from visgen.data import DataConfig, DataError, build_dataset
 from visgen.generator import ASSETS, Generator
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
@@ -100,6 +101,24 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
     return "-".join(parts)
 
 
+def load_context(args, generator) -> torch.Tensor:
+    """The first ``--num-images`` clips of ``--context`` (video data in any format ``visgen.data`` reads), their
+    first ``--context-frames`` frames, for video prediction."""
+    if not generator.config.frames:
+        raise ConfigError("--context gives context frames: it needs a video model (model.frames > 0)")
+    k = args.context_frames
+    if not 1 <= k < generator.config.frames:
+        raise ConfigError(f"--context-frames must be between 1 and {generator.config.frames - 1}, got {k}")
+    cfg = DataConfig(path=args.context, split=args.context_split, frames=k, image_size=generator.config.image_size,
+                     channels=generator.tokenizer.image_channels)  # fmt: skip
+    ds = build_dataset(cfg)
+    clips = [c["image"] for c in (ds[i] for i in range(len(ds))) if c is not None][: args.num_images]
+    if len(clips) < args.num_images:
+        raise ConfigError(f"--context {args.context} holds {len(clips)} usable clips of {k} frames; "
+                          f"--num-images asks for {args.num_images}")  # fmt: skip
+    return torch.stack(clips)
+
+
 def add_speculative_arguments(p: argparse.ArgumentParser):
     """The flags of ``SamplingConfig``'s speculative decoding (sample.py and eval/fid.py alike)."""
     p.add_argument("--speculative", default="none", choices=["none", "draft", "jacobi", "cspd"],
@@ -155,6 +174,9 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
         help="attention of one-token decoding steps (triton: GPUs; auto: triton where it applies, else sdpa)",
     )
     add_speculative_arguments(p)
+    p.add_argument("--context", help="video data whose first clips give each sample its first frames (prediction)")
+    p.add_argument("--context-frames", type=int, default=0, help="how many frames of each --context clip to keep")
+    p.add_argument("--context-split", default="test", help="split of --context (arrays: train.npz / test.npz)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write grid.png")
@@ -185,9 +207,13 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
         weights = weights_id(ckpt, use_ema)
         out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels, label, weights)
+        if args.context:  # video prediction: named by the context and its length
+            ref = f"{Path(args.context).resolve()}:{args.context_split}:{args.context_frames}"
+            out = out.with_name(out.name + f"-ctx{args.context_frames}-" + hashlib.sha256(ref.encode()).hexdigest()[:6])
         check_writable(out.parent, "--out")
         generator = Generator.from_pretrained(ckpt, ema=use_ema)
         labels = parse_labels(args.labels, args.num_images, generator)
+        context = load_context(args, generator) if args.context else None
         settings = {
             "checkpoint": str(ckpt), "weights_sha256_8": weights, "ema": use_ema,
             "num_images": args.num_images, "labels": labels.tolist(),
@@ -207,11 +233,11 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         elif args.threads is not None:
             torch.set_num_threads(args.threads)
         sampler = Sampler(generator, cfg, device=args.device)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    images = sampler.sample_images(labels, progress=True)
+    images = sampler.sample_images(labels, progress=True, context=context, context_units=args.context_frames)
     seconds = time.perf_counter() - t0
     settings.update({"device": str(sampler.device), "threads": torch.get_num_threads(), "seconds": seconds,
                      "images_per_s": args.num_images / seconds,

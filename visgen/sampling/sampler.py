@@ -248,9 +248,11 @@ class Sampler:
 
     # ---- a batch -------------------------------------------------------------------------------------------------
 
-    def _loop(self, st: _BatchState, stop: int | None = None) -> torch.Tensor | None:
+    def _loop(self, st: _BatchState, stop: int | None = None, given: list[torch.Tensor] | None = None):
         """Units 0..stop-1 (default all) in turn from the batch state's labels and noise; the token grids when it ran
-        them all. The whole loop is the body one CUDA graph captures."""
+        them all. ``given``: the first units as they are (context frames, a known prefix): each is still decoded,
+        so the cache holds it, but it replaces what the head draws. The whole loop is the body one CUDA graph
+        captures."""
         m = self.model
         units: list[torch.Tensor] = []
         state = None
@@ -258,7 +260,8 @@ class Sampler:
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
-            units.append(self._step(st, k, inputs))
+            drawn = self._step(st, k, inputs)
+            units.append(given[k].to(drawn.dtype) if given is not None and k < len(given) else drawn)
         return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else None
 
     def _warm_up(self, st: _BatchState):
@@ -273,7 +276,7 @@ class Sampler:
         torch.cuda.current_stream().wait_stream(side)
 
     @torch.no_grad()
-    def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor, given=None) -> torch.Tensor:
         if self.speculative is not None:
             return self.speculative.sample_batch(labels, ids)
         B, m = len(labels), self.model
@@ -285,8 +288,8 @@ class Sampler:
             st.labels[B:].fill_(m.null_class)
         st.ids.copy_(ids)
         st.noise.key.copy_(CounterNoise(self.cfg.seed, ids).key)
-        if not self.use_graph:
-            return self._loop(st)
+        if not self.use_graph or given is not None:  # a given prefix runs eagerly (its length would fix a graph)
+            return self._loop(st, given=given)
         if st.graph is None:
             self._warm_up(st)
             st.graph = torch.cuda.CUDAGraph()
@@ -296,25 +299,55 @@ class Sampler:
         return st.out.clone()
 
     @torch.no_grad()
-    def sample_tokens(self, labels, sample_ids=None, progress: bool = False) -> torch.Tensor:
-        """Token grids for ``labels`` (N,); sample i's randomness depends only on (seed, sample_ids[i])."""
+    def sample_tokens(self, labels, sample_ids=None, progress: bool = False, given=None) -> torch.Tensor:
+        """Token grids for ``labels`` (N,); sample i's randomness depends only on (seed, sample_ids[i]).
+        ``given``: the first units as they must be, a list of (N, n, ...) in generation order (``sample_images``
+        builds it from context images or frames)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         n_cls = self.model.config.num_classes
         if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
             raise ConfigError(
                 f"class labels must lie in [0, {n_cls - 1}], got {labels.min().item()}..{labels.max().item()}"
             )
+        if given is not None and self.speculative is not None:
+            raise ConfigError("sampling from given units (context frames) does not combine with speculative decoding")
         ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
         bs, out = self.cfg.batch_size, []
         with torch.autocast(self.device.type, enabled=False):  # the sampler's dtype, not a caller's autocast
             for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
-                out.append(self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device)))
+                part = None if given is None else [u[i : i + bs].to(self.device) for u in given]
+                out.append(
+                    self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device), part)
+                )
         return torch.cat(out)
 
+    def given_units(self, context: torch.Tensor, units: int) -> list[torch.Tensor]:
+        """The first ``units`` units of ``context`` (images (N, C, H, W), or clips (N, T, C, H, W) for a video model,
+        in [-1, 1], at least as many frames as ``units``) encoded by the model's tokenizer, in generation order."""
+        m = self.model
+        if not 1 <= units < m.schedule.num_units:
+            raise ConfigError(f"context units must be between 1 and {m.schedule.num_units - 1}, got {units}")
+        context = torch.as_tensor(context, dtype=torch.float32)
+        if m.config.frames:
+            if context.dim() != 5 or context.shape[1] < units:
+                raise ConfigError(
+                    f"context: clips (N, T >= {units}, C, H, W) for {units} context frames, got {tuple(context.shape)}"
+                )
+            frames = context[:, :units]
+            pad = frames[:, -1:].expand(-1, m.config.frames - units, -1, -1, -1)  # stands for frames to be drawn
+            context = torch.cat([frames, pad], 1)
+        with torch.no_grad():
+            tokens = m.encode(context.to(self.device, dtype=next(m.tokenizer.parameters(), context).dtype))
+        return m.schedule.split_units(m.schedule.to_sequence(tokens))[:units]
+
     @torch.no_grad()
-    def sample_images(self, labels, sample_ids=None, progress: bool = False) -> torch.Tensor:
-        """Images in [-1, 1], (N, C, H, W)."""
-        tokens = self.sample_tokens(labels, sample_ids, progress)
+    def sample_images(self, labels, sample_ids=None, progress: bool = False, context=None,
+                      context_units: int = 0) -> torch.Tensor:  # fmt: skip
+        """Images in [-1, 1], (N, C, H, W) (clips (N, T, C, H, W) for a video model). ``context`` with
+        ``context_units`` K: the first K units come from these images instead (for a video model the first K
+        frames of these clips: video prediction); the rest is drawn after them."""
+        given = self.given_units(context, context_units) if context is not None else None
+        tokens = self.sample_tokens(labels, sample_ids, progress, given)
         bs = self.cfg.batch_size
         dec = self.decoder
         with torch.backends.cudnn.flags(enabled=True, benchmark=True):  # convolution algorithms timed per shape
