@@ -200,6 +200,27 @@ def test_a_tiny_video_model_trains_and_samples_gifs(moving, tmp_path):
                                         "frames": 4, "head": "flow", "backbone": "tiny"}, "data": {}}, None)  # fmt: skip
 
 
+def test_the_dynamics_score_separates_real_from_shuffled_clips(fmnist, tmp_path):
+    from visgen.cli.dynamics import main as dynamics_main
+    from visgen.metrics.dynamics import dynamics_error, shuffled_in_time, track
+
+    items, labels = fmnist_items(fmnist)
+    d = moving_fashion_mnist(items, labels, 24, frames=16, size=64, seed=5)
+    clips = torch.from_numpy(d["clips"])
+    for n in np.flatnonzero(d["counts"] == 1)[:4]:  # one item: the track is its true path, shifted by a constant
+        off = track(clips[n])[0].numpy() - np.rint(d["positions"][n, :, 0])
+        assert np.abs(off - off[0]).max() == 0
+    real, shuffled = dynamics_error(clips), dynamics_error(shuffled_in_time(clips))
+    assert real < 1.0 and shuffled > 4 * real  # rounding to pixels, against no motion law at all
+    # the command: an .npz of clips (here the real ones, as sample.py writes them) against the reference clips
+    np.savez(tmp_path / "test.npz", **moving_fashion_mnist(items, labels, 8, frames=16, size=64, seed=6))
+    np.savez(tmp_path / "samples.npz", arr_0=np.repeat(d["clips"][..., None], 3, -1))
+    assert dynamics_main(["--input", str(tmp_path / "samples.npz"), "--ref", str(tmp_path), "--name", "dyn",
+                          "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "dyn.json").read_text())["metrics"]
+    assert m["dynamics_error"] == pytest.approx(real) and m["dynamics_error_shuffled"] > 3 * m["dynamics_error_real"]
+
+
 def test_context_frames_are_kept_and_condition_what_follows():
     gen = video_generator()
     for p in gen.head.parameters():  # a flow head that reads its conditions (AdaLN starts at zero)
