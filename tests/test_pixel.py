@@ -68,6 +68,8 @@ def test_a_uniform_model_scores_exactly_8_bits_per_dim(tmp_path, cifar_test):
     # log 256 per sub-pixel, to fp32 rounding
     assert m["bpd"] == pytest.approx(8.0, abs=1e-5) and m["bpd_unconditional"] == pytest.approx(8.0, abs=1e-5)
     assert m["images"] == 6
+    card = (tmp_path / "g" / "README.md").read_text()
+    assert "bits/dim on" in card and "bpd 8" in card and "pixel" in card  # the model card carries the result
 
 
 @pytest.mark.parametrize("channels", [1, 3])

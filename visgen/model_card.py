@@ -16,6 +16,10 @@ FAMILIES = {
     ("raster", "flow"): "continuous token",
     ("next_scale", "categorical"): "scale (VAR)",
     ("flow_scale", "flow"): "scale (FlowAR)",
+    ("next_frequency", "categorical"): "frequency (NFIG)",
+    ("pixel", "categorical"): "pixel",
+    ("pixel", "dmol"): "pixel",
+    ("next_frame", "flow"): "video (frame-level)",
 }
 
 

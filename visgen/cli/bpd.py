@@ -19,6 +19,7 @@ from visgen.checkpoint import CheckpointError, load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.metrics.fidelity import bits_per_dim
+from visgen.model_card import write_card
 from visgen.results import write_result
 from visgen.sampling.sampler import resolve_device
 
@@ -84,11 +85,17 @@ def main(argv: list[str] | None = None, prog: str = "eval/bpd.py") -> int:
             print(f"error: no readable image in {args.data} ({args.split})", file=sys.stderr)
             return 2
         dims = n * model.schedule.seq_len * (model.schedule.input_dim or 1)
-        metrics[key] = bits_per_dim(nll, dims)
+        metrics[key] = float(bits_per_dim(nll, dims))
     metrics.update({"images": n, "skipped_images": skipped, "split": args.split, "seconds": time.perf_counter() - t0})
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     if args.name:
         write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)
+    if Path(args.checkpoint).is_dir():  # the model card carries what the harness measured
+        key = f"bits/dim on {args.data} ({args.split}, {n} images)"
+        try:
+            write_card(args.checkpoint, results={key: {k: metrics[k] for k in ("bpd", "bpd_unconditional")}})
+        except OSError as e:
+            print(f"note: could not add the results to {args.checkpoint}'s model card: {e}", file=sys.stderr)
     return 0
 
 
