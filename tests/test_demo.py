@@ -37,6 +37,23 @@ def test_the_command_refuses_a_folder_that_is_no_generator(capsys):
     assert "not a generator checkpoint" in capsys.readouterr().err
 
 
+def test_the_page_is_built_with_its_controls(tmp_path):
+    gr = pytest.importorskip("gradio")
+    page = Demo(bundled_generators(), out_dir=str(tmp_path)).build()
+    labels = {getattr(b, "label", None) for b in page.blocks.values()}
+    assert {
+        "model",
+        "class",
+        "guidance scale",
+        "guidance schedule",
+        "seed",
+        "number of images",
+        "samples",
+        "PNGs",
+    } <= labels
+    assert any(isinstance(b, gr.Button) and b.value == "Generate" for b in page.blocks.values())
+
+
 def _chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 

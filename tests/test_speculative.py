@@ -69,7 +69,7 @@ def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chi2.sf(stat, len(obs) - 1))
 
 
-def toy_samples(pair, method: str, n: int = 30000) -> torch.Tensor:
+def toy_samples(pair, method: str, n: int = 20000) -> torch.Tensor:
     target, draft = pair
     cfg = SamplingConfig(**TOY, speculative=method, gamma=3, batch_size=n, seed=11)
     return Sampler(target, cfg, draft=draft).sample_tokens(torch.ones(n, dtype=torch.long))
@@ -99,8 +99,9 @@ def test_same_seed_same_images_at_any_batch_size(method):
     target = diffusion_generator() if method == "cspd" else tiny_generator()
     draft = sibling(target, 3, std=0.1 if method == "cspd" else 0.5)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    gamma = 2 if method == "cspd" else 3  # cspd's rounds run a diffusion head per draft: keep the test to seconds
     runs = [
-        Sampler(target, SamplingConfig(cfg_scale=2.0, speculative=method, gamma=3, batch_size=bs, seed=5), draft=draft)
+        Sampler(target, SamplingConfig(cfg_scale=2.0, speculative=method, gamma=gamma, batch_size=bs, seed=5), draft=draft)
         .sample_tokens(labels)
         for bs in (1, 3, 8)
     ]  # fmt: skip
