@@ -190,6 +190,11 @@ def test_a_tiny_video_model_trains_and_samples_gifs(moving, tmp_path):
     assert sample_main(["--checkpoint", str(gen / "final"), "--num-images", "2", "--npz", "--out", str(out),
                         "--context", str(moving), "--context-frames", "2"]) == 0  # fmt: skip
     predicted = next(f for f in out.iterdir() if "-ctx2-" in f.name)
+    assert (
+        sample_main(["--checkpoint", str(gen / "final"), "--num-images", "2", "--frames", "6", "--out", str(out)]) == 0
+    )
+    longer = next(f for f in out.iterdir() if f.name.endswith("-frames6"))
+    assert Image.open(longer / "clips" / "000001.gif").n_frames == 6
     assert np.load(predicted / "samples.npz")["arr_0"].shape == (2, 4, 16, 16, 3)
     assert sample_main(["--checkpoint", str(gen / "final"), "--context", str(moving), "--context-frames", "4",
                         "--out", str(out)]) == 2  # fmt: skip
@@ -235,6 +240,26 @@ def test_context_frames_are_kept_and_condition_what_follows():
     assert not torch.allclose(tokens[:, 2], free[:, 2])  # and the next frame follows from it
     with pytest.raises(ConfigError, match="context units"):
         sampler.given_units(clips, 3)
+
+
+def test_clips_longer_than_training_slide_a_window():
+    gen = video_generator()
+    for p in gen.head.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=1))
+    labels = torch.tensor([0, 1])
+    tokens = sampler.sample_video_tokens(labels, 5)  # a model of 3 frames, 5 asked
+    assert tokens.shape == (2, 5, 3, 8, 8)
+    torch.testing.assert_close(tokens[:, :3], sampler.sample_tokens(labels))  # the first 3 as ever
+    s = gen.schedule
+    for r, t in ((1, 3), (2, 4)):  # each later frame: a recomputation over the window of the 2 frames before it
+        window = torch.cat([tokens[:, t - 2 : t], tokens[:, t - 1 : t]], 1)
+        direct = sampler.sample_tokens(labels, given=s.split_units(s.to_sequence(window))[:2], round_=r)[:, -1]
+        torch.testing.assert_close(tokens[:, t], direct)
+    assert not torch.allclose(tokens[:, 3], tokens[:, 4])  # every window draws noise of its own
+    assert sampler.sample_video(labels, 4).shape == (2, 4, 3, 16, 16)
+    with pytest.raises(ConfigError, match="at least"):
+        sampler.sample_video(labels, 2)
 
 
 def test_sampler_draws_clips_seeded_per_sample():

@@ -177,6 +177,8 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
     p.add_argument("--context", help="video data whose first clips give each sample its first frames (prediction)")
     p.add_argument("--context-frames", type=int, default=0, help="how many frames of each --context clip to keep")
     p.add_argument("--context-split", default="test", help="split of --context (arrays: train.npz / test.npz)")
+    p.add_argument("--frames", type=int, default=0, help="video models: clips of this many frames (more than "
+                   "training: each further frame after a window of the last ones)")  # fmt: skip
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--out", default="samples", help="parent folder of the output folder")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write grid.png")
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
         weights = weights_id(ckpt, use_ema)
         out = Path(args.out) / folder_name(ckpt, cfg, args.num_images, use_ema, args.labels, label, weights)
+        if args.frames:
+            out = out.with_name(out.name + f"-frames{args.frames}")
         if args.context:  # video prediction: named by the context and its length
             ref = f"{Path(args.context).resolve()}:{args.context_split}:{args.context_frames}"
             out = out.with_name(out.name + f"-ctx{args.context_frames}-" + hashlib.sha256(ref.encode()).hexdigest()[:6])
@@ -214,6 +218,11 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         generator = Generator.from_pretrained(ckpt, ema=use_ema)
         labels = parse_labels(args.labels, args.num_images, generator)
         context = load_context(args, generator) if args.context else None
+        if args.frames and (not generator.config.frames or args.frames < generator.config.frames or args.context):
+            raise ConfigError(
+                f"--frames makes clips longer than training: it needs a video model, at least its {generator.config.frames}"
+                " frames, and no --context"
+            )
         settings = {
             "checkpoint": str(ckpt), "weights_sha256_8": weights, "ema": use_ema,
             "num_images": args.num_images, "labels": labels.tolist(),
@@ -237,7 +246,10 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    images = sampler.sample_images(labels, progress=True, context=context, context_units=args.context_frames)
+    if args.frames:
+        images = sampler.sample_video(labels, args.frames, progress=True)
+    else:
+        images = sampler.sample_images(labels, progress=True, context=context, context_units=args.context_frames)
     seconds = time.perf_counter() - t0
     settings.update({"device": str(sampler.device), "threads": torch.get_num_threads(), "seconds": seconds,
                      "images_per_s": args.num_images / seconds,

@@ -276,7 +276,7 @@ class Sampler:
         torch.cuda.current_stream().wait_stream(side)
 
     @torch.no_grad()
-    def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor, given=None) -> torch.Tensor:
+    def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor, given=None, round_: int = 0) -> torch.Tensor:
         if self.speculative is not None:
             return self.speculative.sample_batch(labels, ids)
         B, m = len(labels), self.model
@@ -287,7 +287,8 @@ class Sampler:
         if st.guided:
             st.labels[B:].fill_(m.null_class)
         st.ids.copy_(ids)
-        st.noise.key.copy_(CounterNoise(self.cfg.seed, ids).key)
+        # round_ > 0: a video's later windows (``sample_video``), each with noise of its own
+        st.noise.key.copy_(CounterNoise(self.cfg.seed + 1_000_003 * round_, ids).key)
         if not self.use_graph or given is not None:  # a given prefix runs eagerly (its length would fix a graph)
             return self._loop(st, given=given)
         if st.graph is None:
@@ -299,7 +300,37 @@ class Sampler:
         return st.out.clone()
 
     @torch.no_grad()
-    def sample_tokens(self, labels, sample_ids=None, progress: bool = False, given=None) -> torch.Tensor:
+    def sample_video(self, labels, frames: int, sample_ids=None, progress: bool = False) -> torch.Tensor:
+        """Clips (N, frames, C, H, W) in [-1, 1] of ``sample_video_tokens``' latents."""
+        tokens = self.sample_video_tokens(labels, frames, sample_ids, progress)
+        bs, dec = self.cfg.batch_size, self.decoder
+        return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])
+
+    @torch.no_grad()
+    def sample_video_tokens(self, labels, frames: int, sample_ids=None, progress: bool = False) -> torch.Tensor:
+        """Latent clips (N, frames, C, h, w) from a video model, as long as asked: the first ``model.frames``
+        frames as ``sample_images`` draws them, then each further frame drawn after a window of the last
+        ``model.frames - 1`` frames, recomputed from those frames as given units at the positions the model was
+        trained on (time 0 .. T - 2; the window's cache equals a recomputation over it because it is one), with noise
+        of its own for every window. Each further frame costs a window's prefill (``model.frames - 1`` units)."""
+        m = self.model
+        T = m.config.frames
+        if not T:
+            raise ConfigError("sample_video needs a video model (model.frames > 0)")
+        if frames < T:
+            raise ConfigError(f"frames must be at least the model's {T}, got {frames}")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        tokens = self.sample_tokens(labels, sample_ids, progress)  # (N, T, C, h, w)
+        clip = [tokens[:, t] for t in range(T)]
+        for r in range(1, frames - T + 1):
+            window = torch.stack(clip[-(T - 1) :], 1)
+            pad = torch.cat([window, window[:, -1:]], 1)  # the last slot is drawn, its content never read
+            given = m.schedule.split_units(m.schedule.to_sequence(pad))[: T - 1]
+            clip.append(self.sample_tokens(labels, sample_ids, False, given, round_=r)[:, -1])
+        return torch.stack(clip, 1)
+
+    @torch.no_grad()
+    def sample_tokens(self, labels, sample_ids=None, progress: bool = False, given=None, round_: int = 0):
         """Token grids for ``labels`` (N,); sample i's randomness depends only on (seed, sample_ids[i]).
         ``given``: the first units as they must be, a list of (N, n, ...) in generation order (``sample_images``
         builds it from context images or frames)."""
@@ -317,7 +348,9 @@ class Sampler:
             for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
                 part = None if given is None else [u[i : i + bs].to(self.device) for u in given]
                 out.append(
-                    self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device), part)
+                    self._sample_batch(
+                        labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device), part, round_
+                    )
                 )
         return torch.cat(out)
 
