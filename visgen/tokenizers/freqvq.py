@@ -116,14 +116,6 @@ class FrequencyVQTokenizer(MultiScaleVQTokenizer):
         """The latent's bands (each (B, D, S, S)): a partition of its spectrum that sums back to it."""
         return [self._filter(f, m) for m in self.masks]
 
-    def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """f_hat, each band's indices (B, g, g) and the residual each band quantised (B, D, g, g)."""
-        side, rest, f_hat, idx_list, res_list = f.shape[-1], f, torch.zeros_like(f), [], []
-        for k, g in enumerate(self.scales):
-            r = resize(self._filter(rest, self.lowpass[k]), g, "area")  # what is left up to this band's edge
-            idx = self._lookup(r)
-            z = self.upsampled(k, idx, side)
-            f_hat, rest = f_hat + z, rest - z
-            idx_list.append(idx)
-            res_list.append(r)
-        return f_hat, idx_list, res_list
+    def _scale_input(self, k: int, rest: torch.Tensor, side: int) -> torch.Tensor:
+        """What band k quantises: what is left of the latent up to its edge, area-resampled to its grid."""
+        return resize(self._filter(rest, self.lowpass[k]), side, "area")

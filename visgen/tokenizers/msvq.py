@@ -114,11 +114,15 @@ class MultiScaleVQTokenizer(Tokenizer):
             out = out + self.upsampled(k, idx.reshape(-1, self.scales[k], self.scales[k]), side)
         return out
 
+    def _scale_input(self, k: int, rest: torch.Tensor, side: int) -> torch.Tensor:
+        """What scale k quantises: the residual, area-downsampled to its side."""
+        return resize(rest, side, "area")
+
     def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """f_hat, each scale's indices (B, s, s) and each scale's residual (B, D, s, s) as quantised."""
         side, rest, f_hat, idx_list, res_list = f.shape[-1], f, torch.zeros_like(f), [], []
         for k, s in enumerate(self.scales):
-            r = resize(rest, s, "area")
+            r = self._scale_input(k, rest, s)
             idx = self._lookup(r)
             z = self.upsampled(k, idx, side)
             f_hat, rest = f_hat + z, rest - z
