@@ -30,6 +30,19 @@ def tiny_generator(adaln: bool = False, seed: int = 0) -> Generator:
     return gen
 
 
+def assert_cached_equals_full(gen, seq, labels, read=lambda h: h, atol=1e-4, rtol=1e-4):
+    """Decoding ``seq`` unit by unit through the KV cache gives what the whole sequence gives at once (through
+    ``read``, e.g. the head's logits)."""
+    s = gen.schedule
+    with torch.no_grad():
+        full = read(gen.features(seq, labels))
+        cache = gen.backbone.new_cache(len(labels), s.seq_len, torch.float32, "cpu")
+        units, cached = s.split_units(seq), []
+        for k in range(s.num_units):
+            cached.append(read(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache)))
+    torch.testing.assert_close(torch.cat(cached, 1), full, atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("adaln", [False, True])
 def test_kv_cached_decoding_equals_full_recompute(adaln):
     gen = tiny_generator(adaln)

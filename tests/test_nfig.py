@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tests.test_engine import assert_cached_equals_full
 from tests.test_tokenizers import train_briefly
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
@@ -94,16 +95,8 @@ def test_teacher_inputs_equal_sampling_inputs():
 
 def test_kv_cached_band_decoding_equals_full_recompute():
     gen = nfig_generator()
-    s = gen.schedule
-    tokens = torch.randint(0, 32, (3, s.seq_len))
-    labels = torch.tensor([0, 2, 3])
-    with torch.no_grad():
-        full = gen.head.logits(gen.features(tokens, labels))
-        cache = gen.backbone.new_cache(3, s.seq_len, torch.float32, "cpu")
-        units, cached = s.split_units(tokens), []
-        for k in range(s.num_units):
-            cached.append(gen.head.logits(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache)))
-    torch.testing.assert_close(torch.cat(cached, 1), full, atol=1e-4, rtol=0)
+    tokens = torch.randint(0, 32, (3, gen.schedule.seq_len))
+    assert_cached_equals_full(gen, tokens, torch.tensor([0, 2, 3]), read=gen.head.logits, rtol=0)
 
 
 def test_bad_settings_are_clear_errors():

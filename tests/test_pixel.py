@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
+from tests.test_engine import assert_cached_equals_full
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, build_dataset
@@ -111,15 +112,8 @@ def test_dmol_samples_follow_its_likelihood():
 @pytest.mark.parametrize("unit", ["subpixel", "pixel"])
 def test_kv_cached_decoding_equals_full_recompute(unit):
     gen = pixel_generator(unit)
-    s, labels = gen.schedule, torch.tensor([0, 2])
-    seq = s.to_sequence(torch.randint(0, 256, (2, 3, 4, 4)))
-    with torch.no_grad():
-        full = gen.features(seq, labels)
-        cache = gen.backbone.new_cache(2, s.seq_len, torch.float32, "cpu")
-        units, cached = s.split_units(seq), []
-        for k in range(s.num_units):
-            cached.append(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache))
-    torch.testing.assert_close(torch.cat(cached, 1), full, atol=1e-4, rtol=1e-4)
+    seq = gen.schedule.to_sequence(torch.randint(0, 256, (2, 3, 4, 4)))
+    assert_cached_equals_full(gen, seq, torch.tensor([0, 2]))
 
 
 def test_same_seed_same_images_at_any_batch_size_and_speculation():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_engine import assert_cached_equals_full
 from tests.test_tokenizers import TINY_KL
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset, collate
@@ -117,16 +118,7 @@ def test_frame_schedule_mask_positions_and_inputs():
 
 def test_kv_cached_frame_decoding_equals_full_recompute():
     gen = video_generator()
-    s = gen.schedule
-    seq = torch.randn(2, s.seq_len, 3)
-    labels = torch.tensor([0, 3])
-    with torch.no_grad():
-        full = gen.features(seq, labels)
-        cache = gen.backbone.new_cache(2, s.seq_len, torch.float32, "cpu")
-        units, cached = s.split_units(seq), []
-        for k in range(s.num_units):
-            cached.append(gen.decode_unit(k, s.next_input(units[:k]) if k else None, labels, cache))
-    torch.testing.assert_close(torch.cat(cached, 1), full, atol=1e-4, rtol=1e-4)
+    assert_cached_equals_full(gen, torch.randn(2, gen.schedule.seq_len, 3), torch.tensor([0, 3]))
 
 
 def test_context_noise_is_training_only():
