@@ -119,7 +119,7 @@ def test_pixel_bench_measures_both_units(tmp_path):
     repo = Path.cwd()
     out = subprocess.run(
         [sys.executable, str(repo / "bench/pixel.py"), "--tiny", "--sample-batches", "2", "--train-batches", "2",
-         "--train-steps", "1", "--name", "p"],
+         "--train-steps", "1", "--train-modes", "eager", "--name", "p"],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

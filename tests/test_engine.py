@@ -253,15 +253,17 @@ def test_prefix_cache_reads_equal_full_cache_reads():
         assert torch.equal(fast.sample_tokens(labels), full.sample_tokens(labels))
 
 
-@pytest.mark.parametrize("family", ["token", "var"])
+@pytest.mark.parametrize("family", ["token", "var", "pixel"])
 def test_blocks_compile_without_graph_breaks(family):
-    """Regional compile traces every block whole (fullgraph) in training and in decoding; the eager backend checks
-    the tracing on the CPU, the GPU bench measures the inductor kernels."""
+    """Regional compile traces every block whole (fullgraph) in training and in decoding (the pixel family's 3-axis
+    RoPE included); the eager backend checks the tracing on the CPU, the GPU bench measures the inductor kernels."""
+    from tests.test_pixel import pixel_generator
     from tests.test_scale import var_generator
 
-    gen = tiny_generator() if family == "token" else var_generator()
+    gen = {"token": tiny_generator, "var": var_generator, "pixel": lambda: pixel_generator("pixel")}[family]()
     gen.backbone.compile_blocks(backend="eager")
-    tokens = gen.tokenizer.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
+    size = gen.config.image_size
+    tokens = gen.tokenizer.encode(torch.rand(2, 3, size, size) * 2 - 1)
     gen.loss(tokens, torch.tensor([0, 1])).backward()
     sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0))
     assert sampler.sample_tokens([0, 1]).shape[0] == 2

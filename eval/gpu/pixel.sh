@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # How results/cifar10-pixel-ar.json and results/bench-pixel.json are made (the pixel family on one GPU):
-#   STEP=train: generators/cifar10-pixel-ar.yaml for MIN minutes (a device call is at most 10 minutes: run it twice
-#               with MIN=9.5; the second run resumes exactly from the first one's checkpoint);
+#   STEP=train: generators/cifar10-pixel-ar.yaml for MIN minutes (a device call is at most 10 minutes and a run's
+#               start, compile, final validation and saving take over a minute of it (MIN=9 ran past 10): run it
+#               twice with MIN=8; the second run resumes exactly from the checkpoint the first one writes at its limit);
 #   STEP=eval:  test bits/dim (eval/bpd.py, conditional and through the null class), a grid, FD/IS + the memorisation
 #               report of NUM_FD samples at guidance 2, the result file; then bench/pixel.py.
 # EXTRA: overrides for training; RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=2 train.batch_size=4 train.time_limit_minutes=0 model.backbone.n_layer=1 model.backbone.d_model=32
 # model.backbone.n_head=2" NUM_FD=8 BENCH="--tiny").
-# Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/pixel.sh; (again;) then STEP=eval
+# Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/pixel.sh; (again, at once: a machine that goes
+# back loses runs/;) then STEP=eval
 set -euo pipefail
 export TQDM_MININTERVAL=30
-MIN=${MIN:-9.5} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
+MIN=${MIN:-8} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
 RUN=runs/cifar10-pixel-ar
 if [ "$STEP" = train ]; then
   python train.py generator --recipe generators/cifar10-pixel-ar.yaml data.path=$DATA/train val.path=$DATA/test \
