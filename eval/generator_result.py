@@ -5,7 +5,9 @@
 
 Training figures come from the run folder (``final/metrics.json``: steps, seconds, images/s, final validation;
 ``metrics.jsonl``: last logged train loss, validation loss (and bits/dim) by step), sampling speed and the grid from a ``sample.py``
-output folder (``settings.json``, ``grid.png``), FD/IS/KID/PR from ``eval/fid.py --report`` (more reports: a guidance sweep, kept beside the headline). Nothing is computed
+output folder (``settings.json``, ``grid.png``, a video model's first GIF), FD/IS/KID/PR from ``eval/fid.py --report``
+(more reports: a guidance sweep, kept beside the headline), or a video model's figures from ``eval/fvd.py --report``
+(the first report's metrics as they are, a later one's with its clip length appended: ``dynamics_error_32f``). Nothing is computed
 here; a missing file is an error, not a gap in the result.
 """
 
@@ -68,25 +70,41 @@ def fd_metrics(report: Path) -> dict:
     return out
 
 
+def video_metrics(reports: list[str]) -> dict:
+    out = {}
+    for i, path in enumerate(reports):
+        r = json.loads(Path(path).read_text())
+        m = r["metrics"]
+        suffix = "" if i == 0 else f"_{m['frames']}f"
+        out.update({f"{k}{suffix}": v for k, v in m.items()})
+        if i == 0:
+            out["video_sampling"] = r.get("sampling")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the training run folder (with final/ and metrics.jsonl)")
     p.add_argument("--samples", required=True, help="a sample.py output folder (settings.json, grid.png)")
     p.add_argument(
         "--fd-report",
-        required=True,
         nargs="+",
+        default=[],
         help="JSON(s) written by eval/fid.py --report: the first is the headline, the rest a guidance sweep",
     )
+    p.add_argument("--video-report", nargs="+", default=[], help="JSON(s) written by eval/fvd.py --report (video)")
     p.add_argument("--bpd-report", help="a result written by eval/bpd.py --name (pixel models)")
     p.add_argument("--name", required=True)
     p.add_argument("--command", help="the command(s) that made the run (default: this command line)")
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
     run, samples = Path(args.run), Path(args.samples)
+    if not args.fd_report and not args.video_report:
+        p.error("give --fd-report (images) or --video-report (video)")
     try:
         fd = [fd_metrics(Path(r)) for r in args.fd_report]
-        metrics = {**training_metrics(run), **sampling_metrics(samples), **fd[0]}
+        metrics = {**training_metrics(run), **sampling_metrics(samples), **(fd[0] if fd else {})}
+        metrics.update(video_metrics(args.video_report))
         if len(fd) > 1:
             metrics["fd_sweep"] = fd
         if args.bpd_report:
@@ -98,6 +116,9 @@ def main(argv=None) -> int:
     write_result(out / f"{args.name}.json", args.name, metrics, command=args.command)
     if (samples / "grid.png").is_file():
         shutil.copyfile(samples / "grid.png", out / f"{args.name}.png")
+    gifs = sorted((samples / "clips").glob("*.gif")) if (samples / "clips").is_dir() else []
+    if gifs:
+        shutil.copyfile(gifs[0], out / f"{args.name}.gif")
     print(json.dumps(metrics, indent=2, default=str))
     return 0
 

@@ -126,3 +126,17 @@ def test_pixel_bench_measures_both_units(tmp_path):
     m = json.loads((tmp_path / "results" / "p.json").read_text())["metrics"]
     for unit in ("subpixel", "pixel"):
         assert m[f"sample_{unit}_b2_images_per_s"] > 0 and m[f"train_{unit}_b2_subpixels_per_s"] > 0
+
+
+def test_video_bench_measures_the_cache_against_recomputing(tmp_path):
+    repo = Path.cwd()
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench/video.py"), "--tiny", "--sample-batches", "2", "--train-batches", "2",
+         "--train-steps", "1", "--repeats", "1", "--name", "v"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads((tmp_path / "results" / "v.json").read_text())["metrics"]
+    for mode in ("cached", "eager", "recompute"):
+        assert m[f"sample_{mode}_b2_clips_per_s"] > 0
+    assert m["cache_speedup_b2"] > 0 and m["train_b2_tokens_per_s"] > 0

@@ -261,3 +261,16 @@ def test_sampler_draws_clips_seeded_per_sample():
     b = Sampler(gen, SamplingConfig(cfg_scale=2.0, batch_size=3, seed=2)).sample_images(labels)
     assert a.shape == (3, 3, 3, 16, 16)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_frames_drawn_without_a_cache_across_frames_equal_the_cached_sampler():
+    """``Sampler.sample_prefix`` (bench/video.py's recompute baseline): frame t through a fresh cache after the
+    frames before it gives the cached sampler's clip, frame for frame."""
+    gen = video_generator(frames=3)
+    sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=4))
+    labels, ids = torch.tensor([0, 3]), torch.tensor([5, 9])
+    cached = gen.schedule.split_units(gen.schedule.to_sequence(sampler.sample_tokens(labels, ids)))
+    units: list = []
+    for t in range(3):
+        units = sampler.sample_prefix(labels, t + 1, ids, given=units or None)
+        torch.testing.assert_close(units[t], cached[t], atol=1e-5, rtol=1e-5)

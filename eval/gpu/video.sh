@@ -3,8 +3,10 @@
 #   STEP=tokenizer: Moving Fashion-MNIST written from $FMNIST (10k / 1k clips), then the frame tokenizer
 #                   (tokenizers/moving-fmnist-kl.yaml) for TOK_MIN minutes;
 #   STEP=generator: the FAR-style generator (generators/moving-fmnist-far.yaml) for GEN_MIN minutes;
-#   STEP=eval:      NUM clips sampled (a GIF and grid), their dynamics score against the real and shuffled clips, and
-#                   the clips predicted from 4 context frames.
+#   STEP=eval:      a GIF and grid; NUM clips scored by eval/fvd.py at 16 frames (fd_fmnistcls_frames, fvd_mfmnistvid,
+#                   copies, dynamics against real and shuffled test clips) and at 32 (the window slides: per-frame FD
+#                   and dynamics); results/moving-fmnist-video.json + .gif; clips predicted from 4 context frames;
+#                   bench/video.py (results/bench-video.json).
 # EXTRA: overrides for both trainings; RESULTS: where results go.
 # Usage: FMNIST=$VISGEN_DATA/fashion-mnist OUT=/tmp/out STEP=tokenizer bash eval/gpu/video.sh; then generator, eval
 set -euo pipefail
@@ -23,12 +25,21 @@ if [ "$STEP" = generator ]; then
 fi
 if [ "$STEP" = eval ]; then
   RUN=runs/moving-fmnist-far
-  python sample.py --checkpoint $RUN/final --num-images $NUM --npz --grid-max 16 --out $RUN/samples > $OUT/sample.log 2>&1
+  CMD="FMNIST=... bash eval/gpu/video.sh with STEP=tokenizer, generator, eval (TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN NUM=$NUM)"
+  python sample.py --checkpoint $RUN/final --num-images 64 --npz --grid-max 16 --out $RUN/samples > $OUT/sample.log 2>&1
   S=$(ls -d $RUN/samples/*/ | head -1)
-  python eval/dynamics.py --input $S/samples.npz --ref $DATA --name moving-fmnist-video-dynamics \
-    --results-dir $RUN > $OUT/dynamics.log 2>&1
+  # 16 frames (the training length) against the training clips, copies against the test clips' floor, dynamics
+  python eval/fvd.py --input $RUN/final --ref $DATA --num-samples $NUM --dynamics --report $RUN/fvd-16.json \
+    > $OUT/fvd-16.log 2>&1
+  # 32 frames (twice the training length, the window slides): per-frame FD and dynamics against 32-frame test clips
+  python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA-32 --train 0 --test 1000 --frames 32 \
+    > $OUT/make-data-32.log 2>&1
+  python eval/fvd.py --input $RUN/final --ref $DATA-32 --ref-split test --frames 32 --num-samples $NUM \
+    --video-extractor none --dynamics --report $RUN/fvd-32.json > $OUT/fvd-32.log 2>&1
+  python eval/generator_result.py --run $RUN --samples $S --video-report $RUN/fvd-16.json $RUN/fvd-32.json \
+    --name moving-fmnist-video --results-dir $RESULTS --command "$CMD" > /dev/null
   python sample.py --checkpoint $RUN/final --num-images 16 --context $DATA --context-frames 4 --out $RUN/predicted \
     > $OUT/predict.log 2>&1
-  cp $S/clips/000000.gif $RESULTS/moving-fmnist-video.gif
   cp $S/grid.png $OUT/grid.png
+  python bench/video.py --name bench-video ${BENCH:-} > $OUT/bench-video.log 2>&1
 fi

@@ -1,5 +1,6 @@
-"""``visgen``: the installed command. ``visgen train|sample|fid|recon|bpd ...`` take the options of ``train.py``,
-``sample.py``, ``eval/fid.py``, ``eval/tokenizer_recon.py`` and ``eval/bpd.py`` (thin wrappers over the same modules), from any
+"""``visgen``: the installed command. ``visgen train|sample|fid|recon|bpd|fvd|dynamics ...`` take the options of
+``train.py``, ``sample.py``, ``eval/fid.py``, ``eval/tokenizer_recon.py``, ``eval/bpd.py``, ``eval/fvd.py`` and
+``eval/dynamics.py`` (thin wrappers over the same modules), from any
 folder; ``visgen COMMAND --help`` lists them."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ COMMANDS = {
     "fid": ("visgen.cli.fid", "FD / IS / KID / precision-recall and the memorisation report"),
     "recon": ("visgen.cli.recon", "a tokenizer's reconstruction quality (PSNR, SSIM, usage, rFD)"),
     "bpd": ("visgen.cli.bpd", "bits per dimension of a pixel-level generator on a data set"),
+    "fvd": ("visgen.cli.fvd", "video FD per frame and per clip (offline, or FVD on I3D), copies, dynamics score"),
+    "dynamics": ("visgen.cli.dynamics", "the dynamics score of Moving Fashion-MNIST clips against its floor"),
     "push": ("visgen.hub", "upload a saved model folder to the Hugging Face Hub"),
     "demo": ("visgen.demo", 'a demo page in the browser (Gradio: pip install "visgen[demo]")'),
 }

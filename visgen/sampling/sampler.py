@@ -262,7 +262,7 @@ class Sampler:
                 inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
             drawn = self._step(st, k, inputs)
             units.append(given[k].to(drawn.dtype) if given is not None and k < len(given) else drawn)
-        return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else None
+        return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else units
 
     def _warm_up(self, st: _BatchState):
         """Run units in order until every kind of unit (``warm_up_units``) has run once outside a graph, so compiles,
@@ -353,6 +353,24 @@ class Sampler:
                     )
                 )
         return torch.cat(out)
+
+    @torch.no_grad()
+    def sample_prefix(self, labels, units: int, sample_ids=None, given=None) -> list[torch.Tensor]:
+        """The first ``units`` units (a list of (N, n, ...) in generation order) through a fresh cache, eagerly: the
+        ``given`` ones as they are, the rest drawn with the noise ``sample_tokens`` gives them, so a prefix drawn
+        after given units that ``sample_tokens`` drew equals its units (what a sampler without a cache across units
+        would compute; ``bench/video.py`` times it)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
+        m, B = self.model, len(labels)
+        st = _BatchState(m, B, self.guided, self.dtype, self.device)
+        st.labels[:B].copy_(labels.to(self.device))
+        if st.guided:
+            st.labels[B:].fill_(m.null_class)
+        st.ids.copy_(ids.to(self.device))
+        st.noise.key.copy_(CounterNoise(self.cfg.seed, ids.to(self.device)).key)
+        with torch.autocast(self.device.type, enabled=False):
+            return self._loop(st, stop=units, given=given)
 
     def given_units(self, context: torch.Tensor, units: int) -> list[torch.Tensor]:
         """The first ``units`` units of ``context`` (images (N, C, H, W), or clips (N, T, C, H, W) for a video model,
