@@ -72,12 +72,15 @@ def data_clips(path: str, split: str, frames: int, size: int | None, channels: i
 
 def generated(args, device: str) -> tuple[torch.Tensor, dict]:
     path = Path(args.input)
-    if path.suffix == ".npz":
+    if path.suffix == ".npz" and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as f:
-                clips = torch.from_numpy(f["arr_0"])
-        except (OSError, KeyError, ValueError) as e:
+                clips = torch.from_numpy(f["arr_0"]) if "arr_0" in f.files else None
+        except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: not an .npz of clips (arr_0: uint8 N x T x H x W x C): {e}") from e
+        if clips is None:  # not sample.py's: video data (Moving Fashion-MNIST's ``clips``, or a frame array)
+            clips = data_clips(str(path), args.input_split, args.frames or 16, args.size, 1, args.num_samples)
+            return clips, {"source": "data"}
         if clips.dtype != torch.uint8 or clips.dim() != 5:
             raise ConfigError(f"{path}: arr_0 must be uint8 N x T x H x W x C, got {clips.dtype} {tuple(clips.shape)}")
         return clips[: args.num_samples], {"source": "npz"}

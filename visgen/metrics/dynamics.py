@@ -13,7 +13,6 @@ above (a ceiling); a model's clips land between.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def track(clip: torch.Tensor, item: int = 28, reach: int = 6) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -22,22 +21,20 @@ def track(clip: torch.Tensor, item: int = 28, reach: int = 6) -> tuple[torch.Ten
     pixels above a tenth of its peak (so the box cannot slide over the item's dark border)."""
     x = clip.float()[:, None]
     T = x.shape[0]
-    mass = F.conv2d(x[:1], torch.ones(1, 1, item, item))[0, 0]
+    mass = x[0, 0].unfold(0, item, 1).unfold(1, item, 1).sum((-2, -1))  # every item x item window's brightness
     r, c = divmod(int(mass.argmax()), mass.shape[1])
     win = x[0, 0, r : r + item, c : c + item]
     rows, cols = (win > 0.1 * win.max()).any(1).nonzero(), (win > 0.1 * win.max()).any(0).nonzero()
     r, c = r + int(rows.min()), c + int(cols.min())
     h, w = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
-    ones = torch.ones(1, 1, h, w)
     pos = torch.tensor([r, c])
     out = [pos]
     for t in range(1, T):
         window = x[t - 1, :, pos[0] : pos[0] + h, pos[1] : pos[1] + w][None]
-        frame = x[t : t + 1]
-        # sum of squared differences at every placement: |f|^2 - 2 f.w + |w|^2
-        ssd = F.conv2d(frame.pow(2), ones)[0, 0] - 2 * F.conv2d(frame, window)[0, 0] + window.pow(2).sum()
         r0, c0 = max(0, int(pos[0]) - reach), max(0, int(pos[1]) - reach)
-        near = ssd[r0 : pos[0] + reach + 1, c0 : pos[1] + reach + 1]
+        frame = x[t, 0, r0 : int(pos[0]) + reach + h, c0 : int(pos[1]) + reach + w]  # the reachable region
+        # sum of squared differences at every reachable placement (patches as views: no large-kernel convolution)
+        near = (frame.unfold(0, h, 1).unfold(1, w, 1) - window[0, 0]).pow(2).sum((-2, -1))
         dr, dc = divmod(int(near.argmin()), near.shape[1])
         pos = torch.tensor([r0 + dr, c0 + dc])
         out.append(pos)
