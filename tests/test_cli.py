@@ -18,7 +18,7 @@ def visgen(*args, cwd):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "fid", "recon"])
+@pytest.mark.parametrize("command", ["train", "sample", "fid", "recon", "bpd", "fvd", "dynamics"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
