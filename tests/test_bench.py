@@ -9,17 +9,22 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
-def test_bench_runs_and_writes_its_result(script, tmp_path):
+def run_bench(tmp_path, script: str, *args: str, name: str) -> dict:
+    """``script`` run from ``tmp_path`` with ``args`` and ``--name name``: it must succeed; its result's metrics."""
     repo = Path.cwd()
-    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager",
-                                                             "--families", "var", "nfig"]  # fmt: skip
     out = subprocess.run(
-        [sys.executable, str(repo / script), "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes,
-         "--name", "b"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+        [sys.executable, str(repo / script), *args, "--name", name],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "b.json").read_text())["metrics"]
+    return json.loads((tmp_path / "results" / f"{name}.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
+def test_bench_runs_and_writes_its_result(script, tmp_path):
+    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager",
+                                                             "--families", "var", "nfig"]  # fmt: skip
+    m = run_bench(tmp_path, script, "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes, name="b")
     assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
     if "var" in script:  # NFIG beside VAR in the same run
         assert m["nfig_train_eager_b4_tokens_per_s"] > 0 and m["nfig_tokens_per_image"] < m["tokens_per_image"]
@@ -48,26 +53,15 @@ def test_profile_prints_the_split_and_the_top_operators(tmp_path):
 
 
 def test_decode_bench_measures_each_layout(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/decode.py"), "--tiny", "--batch", "2", "--modes", "nchw", "nhwc",
-         "nhwc_native_gn", "--repeats", "1", "--name", "d"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "d.json").read_text())["metrics"]
+    m = run_bench(tmp_path, "bench/decode.py", "--tiny", "--batch", "2", "--modes", "nchw", "nhwc", "nhwc_native_gn",
+                  "--repeats", "1", name="d")  # fmt: skip
     assert all(m[f"{mode}_images_per_s"] > 0 for mode in ("nchw", "nhwc", "nhwc_native_gn"))
 
 
 def test_attention_bench_times_each_variant(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/attention.py"), "--tiny", "--batches", "2", "--kv-lens", "40",
-         "--iters", "1", "--name", "a"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "a.json").read_text())["metrics"]
+    m = run_bench(
+        tmp_path, "bench/attention.py", "--tiny", "--batches", "2", "--kv-lens", "40", "--iters", "1", name="a"
+    )
     assert m["b2_kv40_matmul_us"] > 0 and m["b2_kv40_sdpa_flash_exact_us"] > 0
 
 
@@ -92,51 +86,27 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
 
 
 def test_memorisation_bench_times_both_searches(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/memorisation.py"), "--samples", "20", "--reference", "300", "--name", "m"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "m.json").read_text())["metrics"]
+    m = run_bench(tmp_path, "bench/memorisation.py", "--samples", "20", "--reference", "300", name="m")
     assert m["pixel_20x300_s"] > 0 and m["feature_20x300_s"] > 0
 
 
 def test_speculative_bench_measures_each_method(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/speculative.py"), "--tiny", "--sample-batches", "2", "--images", "2",
-         "--gamma", "2", "--cspd-gamma", "2", "--name", "s"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "s.json").read_text())["metrics"]
+    m = run_bench(tmp_path, "bench/speculative.py", "--tiny", "--sample-batches", "2", "--images", "2", "--gamma", "2",
+                  "--cspd-gamma", "2", name="s")  # fmt: skip
     for method in ("draft", "jacobi", "cspd", "cspd_reference"):
         assert m[f"speedup_{method}_b2"] > 0 and 0 <= m[f"acceptance_{method}"] <= 1
 
 
 def test_pixel_bench_measures_both_units(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/pixel.py"), "--tiny", "--sample-batches", "2", "--train-batches", "2",
-         "--train-steps", "1", "--train-modes", "eager", "--name", "p"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "p.json").read_text())["metrics"]
+    m = run_bench(tmp_path, "bench/pixel.py", "--tiny", "--sample-batches", "2", "--train-batches", "2", "--train-steps",
+                  "1", "--train-modes", "eager", name="p")  # fmt: skip
     for unit in ("subpixel", "pixel"):
         assert m[f"sample_{unit}_b2_images_per_s"] > 0 and m[f"train_{unit}_b2_subpixels_per_s"] > 0
 
 
 def test_video_bench_measures_the_cache_against_recomputing(tmp_path):
-    repo = Path.cwd()
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench/video.py"), "--tiny", "--sample-batches", "2", "--train-batches", "2",
-         "--train-steps", "1", "--repeats", "1", "--name", "v"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "results" / "v.json").read_text())["metrics"]
+    m = run_bench(tmp_path, "bench/video.py", "--tiny", "--sample-batches", "2", "--train-batches", "2", "--train-steps",
+                  "1", "--repeats", "1", name="v")  # fmt: skip
     for mode in ("cached", "eager", "recompute"):
         assert m[f"sample_{mode}_b2_clips_per_s"] > 0
     assert m["cache_speedup_b2"] > 0 and m["train_b2_tokens_per_s"] > 0

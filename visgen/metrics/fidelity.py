@@ -161,6 +161,16 @@ def load_stats(path: str | Path) -> tuple[dict[str, np.ndarray], torch.Tensor | 
 # ---- feature extraction -------------------------------------------------------------------------------------------
 
 
+def weights_digest(path: str | Path) -> str:
+    """16 hex digits of SHA-256 over a weights file, or over a model folder's safetensors: what a statistics
+    cache key holds of an extractor."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else [Path(path)]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Extractor:
     """A feature extractor: its torch-fidelity name, weights, and the prefix its metrics are reported under."""
@@ -179,13 +189,7 @@ class Extractor:
 
     def weights_hash(self) -> str:
         path = self.resolved_weights()
-        if path is None:
-            return "torch-fidelity-default"
-        files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else [Path(path)]
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.read_bytes())
-        return h.hexdigest()[:16]
+        return "torch-fidelity-default" if path is None else weights_digest(path)
 
     def resolved_weights(self) -> str | None:
         if self.weights:

@@ -15,7 +15,6 @@ image harness's (``visgen.metrics.fidelity``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visgen.checkpoint import CheckpointError, PretrainedMixin, register_model
+from visgen.metrics.fidelity import weights_digest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VIDEO_CLASSIFIER_ASSETS = {"mfmnistvid": "moving-fmnist-video-classifier"}
@@ -167,12 +167,7 @@ class VideoExtractor:
         return path
 
     def weights_hash(self) -> str:
-        path = self.resolved_weights()
-        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f.read_bytes())
-        return h.hexdigest()[:16]
+        return weights_digest(self.resolved_weights())
 
     def build(self, device: str):
         path = self.resolved_weights()

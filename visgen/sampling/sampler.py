@@ -275,6 +275,16 @@ class Sampler:
             self._loop(st, stop=warm_up_units(self.model.schedule.unit_sizes, self.reads))
         torch.cuda.current_stream().wait_stream(side)
 
+    def _start(self, st: _BatchState, labels: torch.Tensor, ids: torch.Tensor, round_: int = 0):
+        """A batch's labels (the null class in the guided half) and noise keys into its state."""
+        B = len(labels)
+        st.labels[:B].copy_(labels)
+        if st.guided:
+            st.labels[B:].fill_(self.model.null_class)
+        st.ids.copy_(ids)
+        # round_ > 0: a video's later windows (``sample_video``), each with noise of its own
+        st.noise.key.copy_(CounterNoise(self.cfg.seed + 1_000_003 * round_, ids).key)
+
     @torch.no_grad()
     def _sample_batch(self, labels: torch.Tensor, ids: torch.Tensor, given=None, round_: int = 0) -> torch.Tensor:
         if self.speculative is not None:
@@ -283,12 +293,7 @@ class Sampler:
         st = self._states.get(B)
         if st is None:
             st = self._states[B] = _BatchState(m, B, self.guided, self.dtype, self.device)
-        st.labels[:B].copy_(labels)
-        if st.guided:
-            st.labels[B:].fill_(m.null_class)
-        st.ids.copy_(ids)
-        # round_ > 0: a video's later windows (``sample_video``), each with noise of its own
-        st.noise.key.copy_(CounterNoise(self.cfg.seed + 1_000_003 * round_, ids).key)
+        self._start(st, labels, ids, round_)
         if not self.use_graph or given is not None:  # a given prefix runs eagerly (its length would fix a graph)
             return self._loop(st, given=given)
         if st.graph is None:
@@ -362,13 +367,8 @@ class Sampler:
         would compute; ``bench/video.py`` times it)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
-        m, B = self.model, len(labels)
-        st = _BatchState(m, B, self.guided, self.dtype, self.device)
-        st.labels[:B].copy_(labels.to(self.device))
-        if st.guided:
-            st.labels[B:].fill_(m.null_class)
-        st.ids.copy_(ids.to(self.device))
-        st.noise.key.copy_(CounterNoise(self.cfg.seed, ids.to(self.device)).key)
+        st = _BatchState(self.model, len(labels), self.guided, self.dtype, self.device)  # a fresh cache
+        self._start(st, labels.to(self.device), ids.to(self.device))
         with torch.autocast(self.device.type, enabled=False):
             return self._loop(st, stop=units, given=given)
 
