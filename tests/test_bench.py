@@ -110,3 +110,11 @@ def test_video_bench_measures_the_cache_against_recomputing(tmp_path):
     for mode in ("cached", "eager", "recompute"):
         assert m[f"sample_{mode}_b2_clips_per_s"] > 0
     assert m["cache_speedup_b2"] > 0 and m["train_b2_tokens_per_s"] > 0
+
+
+def test_multigpu_bench_scales_one_to_two_processes(tmp_path):
+    """On the CPU through gloo: both launches run the trainer and the efficiency is their ratio."""
+    m = run_bench(tmp_path, "bench/multigpu.py", "--tiny", "--cpu", "--train-batches", "4", "--steps", "2", name="m")
+    one, two = m["train_1proc_b4_tokens_per_s"], m["train_2proc_b4_tokens_per_s"]
+    assert one > 0 and two > 0 and m["ddp_scaling_efficiency"] == pytest.approx(two / (2 * one))
+    assert "`Accelerate` version" in m["accelerate_env"]

@@ -9,6 +9,7 @@ weights, so a file damaged on disk is an error naming the file, not a model that
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -70,10 +71,10 @@ def check_finite(state: dict[str, torch.Tensor], where: str):
             raise CheckpointError(f"{where}: tensor {k!r} holds {bad} non-finite value(s) of {v.numel()}; refusing it")
 
 
-def _state_dict_for_save(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _state_dict_for_save(module: torch.nn.Module, state: dict | None = None) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage (tied weights) and non-contiguous views
     out, seen = {}, {}
-    for k, v in module.state_dict().items():
+    for k, v in (module.state_dict() if state is None else state).items():
         key = (v.data_ptr(), v.shape, v.dtype)
         if v.numel() and key in seen:
             continue
@@ -88,15 +89,17 @@ class PretrainedMixin:
     model_type: str
     config_class: type
 
-    def save_pretrained(self, directory: str | Path, ema_state: dict | None = None, dtype: torch.dtype | None = None):
+    def save_pretrained(self, directory: str | Path, ema_state: dict | None = None, dtype: torch.dtype | None = None,
+                        state: dict | None = None):  # fmt: skip
         """Write config, weights and, if given, EMA weights to ``directory``.
 
-        ``dtype`` stores floating-point weights in that type (fp16 halves the files; loading casts back).
+        ``dtype`` stores floating-point weights in that type (fp16 halves the files; loading casts back). ``state``
+        is the weights to write where the module's own are not whole (a sharded model's gathered state dict).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cast = lambda v: v.to(dtype) if dtype is not None and v.dtype.is_floating_point else v
-        sha = {WEIGHTS_NAME: save_tensors({k: cast(v) for k, v in _state_dict_for_save(self).items()},
+        sha = {WEIGHTS_NAME: save_tensors({k: cast(v) for k, v in _state_dict_for_save(self, state).items()},
                                           directory / WEIGHTS_NAME)}  # fmt: skip
         if ema_state is not None:
             sha[EMA_NAME] = save_tensors({k: cast(v.contiguous().cpu()) for k, v in ema_state.items()},
@@ -187,6 +190,10 @@ def read_config(directory: str | Path) -> dict:
     return meta
 
 
+# model types whose modules load_model imports only when a folder holds one (each costs its import)
+_REGISTERED_IN = {"classifier": "visgen.metrics.classifier", "video-classifier": "visgen.metrics.video"}
+
+
 def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):
     """Load any registered visgen model from its folder, or from the Hugging Face Hub by ``user/repo`` id."""
     import visgen.generator  # noqa: F401  (registers the model types)
@@ -195,6 +202,8 @@ def load_model(directory: str | Path, ema: bool = False, map_location: str = "cp
 
     directory = resolve(directory)
     meta = read_config(directory)
+    if meta["model_type"] in _REGISTERED_IN and meta["model_type"] not in MODEL_TYPES:
+        importlib.import_module(_REGISTERED_IN[meta["model_type"]])  # the metrics' models, imported when needed
     cls = MODEL_TYPES.get(meta["model_type"])
     if cls is None:
         raise CheckpointError(f"{directory}: unknown model type {meta['model_type']!r}; known: {sorted(MODEL_TYPES)}")

@@ -173,7 +173,7 @@ class Generator(PretrainedMixin, nn.Module):
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory, ema_state=None, dtype=None):
+    def save_pretrained(self, directory, ema_state=None, dtype=None, state=None):
         directory = Path(directory)
         ref = self.config.tokenizer
         if not ref.startswith("asset:") and pixel_tokenizer_ref(ref) is None:  # the pixel tokenizer has no folder
@@ -181,7 +181,7 @@ class Generator(PretrainedMixin, nn.Module):
             shutil.rmtree(tok_dir, ignore_errors=True)
             self.tokenizer.save_pretrained(tok_dir)
             self.config.tokenizer = "tokenizer"
-        super().save_pretrained(directory, ema_state=ema_state, dtype=dtype)
+        super().save_pretrained(directory, ema_state=ema_state, dtype=dtype, state=state)
 
     @classmethod
     def from_config(cls, meta: dict, directory=None):

@@ -33,6 +33,14 @@ class EMA:
         for k in self.shadow:
             self.shadow[k].copy_(state[k])
 
+    @torch.no_grad()
+    def capture(self, model: nn.Module):
+        """Take the model's current parameters as the shadow (how a sharded model's EMA is restored: its full EMA
+        weights are loaded into the model, which shards them, and read back from there)."""
+        params = dict(model.named_parameters())
+        for k, v in self.shadow.items():
+            v.copy_(params[k])
+
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict with EMA parameters: what ``ema.safetensors`` holds."""
         state = {k: v.detach() for k, v in model.state_dict().items()}

@@ -40,6 +40,7 @@ from visgen.config import ConfigError, check, finite
 from visgen.data import DataError, batch_size_of, collate
 from visgen.model_card import write_card
 from visgen.results import check_writable
+from visgen.train import sharding
 from visgen.train.ema import EMA
 
 
@@ -264,6 +265,11 @@ class _Undo:
             torch._foreach_copy_(self._tensors(), self.copies)
 
 
+def _model_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The generator's (or tokenizer's) entries of a task's state dict: a task holds its model as ``model``."""
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+
+
 def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     """One device boolean: every value of every tensor is finite (max |x| per tensor, NaN propagating)."""
     return torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all()
@@ -282,12 +288,11 @@ class Trainer:
         self.trackers = resolve_trackers(cfg.log_with)
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp],
                                log_with=self.trackers or None, project_dir=str(self.out / "trackers"))  # fmt: skip
-        if self.acc.distributed_type == DistributedType.FSDP:
-            # checkpoints read the unwrapped model's state dict and one optimizer state: under FSDP those are shards,
-            # and a run would save checkpoints that do not load; refused until they gather (issue 17)
+        if self.acc.distributed_type == DistributedType.FSDP and not self.acc.state.fsdp_plugin.use_orig_params:
+            # the step guard, the EMA and the checkpoints read the model's parameters by name
             raise ConfigError(
-                "training under FSDP is not supported yet (its checkpoints would hold shards); use data parallel: "
-                "accelerate launch --config_file configs/accelerate/ddp-2gpu.yaml ..."
+                "FSDP training needs fsdp_use_orig_params: true in the accelerate config "
+                "(configs/accelerate/fsdp-2gpu.yaml has it)"
             )
         if self.acc.is_main_process:
             self._check_writable()
@@ -347,12 +352,15 @@ class Trainer:
         acc, final = self.acc, self.out / "checkpoints" / f"step-{self.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
         task = acc.unwrap_model(self.model)
-        floats = [v for v in task.state_dict().values() if v.is_floating_point()]
-        if floats and not bool(_all_finite(floats)):  # every process decides alike (the weights are replicated)
+        state = sharding.full_state_dict(self.model, task)  # whole on the main process (on all without FSDP)
+        if not self._finite_everywhere(task):  # every process decides alike
+            reason = f"the weights of step {self.step} are not finite"
             try:
-                check_finite(task.state_dict(), f"step {self.step}")  # names the tensor
+                check_finite(state, f"step {self.step}")  # names the tensor where this process holds it
             except CheckpointError as e:
-                raise NonFiniteLossError(f"{e}: no checkpoint written at step {self.step}; {self._where_good()}") from e
+                reason = str(e)
+            raise NonFiniteLossError(f"{reason}: no checkpoint written at step {self.step}; {self._where_good()}")
+        ema, opt_state = self._ema_state(task), sharding.optimizer_state(self.model, task, self.opt.optimizer)
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -361,11 +369,9 @@ class Trainer:
             _save_rng(tmp / f"rng-{acc.process_index}.safetensors")
             acc.wait_for_everyone()
             if acc.is_main_process:
-                ema = self.ema.full_state_dict(task.model) if self.ema else None
-                task.model.save_pretrained(tmp / "model", ema_state=ema)
-                state = {k: v.detach().contiguous().cpu() for k, v in task.state_dict().items()}
+                task.model.save_pretrained(tmp / "model", ema_state=ema, state=_model_part(state))
                 save_tensors(state, tmp / "task.safetensors")
-                torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+                torch.save(opt_state, tmp / "optimizer.pt")
                 if acc.scaler is not None:
                     torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
                 files = sorted(p.name for p in tmp.iterdir() if p.is_file())
@@ -394,6 +400,21 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def _finite_everywhere(self, task: nn.Module) -> bool:
+        """Every weight and floating-point buffer is finite on every process (a sharded model's in every shard)."""
+        floats = [t for t in [*task.parameters(), *task.buffers()] if t.is_floating_point() and t.numel()]
+        bad = ~_all_finite(floats) if floats else torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        return self.acc.reduce(bad.float().reshape(1), reduction="sum").item() == 0
+
+    def _ema_state(self, task: nn.Module) -> dict | None:
+        """The generator's state dict with EMA parameters, whole (on the main process under FSDP)."""
+        if not self.ema:
+            return None
+        if not sharding.is_sharded(self.model):
+            return self.ema.full_state_dict(task.model)
+        with self.ema.applied_to(task.model):  # each process puts its shard of the EMA in; the gather joins them
+            return _model_part(sharding.full_state_dict(self.model, task))
+
     @property
     def _load_device(self) -> str:
         d = self.acc.device  # safetensors takes "cpu" or "cuda:N", not the "cpu:0" of a multi-process CPU run
@@ -415,12 +436,24 @@ class Trainer:
                 "the data order will differ from an uninterrupted run"
             )
         task = self.acc.unwrap_model(self.model)
-        weights = load_file(str(path / "task.safetensors"), device=self._load_device)
+        sharded = sharding.is_sharded(self.model)
+        device = "cpu" if sharded else self._load_device  # FSDP shards from full CPU tensors
+        weights = load_file(str(path / "task.safetensors"), device=device)
         check_finite(weights, f"checkpoint {path}")
-        task.load_state_dict(weights)
         if self.ema:
-            self.ema.load_state_dict(load_file(str(path / "model" / "ema.safetensors"), device=self._load_device))
-        self.opt.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            ema = load_file(str(path / "model" / "ema.safetensors"), device=device)
+            if sharded:  # the model shards the EMA weights; each process reads its shard back
+                with_ema = {**weights, **{f"model.{k}": v for k, v in ema.items()}}
+                sharding.load_full_state_dict(self.model, task, with_ema)
+                self.ema.capture(task.model)
+            else:
+                self.ema.load_state_dict(ema)
+        sharding.load_full_state_dict(self.model, task, weights)
+        opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        try:
+            sharding.load_optimizer_state(self.model, task, self.opt.optimizer, opt_state)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from e
         if self.acc.scaler is not None and (path / "scaler.pt").is_file():
             self.acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
         rng = path / f"rng-{self.acc.process_index}.safetensors"
@@ -446,9 +479,12 @@ class Trainer:
             if batch_size_of(batch):
                 yield {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    @contextlib.contextmanager
     def _ema_weights(self):
+        """The generator with EMA weights where kept, whole under FSDP, for validation and previews."""
         task = self.acc.unwrap_model(self.model)
-        return self.ema.applied_to(task.model) if self.ema else contextlib.nullcontext(task.model)
+        with self.ema.applied_to(task.model) if self.ema else contextlib.nullcontext(), sharding.gathered(self.model):
+            yield task.model
 
     def validate(self) -> dict[str, float]:
         task = self.acc.unwrap_model(self.model)
@@ -688,13 +724,14 @@ class Trainer:
     def export(self, metrics: dict, throughput: float | None, seconds: float):
         """Write the trained model (EMA weights as ``ema.safetensors``) and its final metrics to ``out_dir/final``,
         atomically: a ``final/`` folder is always complete."""
+        task = self.acc.unwrap_model(self.model)
+        state, ema = sharding.full_state_dict(self.model, task), self._ema_state(task)  # every process: FSDP gathers
         if self.acc.is_main_process:
             final = self.out / "final"
             tmp, old = final.with_name("final.tmp"), final.with_name("final.old")
-            task = self.acc.unwrap_model(self.model)
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
-                task.model.save_pretrained(tmp, ema_state=self.ema.full_state_dict(task.model) if self.ema else None)
+                task.model.save_pretrained(tmp, ema_state=ema, state=_model_part(state))
                 summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
                            "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
                 (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
