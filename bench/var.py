@@ -9,8 +9,9 @@ Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batc
 activation checkpointing.
 
 ``--families var nfig`` adds NFIG in the same run: the same backbone over the next-frequency schedule of a
-frequency-band tokenizer of the same autoencoder and codebook, its 16 x 16 latent cut at ``NFIG_EDGES`` (grids by
-the Nyquist rule: 1, 2, 4, 8, 12, 16 = 485 tokens against VAR's 680); its figures carry the prefix ``nfig_``.
+frequency-band tokenizer of the same autoencoder and codebook, its 16 x 16 latent cut at ``NFIG_EDGES`` with the
+recipe's DFT resampling and exact grids (1, 3, 5, 9, 13, 16 = 541 tokens against VAR's 680); its figures carry the
+prefix ``nfig_``.
 
     python bench/var.py [--name bench-var] [--families var nfig]   # a GPU; on a CPU use --tiny to check it runs
 """
@@ -28,13 +29,17 @@ from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer, MultiScal
 
 SAMPLING = dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)  # as VAR samples
 NFIG_EDGES = (0.03125, 0.0625, 0.125, 0.25, 0.375, 0.5)  # cycles per latent sample, for a 16 x 16 latent
+# the recipe's resampling: DFT, exact grids 1, 3, 5, 9, 13, 16 (541 tokens; results/bench-nfig.json before this was
+# measured with resample: area, grids 1, 2, 4, 8, 12, 16, 485 tokens)
+NFIG_RESAMPLE = "spectral"
 
 
 def build(tiny: bool, family: str = "var") -> Generator:
     schedule = "next_frequency" if family == "nfig" else "next_scale"
     if tiny:
         shape = dict(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=64, codebook_dim=4)
-        tok = (FrequencyVQTokenizer(FrequencyVQConfig(**shape, band_edges=(0.125, 0.25, 0.5), latent_size=8))
+        tok = (FrequencyVQTokenizer(FrequencyVQConfig(**shape, band_edges=(0.0625, 0.125, 0.5), latent_size=8,
+                                                  resample=NFIG_RESAMPLE))
                if family == "nfig" else MultiScaleVQTokenizer(MultiScaleVQConfig(**shape, scales=(1, 2, 4, 8))))  # fmt: skip
         cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, schedule=schedule,
                               backbone={"preset": "tiny", "adaln": True, "rope_axes": 3})  # fmt: skip
@@ -42,7 +47,9 @@ def build(tiny: bool, family: str = "var") -> Generator:
     shape = dict(channels=160, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, codebook_size=4096,
                  codebook_dim=32)  # fmt: skip
     if family == "nfig":
-        tok = FrequencyVQTokenizer(FrequencyVQConfig(**shape, band_edges=NFIG_EDGES, latent_size=16))
+        tok = FrequencyVQTokenizer(
+            FrequencyVQConfig(**shape, band_edges=NFIG_EDGES, latent_size=16, resample=NFIG_RESAMPLE)
+        )
     else:
         tok = MultiScaleVQTokenizer(MultiScaleVQConfig(**shape, scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)))
     cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, schedule=schedule,

@@ -11,19 +11,20 @@ from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, build_dataset, collate
 from visgen.generator import Generator, GeneratorConfig
+from visgen.nn.resize import resize
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.schedules import NextScaleSchedule
 from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer
-from visgen.tokenizers.freqvq import band_masks, nyquist_grids, radial_frequency
+from visgen.tokenizers.freqvq import band_masks, exact_grids, nyquist_grids, radial_frequency
 from visgen.train.tokenizer_task import TokenizerLossConfig
 
 TINY = dict(channels=8, channel_mult=(1, 2), z_channels=8, codebook_size=32, codebook_dim=4, latent_size=8)
 EDGES = (0.0625, 0.125, 0.25, 0.5)
 
 
-def nfig_generator(seed: int = 0) -> Generator:
+def nfig_generator(seed: int = 0, resample: str = "area") -> Generator:
     torch.manual_seed(seed)
-    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES)).eval()
+    tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES, resample=resample)).eval()
     cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, schedule="next_frequency",
                           backbone={"preset": "tiny", "rope_axes": 3, "adaln": True})  # fmt: skip
     gen = Generator(cfg, tokenizer=tok).eval()
@@ -50,6 +51,30 @@ def test_grids_follow_the_nyquist_rule():
     assert nyquist_grids(8, EDGES) == [1, 2, 4, 8]
     assert nyquist_grids(16, (0.05, 0.1, 0.2, 0.3, 0.5)) == [2, 4, 7, 10, 16]
     assert FrequencyVQConfig(**TINY, band_edges=(0.0625, 0.5), grids=(3, 8)).scales == (3, 8)  # a grid may be larger
+    # resample: spectral: 2 m + 1 for the largest per-axis frequency m of the bands so far (DC only: 1)
+    assert exact_grids(8, EDGES) == [1, 3, 5, 8]
+    assert exact_grids(16, (0.03125, 0.0625, 0.125, 0.25, 0.375, 0.5)) == [1, 3, 5, 9, 13, 16]
+    assert FrequencyVQConfig(**TINY, band_edges=EDGES, resample="spectral").scales == (1, 3, 5, 8)
+
+
+def test_spectral_resampling_keeps_every_band_on_its_grid():
+    """DFT resampling: down after up is the identity, and each band's content comes back exactly from its grid;
+    area-down and bicubic-up on the Nyquist grids lose much of it (the reason for resample: spectral)."""
+    torch.manual_seed(0)
+    for n, m in ((8, 1), (8, 3), (8, 4), (8, 5), (16, 9)):
+        z = torch.randn(2, 3, m, m, dtype=torch.float64)
+        torch.testing.assert_close(resize(resize(z, n, "spectral"), m, "spectral"), z, atol=1e-12, rtol=0)
+    f = torch.randn(4, 4, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(resize(f, 1, "spectral").flatten(1), f.mean((2, 3)), atol=1e-12, rtol=0)
+    lost = {}
+    for resample in ("spectral", "area"):
+        tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES, resample=resample)).double()
+        for k, g in enumerate(tok.scales[:-1]):
+            band = tok._filter(f, tok.lowpass[k])
+            back = resize(resize(band, g, tok.down_mode), 8, tok.up_mode)
+            lost[resample, k] = ((back - band).norm() / band.norm()).item()
+    assert max(lost["spectral", k] for k in range(3)) < 1e-10
+    assert lost["area", 1] > 0.2 and lost["area", 2] > 0.2
 
 
 def test_round_trip_and_save_load(tmp_path):
@@ -74,8 +99,9 @@ def test_training_lowers_reconstruction_error(cifar_train):
     assert end < 0.6 * start
 
 
-def test_teacher_inputs_equal_sampling_inputs():
-    gen = nfig_generator()
+@pytest.mark.parametrize("resample", ["spectral", "area"])
+def test_teacher_inputs_equal_sampling_inputs(resample):
+    gen = nfig_generator(resample=resample)
     s, seen = gen.schedule, []
     original = s.step_input
 
@@ -90,11 +116,12 @@ def test_teacher_inputs_equal_sampling_inputs():
     stepped, defined = (torch.cat(t, dim=1) for t in zip(*seen))
     torch.testing.assert_close(stepped, defined, atol=1e-6, rtol=0)
     torch.testing.assert_close(stepped, s.teacher_inputs(s.to_sequence(tokens)), atol=1e-6, rtol=0)
-    assert isinstance(s, NextScaleSchedule) and s.unit_sizes == [1, 4, 16, 64]
+    assert isinstance(s, NextScaleSchedule) and s.unit_sizes == [g * g for g in gen.tokenizer.scales]
 
 
-def test_kv_cached_band_decoding_equals_full_recompute():
-    gen = nfig_generator()
+@pytest.mark.parametrize("resample", ["spectral", "area"])
+def test_kv_cached_band_decoding_equals_full_recompute(resample):
+    gen = nfig_generator(resample=resample)
     tokens = torch.randint(0, 32, (3, gen.schedule.seq_len))
     assert_cached_equals_full(gen, tokens, torch.tensor([0, 2, 3]), read=gen.head.logits, rtol=0)
 
@@ -108,6 +135,10 @@ def test_bad_settings_are_clear_errors():
         FrequencyVQConfig(**TINY, band_edges=(0.1, 0.3))
     with pytest.raises(ConfigError, match="needs a grid side of at least 4"):
         FrequencyVQConfig(**TINY, band_edges=(0.25, 0.5), grids=(2, 8))
+    with pytest.raises(ConfigError, match="needs a grid side of at least 5"):
+        FrequencyVQConfig(**TINY, band_edges=(0.25, 0.5), grids=(4, 8), resample="spectral")
+    with pytest.raises(ConfigError, match="spectral or area"):
+        FrequencyVQConfig(**TINY, band_edges=EDGES, resample="fft")
     tok = FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=EDGES))
     with pytest.raises(ConfigError, match="8 x 8 latent"):
         Generator(GeneratorConfig(tokenizer="-", image_size=32, schedule="next_frequency", backbone="tiny"),
@@ -124,6 +155,7 @@ def test_nfig_recipes_train_and_sample_end_to_end(tmp_path):
 
     tok_dir = tmp_path / "freqvq"
     overrides = ["model.type=freqvq", "model.band_edges=[0.0625, 0.125, 0.25, 0.5]", "model.latent_size=8",
+                 "model.resample=spectral",
                  "model.init_from=visgen/assets/cifar10-vq", f"train.out_dir={tok_dir}", "train.steps=20"]  # fmt: skip
     assert train_main(["tokenizer", "--recipe", "tokenizers/quickstart-msvq.yaml", *overrides]) == 0
     gen_dir = tmp_path / "nfig"
@@ -136,4 +168,5 @@ def test_nfig_recipes_train_and_sample_end_to_end(tmp_path):
     assert sample_main(["--checkpoint", str(gen_dir / "final"), "--num-images", "4", "--cfg-schedule", "linear",
                         "--out", str(out)]) == 0  # fmt: skip
     assert (next(out.iterdir()) / "grid.png").is_file()
-    assert load_model(gen_dir / "final").tokenizer.config.band_edges == (0.0625, 0.125, 0.25, 0.5)
+    tok = load_model(gen_dir / "final").tokenizer
+    assert tok.config.band_edges == (0.0625, 0.125, 0.25, 0.5) and tok.scales == (1, 3, 5, 8)

@@ -5,8 +5,8 @@
 #           and codebook for GEN_MIN minutes;
 #   STEP=2: both tokenizers' reconstruction figures, then each generator's grid and FD/IS + memorisation report
 #           (NUM_FD samples, guidance 2 ramped linearly over units), one after the other.
-# BANDS: the frequency-band tokenizer's band edges where not the recipe's 4 bands (85 tokens), e.g.
-# BANDS=[0.0625,0.125,0.1875,0.25,0.375,0.5] for grids 1, 2, 3, 4, 6, 8: VAR's 130 tokens, one band per VAR scale.
+# FREQ: overrides for the frequency-band tokenizer alone, e.g. FREQ=model.resample=area for the first runs' layout
+# (grids 1, 2, 4, 8, 85 tokens) or FREQ=model.band_edges=[0.0625,0.125,0.1875,0.25,0.375,0.5] for six bands.
 # EXTRA: overrides for every training run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0 train.num_workers=0 train.log_every=1" NUM_FD=8
 # RESULTS=/tmp/r).
@@ -14,13 +14,13 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-2.5} GEN_MIN=${GEN_MIN:-6} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
-BANDS=${BANDS:-}
+FREQ=${FREQ:-}
 D="data.path=$DATA/train val.path=$DATA/test"
-CMD="DATA=... TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN ${BANDS:+BANDS=$BANDS }bash eval/gpu/nfig.sh with STEP=1 then STEP=2"
+CMD="DATA=... TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN ${FREQ:+FREQ=$FREQ }bash eval/gpu/nfig.sh with STEP=1 then STEP=2"
 
 chain() {  # $1: tokenizer recipe name, $2: generator name
   local own=""
-  if [ "$1" = freqvq ] && [ -n "$BANDS" ]; then own="model.band_edges=$BANDS"; fi
+  if [ "$1" = freqvq ]; then own=$FREQ; fi
   python train.py tokenizer --recipe tokenizers/cifar10-$1.yaml $D train.time_limit_minutes=$TOK_MIN $own $EXTRA \
     > $OUT/train-$1.log 2>&1
   python train.py generator --recipe generators/cifar10-$2.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \

@@ -59,7 +59,7 @@ class NextScaleSchedule(Schedule):
 
     def _read(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         s = self.scales[k]
-        x = resize(f_hat, s, "area")
+        x = resize(f_hat, s, self.tokenizer.down_mode)  # as the tokenizer read this scale's residual
         return x.flatten(2).transpose(1, 2)  # (B, s*s, codebook_dim)
 
 

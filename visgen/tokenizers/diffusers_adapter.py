@@ -7,6 +7,7 @@ diffusers config next to its weights, so reloading it never touches the hub.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def _load_diffusers(cls, cfg: DiffusersVAEConfig):
     try:
         if local.exists():
             return cls.from_pretrained(str(local), subfolder=cfg.subfolder)
-        return cls.from_pretrained(cfg.pretrained, subfolder=cfg.subfolder)
+        # HF_HUB_OFFLINE read now, not when huggingface_hub was imported: set late, it still spares the retries
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        return cls.from_pretrained(cfg.pretrained, subfolder=cfg.subfolder, local_files_only=offline)
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"could not load a diffusers {cls.__name__} from {cfg.pretrained!r}: {e}\n"

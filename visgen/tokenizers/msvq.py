@@ -47,6 +47,10 @@ class MultiScaleVQConfig(VQConfig):
 class MultiScaleVQTokenizer(Tokenizer):
     """Discrete tokenizer: image -> (B, sum(s^2)) indices, scale by scale, each scale row-major."""
 
+    # how a scale's map is read from the latent (the residual, and the schedule's input for the scale) and how its
+    # codes go back up to the latent: VAR's area and bicubic
+    down_mode, up_mode = "area", "bicubic"
+
     config_class = MultiScaleVQConfig
     discrete = True
 
@@ -99,7 +103,7 @@ class MultiScaleVQTokenizer(Tokenizer):
     def upsampled(self, k: int, idx_Bss: torch.Tensor, side: int) -> torch.Tensor:
         """Scale k's codes, upsampled to the latent and refined by its Phi: what scale k adds to f_hat."""
         z = self.codebook(idx_Bss).permute(0, 3, 1, 2)
-        z = resize(z, side, "bicubic")
+        z = resize(z, side, self.up_mode)
         r = self.config.phi_ratio
         return z * (1 - r) + self.phi[k](z) * r
 
@@ -116,7 +120,7 @@ class MultiScaleVQTokenizer(Tokenizer):
 
     def _scale_input(self, k: int, rest: torch.Tensor, side: int) -> torch.Tensor:
         """What scale k quantises: the residual, area-downsampled to its side."""
-        return resize(rest, side, "area")
+        return resize(rest, side, self.down_mode)
 
     def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """f_hat, each scale's indices (B, s, s) and each scale's residual (B, D, s, s) as quantised."""
