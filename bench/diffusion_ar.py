@@ -3,10 +3,11 @@
 The model: a 12 x 768 causal backbone (``gpt-b``) over 256 tokens of 16 channels (a KL tokenizer of downsample 16,
 as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM steps when sampling), random
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
-the head in one CUDA graph; units of 1 and of 4 tokens. Training: bf16 autocast, fused AdamW, the diffusion batch
+the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the head's
+sampling compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after ``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch
 multiplier 4.
 
-    python bench/diffusion_ar.py [--name bench-diffusion-ar]     # a GPU; --tiny checks it on a CPU
+    python bench/diffusion_ar.py [--name bench-diffusion-ar] [--modes eager compiled]   # a GPU; --tiny: a CPU check
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def build(tiny: bool, unit_size: int = 1) -> Generator:
 def main():
     p = parser(__doc__)
     p.add_argument("--unit-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"])
     args = p.parse_args()
     gen, rec = setup(args, build)
     rec.add("head_params", sum(p.numel() for p in gen.head.parameters()), ",d")
@@ -42,10 +44,13 @@ def main():
         model = gen if k == 1 else build(args.tiny, k)
         if k != 1:
             model.load_state_dict(gen.state_dict())
-        for bs in args.sample_batches:
-            r = bench_sampling(model, SamplingConfig(cfg_scale=3.0, batch_size=bs), repeats=2, decode=True)
-            rec.add(f"sample_unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
-            rec.add(f"sample_unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
+        for mode in args.modes:
+            tag = "" if mode == "eager" else f"{mode}_"
+            for bs in args.sample_batches:
+                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, compile=mode == "compiled")
+                r = bench_sampling(model, cfg, repeats=2, decode=True)
+                rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
+                rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
         del model
     C, grid = gen.tokenizer.latent_channels, gen.schedule.grid
     for bs in args.train_batches:
