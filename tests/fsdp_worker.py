@@ -88,13 +88,15 @@ def main(out: str):
         report["trained_ema"] = max_diff(ema_full, ema_state)
     else:
         report["nonmain_empty"] = len(state) == 0 and len(osd) == 0
-    # evaluation on gathered weights: one process alone may run the model (uneven validation shards)
-    with sharding.gathered(wrapped):
+    # evaluation on a whole copy: one process alone may run it, batch after batch (uneven validation shards), and
+    # inference (no grad) reads the next block's norm weight outside that block
+    with sharding.evaluated(wrapped, task) as model:
         if rank == 0:
-            task.model.eval()
-            loss = task.model.loss(*data[3]).item()
-            task.model.train()
-            report["gathered_loss"] = abs(loss - plain.model.eval().loss(*data[3]).item())
+            model.eval()
+            with torch.no_grad():
+                losses = [model.loss(*data[i]).item() for i in (2, 3)]
+                refs = [plain.model.eval().loss(*data[i]).item() for i in (2, 3)]
+            report["gathered_loss"] = max(abs(a - b) for a, b in zip(losses, refs))
             plain.model.train()
     dist.barrier()
 

@@ -128,6 +128,11 @@ class PretrainedMixin:
         """Build an untrained model from a folder's parsed ``config.json``."""
         return cls(from_dict(cls.config_class, meta["config"], f"{cls.model_type} config"))
 
+    def blank_copy(self):
+        """An untrained model of this one's config, built as a saved folder's is (no weights are loaded or
+        downloaded): what the trainer gathers a sharded model into to evaluate it."""
+        return type(self).from_config({"model_type": self.model_type, "config": to_dict(self.config)})
+
     def load_weights(self, directory: str | Path, ema: bool = False, map_location: str = "cpu"):
         directory = Path(directory)
         path = directory / EMA_NAME if ema and (directory / EMA_NAME).is_file() else directory / WEIGHTS_NAME

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
-from visgen.config import ConfigError, from_dict
+from visgen.config import ConfigError, from_dict, to_dict
 from visgen.heads import CategoricalHead, DiffusionHead, DMoLHead, FlowHead, FlowMLPHead
 from visgen.nn import Transformer, backbone_config
 from visgen.nn.transformer import rope_tables
@@ -182,6 +182,10 @@ class Generator(PretrainedMixin, nn.Module):
             self.tokenizer.save_pretrained(tok_dir)
             self.config.tokenizer = "tokenizer"
         super().save_pretrained(directory, ema_state=ema_state, dtype=dtype, state=state)
+
+    def blank_copy(self):
+        cfg = from_dict(GeneratorConfig, to_dict(self.config), "generator config")
+        return Generator(cfg, tokenizer=self.tokenizer)  # the tokenizer is referenced, not owned: shared
 
     @classmethod
     def from_config(cls, meta: dict, directory=None):

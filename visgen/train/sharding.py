@@ -108,12 +108,22 @@ def load_optimizer_state(model: nn.Module, task: nn.Module, optimizer: torch.opt
     optimizer.load_state_dict(state)
 
 
+def model_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The generator's (or tokenizer's) entries of a task's state dict: a task holds its model as ``model``."""
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+
+
 @contextlib.contextmanager
-def gathered(model: nn.Module):
-    """Full parameters in every process for the block (evaluation, previews, sampling) under FSDP; a no-op
-    otherwise. Changes to the parameters inside it are not written back."""
+def evaluated(model: nn.Module, task: nn.Module):
+    """The model to evaluate, sample previews from or validate: ``task.model`` itself, or under FSDP a whole
+    unsharded copy on this process (``blank_copy`` loaded with the gathered weights), so each process can run it
+    alone for as many batches as it has. FSDP's ``summon_full_params`` is not enough: a wrapped block reshards
+    after its own forward, and inference reads the next block's norm weight outside it."""
     if not is_sharded(model):
-        yield
+        yield task.model
         return
-    with _fsdp().FullyShardedDataParallel.summon_full_params(model, writeback=False):
-        yield
+    with _full(model, rank0_only=False):
+        state = model_part(model.state_dict())
+    replica = task.model.blank_copy()
+    replica.load_state_dict(state)
+    yield replica.to(model.compute_device).train(task.model.training)

@@ -265,13 +265,12 @@ class _Undo:
             torch._foreach_copy_(self._tensors(), self.copies)
 
 
-def _model_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The generator's (or tokenizer's) entries of a task's state dict: a task holds its model as ``model``."""
-    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One device boolean: every value of every tensor is finite (max |x| per tensor, NaN propagating)."""
+def _all_finite(tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
+    """One device boolean: every value of every tensor is finite (max |x| per tensor, NaN propagating). Empty
+    tensors (an FSDP process's share of a parameter can be empty) have no max and are left out."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
     return torch.stack(torch._foreach_norm(tensors, float("inf"))).isfinite().all()
 
 
@@ -369,7 +368,7 @@ class Trainer:
             _save_rng(tmp / f"rng-{acc.process_index}.safetensors")
             acc.wait_for_everyone()
             if acc.is_main_process:
-                task.model.save_pretrained(tmp / "model", ema_state=ema, state=_model_part(state))
+                task.model.save_pretrained(tmp / "model", ema_state=ema, state=sharding.model_part(state))
                 save_tensors(state, tmp / "task.safetensors")
                 torch.save(opt_state, tmp / "optimizer.pt")
                 if acc.scaler is not None:
@@ -402,8 +401,8 @@ class Trainer:
 
     def _finite_everywhere(self, task: nn.Module) -> bool:
         """Every weight and floating-point buffer is finite on every process (a sharded model's in every shard)."""
-        floats = [t for t in [*task.parameters(), *task.buffers()] if t.is_floating_point() and t.numel()]
-        bad = ~_all_finite(floats) if floats else torch.zeros((), dtype=torch.bool, device=self.acc.device)
+        floats = [t for t in [*task.parameters(), *task.buffers()] if t.is_floating_point()]
+        bad = ~_all_finite(floats, self.acc.device)
         return self.acc.reduce(bad.float().reshape(1), reduction="sum").item() == 0
 
     def _ema_state(self, task: nn.Module) -> dict | None:
@@ -413,7 +412,7 @@ class Trainer:
         if not sharding.is_sharded(self.model):
             return self.ema.full_state_dict(task.model)
         with self.ema.applied_to(task.model):  # each process puts its shard of the EMA in; the gather joins them
-            return _model_part(sharding.full_state_dict(self.model, task))
+            return sharding.model_part(sharding.full_state_dict(self.model, task))
 
     @property
     def _load_device(self) -> str:
@@ -483,8 +482,9 @@ class Trainer:
     def _ema_weights(self):
         """The generator with EMA weights where kept, whole under FSDP, for validation and previews."""
         task = self.acc.unwrap_model(self.model)
-        with self.ema.applied_to(task.model) if self.ema else contextlib.nullcontext(), sharding.gathered(self.model):
-            yield task.model
+        with self.ema.applied_to(task.model) if self.ema else contextlib.nullcontext():
+            with sharding.evaluated(self.model, task) as model:
+                yield model
 
     def validate(self) -> dict[str, float]:
         task = self.acc.unwrap_model(self.model)
@@ -562,7 +562,7 @@ class Trainer:
             g["lr"] = cfg.lr * lr_factor(cfg, self.step)
         self.undo.save()
         self.opt.step()
-        bad = loss_bad | ~_all_finite(self.params)
+        bad = loss_bad | ~_all_finite(self.params, loss_bad.device)
         if acc.scaler is None:  # under fp16 an infinite gradient is the loss scaler's signal: it skipped the step
             bad = bad | ~torch.isfinite(grad_norm)
         out_of_time = bool(cfg.time_limit_minutes) and time.perf_counter() - t_run > 60 * cfg.time_limit_minutes
@@ -731,7 +731,7 @@ class Trainer:
             tmp, old = final.with_name("final.tmp"), final.with_name("final.old")
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
-                task.model.save_pretrained(tmp, ema_state=ema, state=_model_part(state))
+                task.model.save_pretrained(tmp, ema_state=ema, state=sharding.model_part(state))
                 summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
                            "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
                 (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
