@@ -2,7 +2,8 @@
 # Several GPUs (a host with 2): one STEP a call, in this order (runs/ must survive between calls of one machine):
 #   STEP=bench  bench/multigpu.py: the trainer's tokens/s on 1 and 2 GPUs at one per-GPU batch, GPT-B tokens
 #               (results/bench-multigpu.json, ddp_scaling_efficiency).
-#   STEP=ddp    the CIFAR-10 token AR recipe for STEPS steps at one global batch (GLOBAL) on 1 GPU and on 2 under
+#   STEP=ddp    a recipe (RECIPE, default the CIFAR-10 token AR one; the VAR one with
+#               RECIPE=generators/cifar10-var.yaml EXTRA=model.tokenizer=<a trained msvq's final/>) for STEPS steps at one global batch (GLOBAL) on 1 GPU and on 2 under
 #               configs/accelerate/ddp-2gpu.yaml: both metrics.jsonl to $OUT and the largest gap of their logged
 #               losses; then the 2-GPU run's checkpoint resumed on 1 GPU, the 1-GPU run's on 2, RESUME steps each.
 #   STEP=fsdp   a GPT-L-sized token model (model.backbone=gpt-l) under configs/accelerate/fsdp-2gpu.yaml for STEPS
@@ -26,7 +27,7 @@ else
   TWO_FSDP="accelerate launch --config_file configs/accelerate/fsdp-2gpu.yaml"
 fi
 ONE="python"
-TOKEN="generators/cifar10-token-ar.yaml"
+TOKEN="generators/cifar10-token-ar.yaml" RECIPE=${RECIPE:-generators/cifar10-token-ar.yaml} EXTRA=${EXTRA:-}
 
 gap() {  # the largest difference of the losses two runs logged at the same steps
   python - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'EOF'
@@ -46,17 +47,17 @@ bench)
   ;;
 ddp)
   rm -rf runs/mg-ddp-1 runs/mg-ddp-2
-  $ONE train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-ddp-1 train.steps=$STEPS \
+  $ONE train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-1 train.steps=$STEPS \
     train.batch_size=$GLOBAL train.ckpt_every=$STEPS > $OUT/ddp-1.log 2>&1
-  $TWO train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-ddp-2 train.steps=$STEPS \
+  $TWO train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-2 train.steps=$STEPS \
     train.batch_size=$((GLOBAL / 2)) train.ckpt_every=$STEPS > $OUT/ddp-2.log 2>&1
   gap runs/mg-ddp-1 runs/mg-ddp-2 | tee $OUT/ddp-gap.json
   cp runs/mg-ddp-1/metrics.jsonl $OUT/ddp-1.jsonl
   cp runs/mg-ddp-2/metrics.jsonl $OUT/ddp-2.jsonl
   # across: the 2-process checkpoint on 1 process, the 1-process one on 2 (same global batch)
-  $ONE train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-ddp-2 train.steps=$((STEPS + RESUME)) \
+  $ONE train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-2 train.steps=$((STEPS + RESUME)) \
     train.batch_size=$GLOBAL train.ckpt_every=0 > $OUT/ddp-2-on-1.log 2>&1
-  $TWO train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-ddp-1 train.steps=$((STEPS + RESUME)) \
+  $TWO train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-1 train.steps=$((STEPS + RESUME)) \
     train.batch_size=$((GLOBAL / 2)) train.ckpt_every=0 > $OUT/ddp-1-on-2.log 2>&1
   grep -h "resuming a\|resumed from" $OUT/ddp-2-on-1.log $OUT/ddp-1-on-2.log || true
   gap runs/mg-ddp-1 runs/mg-ddp-2 | tee $OUT/ddp-gap-after-resume.json
