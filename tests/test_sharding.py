@@ -56,7 +56,7 @@ def test_the_trainer_under_accelerates_fsdp_matches_ddp_and_resumes_anywhere(tmp
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     common = ["generator", "--recipe", "generators/quickstart.yaml", "train.log_every=1", "train.ema_decay=0.9",
               "train.eval_every=0", "train.sample_every=0", "train.num_workers=0", "train.val_images=16",
-              "train.ckpt_every=2"]  # fmt: skip
+              "train.ckpt_every=2", "data.limit=64", "tokenizer.cache=false"]  # fmt: skip
 
     def run(script, out, steps, procs=2, extra_env=None):
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
