@@ -55,7 +55,8 @@ def fd(args, checkpoint: str, n: int, seed: int = 0, **spec) -> float:
         report = Path(tmp) / "r.json"
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in spec.items()]
         argv = ["--input", checkpoint, "--ref", args.ref, "--num-samples", str(n), "--cfg-scale", str(args.cfg_scale),
-                "--seed", str(seed), "--batch-size", str(args.fd_batch), "--no-kid", "--report", str(report), *flags]  # fmt: skip
+                "--seed", str(seed), "--batch-size", str(args.fd_batch), "--no-kid", "--report", str(report),
+                "--top-k", str(args.top_k), *flags]  # fmt: skip
         if fid_main(argv) != 0:
             raise SystemExit(f"eval/fid.py failed for {checkpoint} {spec}")
         return json.loads(report.read_text())["metrics"]["fd_cifar10cls"]
@@ -70,7 +71,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
     pooled: dict[str, list[dict]] = {m: [] for m in methods}
     for b in args.sample_batches:
         repeats = max(2, args.images // b)
-        base = dict(cfg_scale=args.cfg_scale, batch_size=b)
+        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k)
         plain = bench_sampling(gen, SamplingConfig(**base), repeats, decode=True)
         rec.add(f"images_per_s_plain_{key}_b{b}", plain["images_per_s"], ".2f")
         for name, spec in methods.items():
@@ -105,6 +106,7 @@ def main():
     p.add_argument("--cspd-gamma", type=int, default=4)
     p.add_argument("--cspd-prefill", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--top-k", type=int, default=0, help="top-k of both models' distributions (0: all tokens)")
     p.add_argument("--images", type=int, default=64, help="images timed per batch size (at least two batches)")
     p.add_argument("--ref", help="training images for FD (skipped without)")
     p.add_argument("--fd-samples", type=int, default=10000)

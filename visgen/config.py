@@ -20,8 +20,9 @@ class ConfigError(ValueError):
     """A recipe, an override or a config field a user got wrong."""
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Read a YAML recipe and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
+    """Read a YAML recipe and apply ``key.sub=value`` overrides (values parsed as YAML); an override may name a
+    section in ``optional`` that the recipe leaves out (it starts empty)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path} (recipes live in tokenizers/ and generators/)")
@@ -31,6 +32,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(recipe).__name__}")
+    for section in optional:
+        if section not in recipe and any(o.split("=", 1)[0].startswith(f"{section}.") for o in overrides):
+            recipe[section] = {}
     return apply_overrides(recipe, overrides)
 
 

@@ -228,12 +228,16 @@ class Generator(PretrainedMixin, nn.Module):
         mask = None if s.is_causal else self.unit_ids[None, :] <= self.unit_ids[:, None]
         return self.backbone(x, self.positions, self.cond(labels_B), mask=mask, is_causal=s.is_causal)
 
-    def loss(self, tokens: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
-        """Training loss for a batch of token grids; labels are dropped to the null class at ``class_dropout``."""
+    def drop_labels(self, labels_B: torch.Tensor) -> torch.Tensor:
+        """Training: each label replaced by the null class with probability ``class_dropout`` (what guidance needs)."""
         if self.training and self.config.class_dropout > 0:
             drop = torch.rand(labels_B.shape, device=labels_B.device) < self.config.class_dropout
             labels_B = labels_B.masked_fill(drop, self.null_class)
-        seq = self.schedule.to_sequence(tokens)
+        return labels_B
+
+    def loss(self, tokens: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+        """Training loss for a batch of token grids; labels are dropped to the null class at ``class_dropout``."""
+        seq, labels_B = self.schedule.to_sequence(tokens), self.drop_labels(labels_B)
         return self.head.loss(seq, self.features(seq, labels_B), self.schedule.unit_sizes)
 
     def decode_unit(

@@ -4,6 +4,9 @@
 #               tokens (TOK_MIN minutes; its draft is the bundled cifar10-token-ar, 8 x 256), and two diffusion-head
 #               models over the bundled KL tokenizer, the recipe's (8 x 256, head 512 x 3) as the CSpD target and a
 #               smaller one (4 x 128, head 256 x 2) as its draft (DIFF_MIN minutes each; both sample with 25 head steps);
+#   STEP=distill: a draft of the bundled model's size (8 x 256) distilled from the token target (distill.weight 0.5,
+#               DRAFT_MIN minutes): its validation reports the held-out acceptance; STEP=discrete then uses it
+#               (DRAFT=visgen/assets/cifar10-token-ar for the undistilled draft);
 #   STEP=discrete / STEP=cspd: bench/speculative.py for the token pair / the diffusion pair (images/s at batch 1, 8,
 #               64 against the plain sampler in the same run, acceptance, FD with and without).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
@@ -11,6 +14,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-6.5} DIFF_MIN=${DIFF_MIN:-6} EXTRA=${EXTRA:-} NAME=${NAME:-bench-speculative}
+DRAFT_MIN=${DRAFT_MIN:-5} DRAFT=${DRAFT:-runs/spec-token-draft/final}
 D="data.path=$DATA/train val.path=$DATA/test"
 HEAD25="model.head_options.steps=25"
 
@@ -31,8 +35,15 @@ if [ "$STEP" = train ]; then
     cp runs/$r/metrics.jsonl $OUT/metrics-$r.jsonl || true; cp runs/$r/final/metrics.json $OUT/final-metrics-$r.json || true
   done
 fi
+if [ "$STEP" = distill ]; then
+  python train.py generator --recipe generators/cifar10-token-ar.yaml $D train.out_dir=runs/spec-token-draft \
+    distill.teacher=runs/spec-token-target/final distill.weight=0.5 train.time_limit_minutes=$DRAFT_MIN $EXTRA \
+    > $OUT/train-token-draft.log 2>&1
+  cp runs/spec-token-draft/metrics.jsonl $OUT/metrics-spec-token-draft.jsonl || true
+  cp runs/spec-token-draft/final/metrics.json $OUT/final-metrics-spec-token-draft.json || true
+fi
 if [ "$STEP" = discrete ]; then
-  python bench/speculative.py --target runs/spec-token-target/final --draft visgen/assets/cifar10-token-ar \
+  python bench/speculative.py --target runs/spec-token-target/final --draft $DRAFT \
     --ref $DATA/train --images 16 --name $NAME-discrete ${BENCH:-} > $OUT/bench-discrete.log 2>&1
 fi
 if [ "$STEP" = cspd ]; then

@@ -16,8 +16,9 @@ from visgen.train.trainer import NonFiniteLossError, Preempted, RunStorageError,
 
 KNOWN_SECTIONS = {
     "tokenizer": {"model", "loss", "data", "val", "train"},
-    "generator": {"model", "tokenizer", "data", "val", "train"},
+    "generator": {"model", "tokenizer", "data", "val", "train", "distill"},
 }
+OPTIONAL_SECTIONS = {"generator": ("distill",)}  # an override may add them to a recipe without them
 
 
 def build_datasets(recipe: dict, seed: int):
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
     args = p.parse_intermixed_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides, optional=OPTIONAL_SECTIONS.get(args.kind, ()))
         invoked = ["python", "train.py"] if prog == "train.py" else prog.split()
         summary = run(args.kind, recipe, shlex.join([*invoked, *(sys.argv[1:] if argv is None else argv)]))
     except Preempted as e:

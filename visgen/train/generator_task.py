@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,6 +16,23 @@ from visgen.data import DataError, ImageDataset, collate
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.schedules import PixelSchedule
+
+
+@dataclass
+class DistillConfig:
+    """The recipe's ``distill`` section: train this generator to match a teacher's next-token distributions
+    (a draft for speculative decoding, whose acceptance rate is the overlap of the two).
+
+    teacher: a trained generator's folder (categorical head, the same tokenizer, schedule and classes); empty: off.
+    weight: the loss is (1 - weight) x cross-entropy on the data + weight x KL(teacher || this model), per token.
+    """
+
+    teacher: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"distill.weight must be in [0, 1], got {self.weight}")
 
 
 @dataclass
@@ -87,11 +105,41 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 class GeneratorTask(nn.Module):
-    """Trains a ``Generator`` by teacher forcing; validation reports the held-out loss."""
+    """Trains a ``Generator`` by teacher forcing; validation reports the held-out loss. With a ``teacher`` (a
+    trained generator over the same tokens), the loss mixes in KL(teacher || model) per token at ``distill_weight``,
+    and validation adds the held-out KL and ``acceptance``, the mean overlap sum_x min(p_teacher, p_model) of the
+    two next-token distributions: the rate at which speculative decoding with this model as the draft accepts a
+    drafted token (temperature 1, no guidance or top-k)."""
 
-    def __init__(self, model: Generator):
+    def __init__(self, model: Generator, teacher: Generator | None = None, distill_weight: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.distill_weight = model, distill_weight
+        if teacher is not None:
+            _check_teacher(model, teacher)
+            teacher.eval().requires_grad_(False)
+        self._teacher = [teacher] if teacher is not None else []  # a list: not a submodule (not trained, not saved)
+
+    @property
+    def teacher(self) -> Generator | None:
+        return self._teacher[0] if self._teacher else None
+
+    def _teacher_logits(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        t = self.teacher
+        if t.class_emb.weight.device != seq.device:
+            t.to(seq.device)
+        with torch.no_grad():
+            return t.head.logits(t.features(seq, labels)).float()
+
+    def _distill(self, model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-token means over the batch: cross-entropy, KL(teacher || model), and the distributions' overlap."""
+        seq, labels = model.schedule.to_sequence(tokens), model.drop_labels(labels)
+        h = model.features(seq, labels)
+        ce = model.head.loss(seq, h, model.schedule.unit_sizes)
+        logp = model.head.logits(h).float().log_softmax(-1)
+        logp_t = self._teacher_logits(seq, labels).log_softmax(-1)
+        kl = (logp_t.exp() * (logp_t - logp)).sum(-1).mean()
+        overlap = torch.minimum(logp_t.exp(), logp.exp()).sum(-1).mean()
+        return {"ce": ce, "kl": kl, "acceptance": overlap.detach()}
 
     def _tokens(self, batch: dict) -> torch.Tensor:
         if "tokens" in batch:
@@ -100,18 +148,30 @@ class GeneratorTask(nn.Module):
             return self.model.encode(batch["image"])  # on the model's device (Generator._apply); clips per frame
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = self.model.loss(self._tokens(batch), batch["label"].clamp_min(0))
-        return loss, {"loss": loss.detach()}
+        if self.teacher is None:
+            loss = self.model.loss(self._tokens(batch), batch["label"].clamp_min(0))
+            return loss, {"loss": loss.detach()}
+        d = self._distill(self.model, self._tokens(batch), batch["label"].clamp_min(0))
+        w = self.distill_weight
+        loss = (1 - w) * d["ce"] + w * d["kl"]
+        return loss, {"loss": loss.detach(), "ce": d["ce"].detach(), "kl": d["kl"].detach()}
 
     @torch.no_grad()
     def validate(self, model: Generator, batches, accelerator) -> dict[str, float]:
-        sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+        names = ["loss", "kl", "acceptance"] if self.teacher is not None else ["loss"]
+        sums = torch.zeros(len(names) + 1, device=accelerator.device, dtype=torch.float64)
         for batch in batches:
             n = len(batch["label"])
-            loss = model.loss(self._tokens(batch), batch["label"].clamp_min(0)).double()
-            sums += torch.stack([loss * n, torch.tensor(float(n), device=loss.device, dtype=torch.float64)])
+            tokens, labels = self._tokens(batch), batch["label"].clamp_min(0)
+            if self.teacher is None:
+                values = [model.loss(tokens, labels)]
+            else:  # the held-out loss is the data's cross-entropy, as without a teacher
+                d = self._distill(model, tokens, labels)
+                values = [d["ce"], d["kl"], d["acceptance"]]
+            sums += torch.stack([*(v.double() * n for v in values), torch.tensor(float(n), device=sums.device,
+                                                                                 dtype=torch.float64)])  # fmt: skip
         sums = accelerator.reduce(sums, "sum")
-        out = {"loss": sums[0].item() / max(sums[1].item(), 1)}
+        out = {k: sums[i].item() / max(sums[-1].item(), 1) for i, k in enumerate(names)}
         if isinstance(model.schedule, PixelSchedule):  # the loss is nats per sub-pixel: an exact likelihood
             out["bpd"] = out["loss"] / math.log(2)
         return out
@@ -139,8 +199,32 @@ def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[Generat
     if not cfg.class_names and train_set.classes:
         cfg.class_names = list(train_set.classes)
     model = Generator(cfg)
+    distill = from_dict(DistillConfig, recipe.get("distill"), "distill")
+    teacher = None
+    if distill.teacher:
+        from visgen.checkpoint import load_model
+
+        teacher = load_model(distill.teacher, ema=(Path(distill.teacher) / "ema.safetensors").is_file())
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     if tok_cfg.cache:
         seed = recipe.get("train", {}).get("seed", 0)
         train_set = TokenDataset(train_set, model.tokenizer, tok_cfg.batch_size, seed)
-    return GeneratorTask(model), train_set
+    return GeneratorTask(model, teacher, distill.weight), train_set
+
+
+def _check_teacher(model: Generator, teacher) -> None:
+    """A teacher must predict the same tokens: a generator with a categorical head over the same tokenizer,
+    schedule and classes (the checks a draft passes for speculative decoding)."""
+    from visgen.sampling.speculative import _tokenizer_id
+
+    if not isinstance(teacher, Generator):
+        raise ConfigError(f"distill.teacher must be a generator checkpoint; got a {type(teacher).__name__}")
+    if not (model.head.discrete and teacher.head.discrete):
+        raise ConfigError("distillation matches categorical next-token distributions: both heads must be categorical")
+    same = (teacher.config.schedule, teacher.schedule.seq_len, teacher.config.num_classes) == (
+        model.config.schedule, model.schedule.seq_len, model.config.num_classes)  # fmt: skip
+    if not same or _tokenizer_id(teacher) != _tokenizer_id(model):
+        raise ConfigError(
+            "distill.teacher predicts other tokens (its tokenizer, schedule, sequence length or classes differ "
+            "from this model's); a teacher and its student share all of them"
+        )
