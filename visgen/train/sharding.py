@@ -41,12 +41,14 @@ def _full(model: nn.Module, rank0_only: bool):
     )  # fmt: skip
 
 
-def full_state_dict(model: nn.Module, task: nn.Module) -> dict[str, torch.Tensor]:
-    """``task``'s state dict with full tensors on the CPU. Under FSDP the main process gets it and the others an
-    empty dict; ``model`` is ``task`` as prepared (the FSDP root, DDP, or ``task`` itself)."""
+def full_state_dict(model: nn.Module, task: nn.Module, main: bool = True) -> dict[str, torch.Tensor]:
+    """``task``'s state dict with full tensors on the CPU for the main process (``main``), an empty dict for the
+    others; ``model`` is ``task`` as prepared (the FSDP root, DDP, or ``task`` itself)."""
     if is_sharded(model):
-        with _full(model, rank0_only=True):
+        with _full(model, rank0_only=True):  # every process takes part; the main one receives
             state = model.state_dict()
+    elif not main:  # replicated: the others have nothing to gather
+        return {}
     else:
         state = task.state_dict()
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -68,12 +70,14 @@ def _names(task: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
-def optimizer_state(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's full state keyed by parameter name (on the main process under FSDP, ``{}`` elsewhere)."""
+def optimizer_state(model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer, main: bool = True) -> dict:
+    """The optimizer's full state keyed by parameter name for the main process (``main``), ``{}`` for the others."""
     if is_sharded(model):
         with _full(model, rank0_only=True):
             state = _fsdp().FullyShardedDataParallel.optim_state_dict(model, optimizer)  # keyed by name already
         return {**state, "by_name": True} if state else state
+    if not main:
+        return {}
     sd = optimizer.state_dict()  # keyed by position: 0, 1, ... over the groups' parameters in order
     names = _names(task, optimizer)
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]

@@ -351,7 +351,7 @@ class Trainer:
         acc, final = self.acc, self.out / "checkpoints" / f"step-{self.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
         task = acc.unwrap_model(self.model)
-        state = sharding.full_state_dict(self.model, task)  # whole on the main process (on all without FSDP)
+        state = sharding.full_state_dict(self.model, task, acc.is_main_process)  # whole on the main process
         if not self._finite_everywhere(task):  # every process decides alike
             reason = f"the weights of step {self.step} are not finite"
             try:
@@ -359,7 +359,8 @@ class Trainer:
             except CheckpointError as e:
                 reason = str(e)
             raise NonFiniteLossError(f"{reason}: no checkpoint written at step {self.step}; {self._where_good()}")
-        ema, opt_state = self._ema_state(task), sharding.optimizer_state(self.model, task, self.opt.optimizer)
+        ema = self._ema_state(task)
+        opt_state = sharding.optimizer_state(self.model, task, self.opt.optimizer, acc.is_main_process)
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -410,9 +411,9 @@ class Trainer:
         if not self.ema:
             return None
         if not sharding.is_sharded(self.model):
-            return self.ema.full_state_dict(task.model)
+            return self.ema.full_state_dict(task.model) if self.acc.is_main_process else None
         with self.ema.applied_to(task.model):  # each process puts its shard of the EMA in; the gather joins them
-            return sharding.model_part(sharding.full_state_dict(self.model, task))
+            return sharding.model_part(sharding.full_state_dict(self.model, task, self.acc.is_main_process))
 
     @property
     def _load_device(self) -> str:
@@ -725,7 +726,8 @@ class Trainer:
         """Write the trained model (EMA weights as ``ema.safetensors``) and its final metrics to ``out_dir/final``,
         atomically: a ``final/`` folder is always complete."""
         task = self.acc.unwrap_model(self.model)
-        state, ema = sharding.full_state_dict(self.model, task), self._ema_state(task)  # every process: FSDP gathers
+        state = sharding.full_state_dict(self.model, task, self.acc.is_main_process)  # every process: FSDP gathers
+        ema = self._ema_state(task)
         if self.acc.is_main_process:
             final = self.out / "final"
             tmp, old = final.with_name("final.tmp"), final.with_name("final.old")
