@@ -121,7 +121,11 @@ class DiffusionHead(nn.Module):
     def _gaussian(self, sch: _Schedule, x_t, t, eps, v, clip: float = 0.0):
         """(mean, log variance) of p(x_{t-1} | x_t) from predicted epsilon and variance values (indices ``t``); the
         predicted clean latent clipped to +-``clip`` when it is not 0."""
-        g = lambda name: getattr(sch, name)[t][:, None] if torch.is_tensor(t) else getattr(sch, name)[t]
+
+        def g(name):  # per row (t of shape (N,), training), or one step (an int, or a 0-d tensor when compiled)
+            v = getattr(sch, name)[t]
+            return v[:, None] if v.dim() else v
+
         x0 = g("sqrt_recip_ab") * x_t - g("sqrt_recipm1_ab") * eps
         if clip:
             x0 = x0.clamp(-clip, clip)
@@ -152,12 +156,18 @@ class DiffusionHead(nn.Module):
 
     # ---- sampling --------------------------------------------------------------------------------------------------
 
-    def _step(self, k: int, x: torch.Tensor, zc: torch.Tensor, cfg_scale, guided: bool):
-        """(mean, log variance) of the sampling step at kept timestep k for states ``x`` (N, C), fp32; ``zc`` is
-        ``net.c_in`` of the tokens' features (computed once per unit)."""
+    def compile_step(self, **options):
+        """``torch.compile`` one denoising step (trunk, guidance, the step's mean and variance) for sampling: the
+        step index goes in as a 0-d tensor, so all steps share one graph instead of one compile each (what
+        ``SamplingConfig(compile=True)`` calls on the sampler's copy of the model)."""
+        self._compiled_step = torch.compile(self._step, fullgraph=True, **options)
+
+    def _step(self, k, x: torch.Tensor, zc: torch.Tensor, cfg_scale, guided: bool):
+        """(mean, log variance) of the sampling step at kept timestep k (an int or a 0-d tensor) for states ``x``
+        (N, C), fp32; ``zc`` is ``net.c_in`` of the tokens' features (computed once per unit)."""
         sch, C = self.sample_schedule, self.channels
         x_in = torch.cat([x, x]) if guided else x
-        c = F.silu(zc + self.net.embed_time(sch.timestep[k : k + 1], zc.dtype))
+        c = F.silu(zc + self.net.embed_time(sch.timestep[k].reshape(1), zc.dtype))
         out = self.net.trunk(x_in.to(zc.dtype), c).float()
         eps, v = out[:, :C], out[:, C:]
         if guided:  # guidance on epsilon; the variance is the conditional half's (MAR's forward_with_cfg)
@@ -177,8 +187,13 @@ class DiffusionHead(nn.Module):
         # every step's noise drawn at once (one counter-noise call a unit), step i of the path at [:, i]
         e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 else None
         xs, means, log_vars = [x], [], []
+        compiled = getattr(self, "_compiled_step", None)
+        steps = torch.arange(S, device=x.device) if compiled is not None else None  # indexed: views, no copies
         for i, k in enumerate(reversed(range(S))):
-            mean, log_var = self._step(k, x, zc, cfg_scale, guided)
+            if compiled is not None:
+                mean, log_var = compiled(steps[k], x, zc, cfg_scale, guided)
+            else:
+                mean, log_var = self._step(k, x, zc, cfg_scale, guided)
             if k > 0:  # the last step adds no noise (DDPM)
                 x = mean + torch.exp(0.5 * log_var) * e_all[:, i].reshape(B * n, C) * temperature
             elif keep == "final":

@@ -32,7 +32,7 @@ class SamplingConfig:
     cuda_graph: capture the whole loop over units in one CUDA graph at a batch size's first batch and replay it for
         every later batch of that size (GPU only): no host work and no launch gaps between decoding steps.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
-        categorical head's sampling before capture, and the tokenizer's decoder; fuses the elementwise work of a
+        categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's decoder; fuses the elementwise work of a
         decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
         units through the Triton kernel; otherwise shapes turn dynamic after the second one; the decoder compiles
         once per batch size).
@@ -223,6 +223,8 @@ class Sampler:
         if self.cfg.compile and getattr(model.head, "discrete", False):
             # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
+        elif self.cfg.compile and hasattr(model.head, "compile_step"):
+            model.head.compile_step(**options)  # a diffusion head: one graph for each of its denoising steps
         self._states: dict[int, _BatchState] = {}
         self.speculative = None
         if self.cfg.speculative != "none":
