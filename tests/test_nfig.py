@@ -1,6 +1,7 @@
 """Frequency family (NFIG): the frequency-band tokenizer and next-frequency prediction on the scale engine."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,17 @@ def test_nfig_recipes_train_and_sample_end_to_end(tmp_path):
     assert (next(out.iterdir()) / "grid.png").is_file()
     tok = load_model(gen_dir / "final").tokenizer
     assert tok.config.band_edges == (0.0625, 0.125, 0.25, 0.5) and tok.scales == (1, 3, 5, 8)
+
+
+def test_band_roundtrip_script_reports_both_resamplings(tmp_path, cifar_test):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("band_roundtrip", "eval/band_roundtrip.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = str(Path(cifar_test).parent)
+    assert script.main(["--data", data, "--limit", "32", "--name", "r", "--results-dir", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert m["grids_spectral"] == [1, 3, 5, 8] and m["grids_area"] == [1, 2, 4, 8]
+    assert max(m[f"lost_spectral_band{k}"] for k in range(3)) < 1e-10 and m["lost_area_band1"] > 0.2
+    assert script.main(["--data", str(tmp_path / "none")]) == 2
