@@ -3,9 +3,9 @@
 The model: a 12 x 768 causal backbone (``gpt-b``) over 256 tokens of 16 channels (a KL tokenizer of downsample 16,
 as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM steps when sampling), random
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
-the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the head's
-sampling compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after ``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch
-multiplier 4.
+the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
+head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
+``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4.
 
     python bench/diffusion_ar.py [--name bench-diffusion-ar] [--modes eager compiled]   # a GPU; --tiny: a CPU check
 """

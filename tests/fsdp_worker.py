@@ -2,9 +2,9 @@
 ``use_orig_params``: what configs/accelerate/fsdp-2gpu.yaml asks of accelerate) beside an unsharded copy trained on
 the whole batch, and check the trainer's checkpoint functions (visgen.train.sharding) both ways: sharded state
 gathered equals the copy's, a sharded checkpoint resumes unsharded and an unsharded one resumes sharded, the EMA
-gathers and restores. Run by tests/test_sharding.py: torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT (writes OUT.0 and OUT.1)
-(accelerate 1.x prepares FSDP only for accelerator devices, so the trainer's own FSDP path needs GPUs; torch's FSDP
-itself runs on the CPU)."""
+gathers and restores. Run by tests/test_sharding.py:
+torchrun --nproc_per_node=2 tests/fsdp_worker.py OUT (writes OUT.0 and OUT.1). The trainer's own FSDP path is tested
+beside it through tests/fsdp_trainer.py."""
 
 import copy
 import json

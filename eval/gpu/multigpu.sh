@@ -3,7 +3,8 @@
 #   STEP=bench  bench/multigpu.py: the trainer's tokens/s on 1 and 2 GPUs at one per-GPU batch, GPT-B tokens
 #               (results/bench-multigpu.json, ddp_scaling_efficiency).
 #   STEP=ddp    a recipe (RECIPE, default the CIFAR-10 token AR one; the VAR one with
-#               RECIPE=generators/cifar10-var.yaml EXTRA=model.tokenizer=<a trained msvq's final/>) for STEPS steps at one global batch (GLOBAL) on 1 GPU and on 2 under
+#               RECIPE=generators/cifar10-var.yaml EXTRA=model.tokenizer=<a trained msvq's final/>) for STEPS
+#               steps at one global batch (GLOBAL) on 1 GPU and on 2 under
 #               configs/accelerate/ddp-2gpu.yaml: both metrics.jsonl to $OUT and the largest gap of their logged
 #               losses; then the 2-GPU run's checkpoint resumed on 1 GPU, the 1-GPU run's on 2, RESUME steps each.
 #   STEP=fsdp   a GPT-L-sized token model (model.backbone=gpt-l) under configs/accelerate/fsdp-2gpu.yaml for STEPS
@@ -29,6 +30,13 @@ fi
 ONE="python"
 TOKEN="generators/cifar10-token-ar.yaml" RECIPE=${RECIPE:-generators/cifar10-token-ar.yaml} EXTRA=${EXTRA:-}
 
+train() {  # $1: launcher, $2: recipe, $3: run folder, $4: steps, $5: batch per process, $6: log; then overrides
+  local launch=$1 recipe=$2 out=$3 steps=$4 batch=$5 log=$6
+  shift 6
+  $launch train.py generator --recipe $recipe $D $COMMON train.out_dir=$out train.steps=$steps \
+    train.batch_size=$batch "$@" > $OUT/$log 2>&1
+}
+
 gap() {  # the largest difference of the losses two runs logged at the same steps
   python - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'EOF'
 import json, sys
@@ -47,31 +55,25 @@ bench)
   ;;
 ddp)
   rm -rf runs/mg-ddp-1 runs/mg-ddp-2
-  $ONE train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-1 train.steps=$STEPS \
-    train.batch_size=$GLOBAL train.ckpt_every=$STEPS > $OUT/ddp-1.log 2>&1
-  $TWO train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-2 train.steps=$STEPS \
-    train.batch_size=$((GLOBAL / 2)) train.ckpt_every=$STEPS > $OUT/ddp-2.log 2>&1
+  train "$ONE" $RECIPE runs/mg-ddp-1 $STEPS $GLOBAL ddp-1.log train.ckpt_every=$STEPS $EXTRA
+  train "$TWO" $RECIPE runs/mg-ddp-2 $STEPS $((GLOBAL / 2)) ddp-2.log train.ckpt_every=$STEPS $EXTRA
   gap runs/mg-ddp-1 runs/mg-ddp-2 | tee $OUT/ddp-gap.json
   cp runs/mg-ddp-1/metrics.jsonl $OUT/ddp-1.jsonl
   cp runs/mg-ddp-2/metrics.jsonl $OUT/ddp-2.jsonl
   # across: the 2-process checkpoint on 1 process, the 1-process one on 2 (same global batch)
-  $ONE train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-2 train.steps=$((STEPS + RESUME)) \
-    train.batch_size=$GLOBAL train.ckpt_every=0 > $OUT/ddp-2-on-1.log 2>&1
-  $TWO train.py generator --recipe $RECIPE $D $COMMON $EXTRA train.out_dir=runs/mg-ddp-1 train.steps=$((STEPS + RESUME)) \
-    train.batch_size=$((GLOBAL / 2)) train.ckpt_every=0 > $OUT/ddp-1-on-2.log 2>&1
+  train "$ONE" $RECIPE runs/mg-ddp-2 $((STEPS + RESUME)) $GLOBAL ddp-2-on-1.log train.ckpt_every=0 $EXTRA
+  train "$TWO" $RECIPE runs/mg-ddp-1 $((STEPS + RESUME)) $((GLOBAL / 2)) ddp-1-on-2.log train.ckpt_every=0 $EXTRA
   grep -h "resuming a\|resumed from" $OUT/ddp-2-on-1.log $OUT/ddp-1-on-2.log || true
   gap runs/mg-ddp-1 runs/mg-ddp-2 | tee $OUT/ddp-gap-after-resume.json
   ;;
 fsdp)
   rm -rf runs/mg-fsdp
-  L="train.steps=$STEPS train.ckpt_every=$STEPS train.batch_size=$((GLOBAL / 2))"
+  L="train.ckpt_every=$STEPS"
   if [ -z "${CPU:-}" ]; then L="model.backbone=gpt-l $L"; fi
-  $TWO_FSDP train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-fsdp $L > $OUT/fsdp-2.log 2>&1
+  train "$TWO_FSDP" $TOKEN runs/mg-fsdp $STEPS $((GLOBAL / 2)) fsdp-2.log $L
   cp runs/mg-fsdp/metrics.jsonl $OUT/fsdp-2.jsonl
-  $ONE train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-fsdp ${L/train.steps=$STEPS/train.steps=$((STEPS + RESUME))} \
-    train.batch_size=$GLOBAL > $OUT/fsdp-on-1.log 2>&1
-  $TWO_FSDP train.py generator --recipe $TOKEN $D $COMMON train.out_dir=runs/mg-fsdp \
-    ${L/train.steps=$STEPS/train.steps=$((STEPS + 2 * RESUME))} > $OUT/fsdp-on-2-again.log 2>&1
+  train "$ONE" $TOKEN runs/mg-fsdp $((STEPS + RESUME)) $GLOBAL fsdp-on-1.log $L
+  train "$TWO_FSDP" $TOKEN runs/mg-fsdp $((STEPS + 2 * RESUME)) $((GLOBAL / 2)) fsdp-on-2-again.log $L
   cp runs/mg-fsdp/metrics.jsonl $OUT/fsdp-all.jsonl
   ;;
 fid)

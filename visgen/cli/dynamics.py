@@ -5,8 +5,8 @@ test clips) and its ceiling (the same real clips shuffled in time):
     python eval/dynamics.py --input samples/.../samples.npz --ref data/moving-fmnist
 
 ``--input``: a video generator's checkpoint (clips sampled class-balanced here), an ``.npz`` of uint8 clips
-(``arr_0``: N x T x H x W x C, what ``sample.py --npz`` writes) or video data, read as ``eval/fvd.py`` reads them. Reports ``dynamics_error``,
-``dynamics_error_real`` and ``dynamics_error_shuffled`` (pixels per frame squared).
+(``arr_0``: N x T x H x W x C, what ``sample.py --npz`` writes) or video data, read as ``eval/fvd.py`` reads them.
+Reports ``dynamics_error``, ``dynamics_error_real`` and ``dynamics_error_shuffled`` (pixels per frame squared).
 """
 
 from __future__ import annotations

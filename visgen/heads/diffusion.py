@@ -187,13 +187,12 @@ class DiffusionHead(nn.Module):
         # every step's noise drawn at once (one counter-noise call a unit), step i of the path at [:, i]
         e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 else None
         xs, means, log_vars = [x], [], []
-        compiled = getattr(self, "_compiled_step", None)
-        steps = torch.arange(S, device=x.device) if compiled is not None else None  # indexed: views, no copies
+        step_fn = getattr(self, "_compiled_step", None)
+        # compiled: the step index as a 0-d tensor (a view of one arange: no copies), so every step is one graph
+        index = range(S) if step_fn is None else torch.arange(S, device=x.device)
+        step_fn = step_fn or self._step
         for i, k in enumerate(reversed(range(S))):
-            if compiled is not None:
-                mean, log_var = compiled(steps[k], x, zc, cfg_scale, guided)
-            else:
-                mean, log_var = self._step(k, x, zc, cfg_scale, guided)
+            mean, log_var = step_fn(index[k], x, zc, cfg_scale, guided)
             if k > 0:  # the last step adds no noise (DDPM)
                 x = mean + torch.exp(0.5 * log_var) * e_all[:, i].reshape(B * n, C) * temperature
             elif keep == "final":

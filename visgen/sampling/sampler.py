@@ -32,8 +32,8 @@ class SamplingConfig:
     cuda_graph: capture the whole loop over units in one CUDA graph at a batch size's first batch and replay it for
         every later batch of that size (GPU only): no host work and no launch gaps between decoding steps.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
-        categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's decoder; fuses the elementwise work of a
-        decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
+        categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
+        decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
         units through the Triton kernel; otherwise shapes turn dynamic after the second one; the decoder compiles
         once per batch size).
     decode_kernel: how one-token units attend to the cache: ``sdpa`` (RoPE and the cache append as PyTorch ops,

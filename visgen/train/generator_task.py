@@ -213,18 +213,13 @@ def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[Generat
 
 
 def _check_teacher(model: Generator, teacher) -> None:
-    """A teacher must predict the same tokens: a generator with a categorical head over the same tokenizer,
-    schedule and classes (the checks a draft passes for speculative decoding)."""
-    from visgen.sampling.speculative import _tokenizer_id
+    """A teacher must predict the same tokens: the student is its draft, so it passes a draft's checks for
+    speculative decoding (categorical heads, the same tokenizer, schedule, sequence and classes)."""
+    from visgen.sampling.speculative import check_models
 
     if not isinstance(teacher, Generator):
         raise ConfigError(f"distill.teacher must be a generator checkpoint; got a {type(teacher).__name__}")
-    if not (model.head.discrete and teacher.head.discrete):
-        raise ConfigError("distillation matches categorical next-token distributions: both heads must be categorical")
-    same = (teacher.config.schedule, teacher.schedule.seq_len, teacher.config.num_classes) == (
-        model.config.schedule, model.schedule.seq_len, model.config.num_classes)  # fmt: skip
-    if not same or _tokenizer_id(teacher) != _tokenizer_id(model):
-        raise ConfigError(
-            "distill.teacher predicts other tokens (its tokenizer, schedule, sequence length or classes differ "
-            "from this model's); a teacher and its student share all of them"
-        )
+    try:
+        check_models(teacher, model, "draft", None)
+    except ConfigError as e:
+        raise ConfigError(f"distill.teacher cannot teach this model: {e}") from None
