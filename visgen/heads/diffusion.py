@@ -122,7 +122,7 @@ class DiffusionHead(nn.Module):
         """(mean, log variance) of p(x_{t-1} | x_t) from predicted epsilon and variance values (indices ``t``); the
         predicted clean latent clipped to +-``clip`` when it is not 0."""
 
-        def g(name):  # per row (t of shape (N,), training), or one step (an int, or a 0-d tensor when compiled)
+        def g(name):  # per row (t of shape (N,), training), or one step (an int, or a 1-element tensor when compiled)
             v = getattr(sch, name)[t]
             return v[:, None] if v.dim() else v
 
@@ -158,12 +158,12 @@ class DiffusionHead(nn.Module):
 
     def compile_step(self, **options):
         """``torch.compile`` one denoising step (trunk, guidance, the step's mean and variance) for sampling: the
-        step index goes in as a 0-d tensor, so all steps share one graph instead of one compile each (what
+        step index goes in as a 1-element tensor, so all steps share one graph instead of one compile each (what
         ``SamplingConfig(compile=True)`` calls on the sampler's copy of the model)."""
         self._compiled_step = torch.compile(self._step, fullgraph=True, **options)
 
     def _step(self, k, x: torch.Tensor, zc: torch.Tensor, cfg_scale, guided: bool):
-        """(mean, log variance) of the sampling step at kept timestep k (an int or a 0-d tensor) for states ``x``
+        """(mean, log variance) of the sampling step at kept timestep k (an int or a 1-element tensor) for states ``x``
         (N, C), fp32; ``zc`` is ``net.c_in`` of the tokens' features (computed once per unit)."""
         sch, C = self.sample_schedule, self.channels
         x_in = torch.cat([x, x]) if guided else x
@@ -188,8 +188,10 @@ class DiffusionHead(nn.Module):
         e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 else None
         xs, means, log_vars = [x], [], []
         step_fn = getattr(self, "_compiled_step", None)
-        # compiled: the step index as a 0-d tensor (a view of one arange: no copies), so every step is one graph
-        index = range(S) if step_fn is None else torch.arange(S, device=x.device)
+        # compiled: the step index as a 1-element tensor (a view of one arange: no copies), so every step is one
+        # graph; indexing by it is a gather, where a 0-d index would be read back as a Python int (torch 2.11's
+        # dynamo stops there: "data-dependent expression")
+        index = range(S) if step_fn is None else torch.arange(S, device=x.device).view(S, 1)
         step_fn = step_fn or self._step
         for i, k in enumerate(reversed(range(S))):
             mean, log_var = step_fn(index[k], x, zc, cfg_scale, guided)
