@@ -2,10 +2,12 @@
 # How results/cifar10-diffusion-ar*.json were made (continuous tokens one at a time on the bundled KL tokenizer):
 #   STEP=main: the diffusion head at unit size 1 (GEN_MIN minutes), its grid, FD/IS + memorisation at guidance 2
 #              (the headline) and 3, NUM_FD samples each;
-#   STEP=rows: the short rows side by side on one GPU: head flow_mlp, and the diffusion head at unit size 4
-#              (ROW_MIN minutes each), each with a grid and FD/IS at guidance 2 on NUM_ROW_FD samples.
+#   STEP=rows: the short rows, trained side by side on one GPU (ROW_MIN minutes each) and then evaluated in turn:
+#              head flow_mlp, and the diffusion head at unit size 4, each with a grid and FD/IS at guidance 2 on
+#              NUM_ROW_FD samples.
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
-# EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 model.head_options.steps=4" NUM_FD=20 ...).
+# EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 train.log_every=1 model.head_options.steps=4"
+# NUM_FD=20 NUM_ROW_FD=20 RESULTS=/tmp/r).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=main bash eval/gpu/diffusion_ar.sh; then STEP=rows
 set -euo pipefail
 export TQDM_MININTERVAL=30
@@ -39,12 +41,13 @@ if [ "$STEP" = main ]; then
   train cifar10-diffusion-ar $GEN_MIN
   evaluate cifar10-diffusion-ar $NUM_FD 2 3
 fi
-if [ "$STEP" = rows ]; then
-  (train cifar10-diffusion-ar-flow-mlp $ROW_MIN model.head=flow_mlp "model.head_options={width: 512, depth: 3, steps: 25}" \
-    && evaluate cifar10-diffusion-ar-flow-mlp $NUM_ROW_FD 2) &
+if [ "$STEP" = rows ]; then  # both trainings side by side, then one evaluation after the other
+  train cifar10-diffusion-ar-flow-mlp $ROW_MIN model.head=flow_mlp "model.head_options={width: 512, depth: 3, steps: 25}" &
   a=$!
-  (train cifar10-diffusion-ar-unit4 $ROW_MIN model.unit_size=4 && evaluate cifar10-diffusion-ar-unit4 $NUM_ROW_FD 2) &
+  train cifar10-diffusion-ar-unit4 $ROW_MIN model.unit_size=4 &
   b=$!
   wait $a
   wait $b
+  evaluate cifar10-diffusion-ar-flow-mlp $NUM_ROW_FD 2
+  evaluate cifar10-diffusion-ar-unit4 $NUM_ROW_FD 2
 fi

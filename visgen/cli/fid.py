@@ -225,6 +225,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def stage(what: str, t0: float):
+    """One line on stderr when a stage ends, so a long evaluation's log says where its time went."""
+    print(f"{what}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def main(argv=None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,18 +256,24 @@ def main(argv=None, prog: str | None = None) -> int:
         images, info = load_input(args, kind)
         if not info.pop("is_main", True):
             return 0
+        t0 = time.perf_counter()
         stats, ref_feats, ref_info = ref.features(extractor, device, cache_dir)
+        source = {True: "from the cache", False: "computed", None: "from the statistics file"}[ref_info["cache_hit"]]
+        stage(f"reference features ({source})", t0)
         t0 = time.perf_counter()
         feats = extractor.features(images, device)
         feat_rate = len(images) / (time.perf_counter() - t0)
         metrics, _ = score(images, extractor, device, stats, ref_feats, kid=not args.no_kid, prc=not args.no_prc,
                            features=feats)  # fmt: skip
+        stage(f"features and metrics of {len(images)} images", t0)
         memo_info = {"memorisation": "off" if not args.memorisation else "no held-out images found (pass --holdout) "
                      "or the reference is a statistics file"}  # fmt: skip
         if holdout is not None:
+            t0 = time.perf_counter()
             memo, memo_info = memorisation(images, feats["fd"], ref, ref_feats, holdout, extractor, device, cache_dir,
                                            pairs)  # fmt: skip
             metrics.update(memo)
+            stage("memorisation report", t0)
     except (CheckpointError, ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
