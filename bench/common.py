@@ -77,6 +77,43 @@ def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool, draft=N
     return out
 
 
+def profile_sampling(gen, cfg: SamplingConfig, draft=None, table: str | None = None, title: str = "",
+                     rows: int = 25) -> dict:  # fmt: skip
+    """What one batch of sampling launches, after a warm-up batch: ``kernels`` (device kernels on a GPU, outermost
+    aten ops on a CPU) and ``device_ms`` (their summed time), both per AR position of the batch (the schedule's
+    length), through torch.profiler; ``table``: a file the profiler's ``rows`` top operators are appended to, under
+    ``title`` (``-``: printed). On a GPU the kernels a replayed CUDA graph runs are counted as launched kernels are."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sampler = Sampler(gen, cfg, draft=draft)
+    labels = torch.arange(cfg.batch_size) % gen.config.num_classes
+    sampler.sample_tokens(labels)
+    sync()
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        sampler.sample_tokens(labels, sample_ids=torch.arange(cfg.batch_size) + cfg.batch_size)
+        sync()
+    events = prof.events()
+    if cuda:
+        ran = [e for e in events if e.device_type.name == "CUDA"]
+        ms = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in ran) / 1e3
+    else:  # aten ops not called by another aten op
+        ran = [e for e in events if e.name.startswith("aten::")
+               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
+        ms = sum(e.self_cpu_time_total for e in ran) / 1e3
+    if table:
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        text = f"== {title}\n{prof.key_averages().table(sort_by=sort, row_limit=rows)}\n"
+        if table == "-":
+            print(text)
+        else:
+            with open(table, "a") as f:
+                f.write(text)
+    steps = gen.schedule.seq_len
+    return {"kernels": len(ran) / steps, "device_ms": ms / steps}
+
+
 def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False) -> dict:
     """Training tokens/s and model TFLOP/s (6 x parameters x tokens/s) of ``gen.loss`` on ``tokens`` (bf16
     autocast, fused AdamW); {"oom": True} when the batch does not fit. Trains a copy: ``gen`` keeps its weights

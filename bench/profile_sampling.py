@@ -1,5 +1,6 @@
 """Where sampling time goes: one batch of the token or VAR benchmark model under ``torch.profiler``, the operators
-that take the most device time (CPU time on a CPU), and the split between generating tokens and decoding them.
+that take the most device time (CPU time on a CPU), the kernels launched per AR position and their device time, and
+the split between generating tokens and decoding them.
 
     python bench/profile_sampling.py --family var --batch 256 [--compile] [--no-graph] [--decode-kernel triton]
     python bench/profile_sampling.py --family token --tiny --batch 2                      # checks it runs on a CPU
@@ -10,10 +11,9 @@ from __future__ import annotations
 import time
 
 import torch
-from common import parser, setup, sync
+from common import parser, profile_sampling, setup, sync
 from token_ar import SAMPLING as TOKEN_SAMPLING
 from token_ar import build as build_token
-from torch.profiler import ProfilerActivity, profile
 from var import SAMPLING as VAR_SAMPLING
 from var import build as build_var
 
@@ -45,14 +45,9 @@ def main():
         run()
         sync()
         rec.add(f"{name}_seconds_per_batch", time.perf_counter() - t0, ".4f", "s")
-    cuda = torch.cuda.is_available()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        sampler.sample_tokens(labels)
-        sampler.model.decode_tokens(tokens, sampler.decoder)
-        sync()
-    key = "cuda_time_total" if cuda else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
+    r = profile_sampling(gen, cfg, table="-", title=f"{args.family} at batch {args.batch}", rows=args.rows)
+    rec.add("kernels_per_token", r["kernels"], ".1f")
+    rec.add("device_ms_per_token", r["device_ms"], ".4f", "ms")
 
 
 if __name__ == "__main__":

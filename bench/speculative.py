@@ -8,7 +8,9 @@ models over the same KL tokenizer) for ``cspd`` under the exact rule and the ref
 sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method}``, ``tokens_per_pass_{method}``,
 ``target_passes_per_image_{method}`` (pooled over the timed batches), and with ``--ref``
 ``fd_cifar10cls_{method}`` of ``--fd-samples`` samples (``--cspd-fd-samples`` for the continuous models, whose plain
-FD is taken at each of ``--seeds`` for the seed-to-seed spread).
+FD is taken at each of ``--seeds`` for the seed-to-seed spread). ``--profile-batches 8`` adds, for the plain sampler
+and each method, what one batch launches per token (``profile_{method}_b8_kernels_per_token``) and its device time
+(``..._device_ms_per_token``), with the profiler's top operators in ``--profile-table``: where a round's time goes.
 
     python bench/speculative.py --target T --draft D --cspd-target CT --cspd-draft CD --ref DATA/train \
         --name bench-speculative          # a GPU; --tiny: tiny random models, to check the script on a CPU
@@ -21,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import Record, bench_sampling, parser
+from common import Record, bench_sampling, parser, profile_sampling
 
 from visgen.checkpoint import load_model
 from visgen.cli.fid import main as fid_main
@@ -83,6 +85,13 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         n = sum(r["images"] for r in runs)
         for stat in ("acceptance", "tokens_per_pass", "target_passes_per_image"):
             rec.add(f"{stat}_{name}", sum(r[stat] * r["images"] for r in runs) / n, ".3f")
+    for b in args.profile_batches:  # what each method launches per token, where a round's time goes
+        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k)
+        for name, spec in {f"plain_{key}": {}, **methods}.items():
+            r = profile_sampling(gen, SamplingConfig(**base, **spec), drafter if spec else None, args.profile_table,
+                                 f"{name} at batch {b}")  # fmt: skip
+            rec.add(f"profile_{name}_b{b}_kernels_per_token", r["kernels"], ".1f")
+            rec.add(f"profile_{name}_b{b}_device_ms_per_token", r["device_ms"], ".4f")
     if not args.ref or fd_samples < 1:
         return
     for s in seeds:
@@ -113,6 +122,14 @@ def main():
     p.add_argument("--cspd-fd-samples", type=int, default=2000)
     p.add_argument("--fd-batch", type=int, default=500)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the plain FD (cspd models)")
+    p.add_argument(
+        "--profile-batches",
+        type=int,
+        nargs="*",
+        default=[],
+        help="batch sizes to profile one batch of each method at (kernels and device time per token)",
+    )
+    p.add_argument("--profile-table", help="a text file the profiler's top operators of each profiled batch go to")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     rec = Record(args.name)

@@ -49,7 +49,7 @@ def test_profile_prints_the_split_and_the_top_operators(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "tokens_seconds_per_batch" in out.stdout and "decode_seconds_per_batch" in out.stdout
-    assert "Name" in out.stdout and "aten::" in out.stdout
+    assert "Name" in out.stdout and "aten::" in out.stdout and "kernels_per_token" in out.stdout
 
 
 def test_decode_bench_measures_each_layout(tmp_path):
@@ -118,3 +118,26 @@ def test_multigpu_bench_scales_one_to_two_processes(tmp_path):
     one, two = m["train_1proc_b4_tokens_per_s"], m["train_2proc_b4_tokens_per_s"]
     assert one > 0 and two > 0 and m["ddp_scaling_efficiency"] == pytest.approx(two / (2 * one))
     assert "`Accelerate` version" in m["accelerate_env"]
+
+
+def test_profile_counts_what_a_batch_launches(tmp_path, monkeypatch):
+    """bench/speculative.py's ``--profile-batches``: per AR position, the outermost ops a batch runs (kernels on a
+    GPU) and their time; speculative Jacobi rounds write their own table after the plain sampler's."""
+    monkeypatch.syspath_prepend(str(Path.cwd() / "bench"))
+    import torch
+    from common import profile_sampling
+
+    from visgen.generator import Generator, GeneratorConfig
+    from visgen.sampling import SamplingConfig
+
+    torch.manual_seed(0)
+    gen = Generator(
+        GeneratorConfig(tokenizer="asset:cifar10-vq", image_size=32, num_classes=10, backbone="tiny")
+    ).eval()
+    table = tmp_path / "profile.txt"
+    plain = profile_sampling(gen, SamplingConfig(batch_size=2), table=str(table), title="plain")
+    jacobi = profile_sampling(gen, SamplingConfig(batch_size=2, speculative="jacobi", gamma=2), table=str(table),
+                              title="jacobi")  # fmt: skip
+    assert plain["kernels"] > 1 and plain["device_ms"] > 0 and jacobi["kernels"] > 0
+    text = table.read_text()
+    assert text.index("== plain") < text.index("== jacobi") and "aten::" in text

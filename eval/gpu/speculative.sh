@@ -8,7 +8,8 @@
 #               DRAFT_MIN minutes): its validation reports the held-out acceptance; STEP=discrete then uses it
 #               (DRAFT=visgen/assets/cifar10-token-ar for the undistilled draft);
 #   STEP=discrete / STEP=cspd: bench/speculative.py for the token pair / the diffusion pair (images/s at batch 1, 8,
-#               64 against the plain sampler in the same run, acceptance, FD with and without).
+#               64 against the plain sampler in the same run, acceptance, FD with and without, and at batch 8 what
+#               each method launches per token, with the profiler's tables in $OUT/profile-*.txt).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
 # (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0" ...).
 set -euo pipefail
@@ -44,9 +45,11 @@ if [ "$STEP" = distill ]; then
 fi
 if [ "$STEP" = discrete ]; then
   python bench/speculative.py --target runs/spec-token-target/final --draft $DRAFT \
-    --ref $DATA/train --images 16 --name $NAME-discrete ${BENCH:-} > $OUT/bench-discrete.log 2>&1
+    --ref $DATA/train --images 16 --name $NAME-discrete --profile-batches 8 --profile-table $OUT/profile-discrete.txt \
+    ${BENCH:-} > $OUT/bench-discrete.log 2>&1
 fi
 if [ "$STEP" = cspd ]; then
   python bench/speculative.py --cspd-target runs/spec-diff-target/final --cspd-draft runs/spec-diff-draft/final \
-    --ref $DATA/train --images 16 --name $NAME-cspd ${BENCH:-} > $OUT/bench-cspd.log 2>&1
+    --ref $DATA/train --images 16 --name $NAME-cspd --profile-batches 8 --profile-table $OUT/profile-cspd.txt \
+    ${BENCH:-} > $OUT/bench-cspd.log 2>&1
 fi
