@@ -142,7 +142,10 @@ def test_checkpoint_input_report(tmp_path, cifar_train, capsys):
     assert s["num_images"] == 12 and s["input_kind"] == "checkpoint" and s["sampling"]["cfg_scale"] == 1.5
     assert s["extractor"] == "cifar10cls" and len(s["extractor_weights_sha256_16"]) == 16
     assert {"fd_cifar10cls", "is_cifar10cls", "kid_cifar10cls", "precision_cifar10cls"} <= set(out["metrics"])
-    assert "fd_cifar10cls=" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "fd_cifar10cls=" in captured.out
+    # each stage's time on stderr, so a long evaluation's log says where its time went
+    assert "reference features (computed):" in captured.err and "features and metrics of 12 images:" in captured.err
 
 
 def test_tokenizer_reconstruction_fd(tmp_path, cifar_test):
