@@ -208,9 +208,17 @@ def test_images_decode_from_a_low_precision_sampler():
 def test_compiled_denoising_step_equals_eager():
     """SamplingConfig(compile=True) compiles the diffusion head's denoising step once for every step (the step index
     a tensor), on the sampler's copy of the model; the latents are the eager sampler's."""
+    from torch._dynamo.utils import counters
+
     gen = diffusion_generator()
     cfg = dict(cfg_scale=2.0, seed=3)
     eager = Sampler(gen, SamplingConfig(**cfg)).sample_tokens([0, 1, 2])
     compiled = Sampler(gen, SamplingConfig(**cfg, compile=True))
+    counters.clear()
     torch.testing.assert_close(compiled.sample_tokens([0, 1, 2]), eager, atol=1e-4, rtol=1e-4)
     assert hasattr(compiled.model.head, "_compiled_step") and not hasattr(gen.head, "_compiled_step")
+    # one graph for the blocks and one for every denoising step (not one per step), none added by a second batch
+    assert counters["stats"]["unique_graphs"] <= 2 < len(gen.head.sample_schedule)
+    counters.clear()
+    compiled.sample_tokens([0, 1, 2])
+    assert counters["stats"]["unique_graphs"] == 0
