@@ -29,8 +29,8 @@ from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer, MultiScal
 
 SAMPLING = dict(cfg_scale=1.5, cfg_schedule="linear", top_k=900, top_p=0.96)  # as VAR samples
 NFIG_EDGES = (0.03125, 0.0625, 0.125, 0.25, 0.375, 0.5)  # cycles per latent sample, for a 16 x 16 latent
-# the recipe's resampling: DFT, exact grids 1, 3, 5, 9, 13, 16 (541 tokens; results/bench-nfig.json before this was
-# measured with resample: area, grids 1, 2, 4, 8, 12, 16, 485 tokens)
+# the recipe's resampling: DFT, exact grids 1, 3, 5, 9, 13, 16 (541 tokens; resample: area would give the Nyquist
+# grids 1, 2, 4, 8, 12, 16, 485 tokens, what results/bench-nfig.json held before it was rerun)
 NFIG_RESAMPLE = "spectral"
 
 

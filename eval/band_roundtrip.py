@@ -19,7 +19,7 @@ from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset, collate
 from visgen.nn.resize import resize
-from visgen.results import write_result
+from visgen.results import metrics_line, write_result
 from visgen.tokenizers import FrequencyVQConfig, FrequencyVQTokenizer
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         lost, grids = band_losses(latents, tuple(args.edges), resample)
         metrics[f"grids_{resample}"] = list(grids)
         metrics.update({f"lost_{resample}_band{k}": v for k, v in enumerate(lost)})
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print(metrics_line(metrics))
     if args.name:
         write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)
     return 0

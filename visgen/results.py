@@ -50,6 +50,11 @@ def check_writable(folder: str | Path, what: str) -> None:
         raise ConfigError(f"cannot write to {what} {folder}: {e.strerror or e}") from None
 
 
+def metrics_line(metrics: dict) -> str:
+    """Metrics as one printed line, ``name=value`` each, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
 def write_result(path: str | Path, name: str, metrics: dict, command: str | None = None) -> Path:
     """Write one result file; ``command`` defaults to this process's command line."""
     path = Path(path)

@@ -22,7 +22,7 @@ from visgen.cli.fvd import data_clips, generated
 from visgen.config import ConfigError
 from visgen.data import DataError
 from visgen.metrics.dynamics import dynamics_error, shuffled_in_time
-from visgen.results import write_result
+from visgen.results import metrics_line, write_result
 
 
 def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
         "dynamics_error_shuffled": dynamics_error(shuffled_in_time(real, args.seed)), "clips": len(clips),
         "real_clips": len(real), "frames": T,
     }  # fmt: skip
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print(metrics_line(metrics))
     if args.name:
         write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)
     return 0

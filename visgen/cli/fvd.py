@@ -38,7 +38,7 @@ from visgen.metrics.fidelity import Extractor, frechet_distance, reference_featu
 from visgen.metrics.memorisation import memorisation_report
 from visgen.metrics.recon import to_uint8
 from visgen.metrics.video import VideoExtractor
-from visgen.results import check_writable, hardware, write_result
+from visgen.results import check_writable, hardware, metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
             metrics["dynamics_error_shuffled"] = dynamics_error(shuffled_in_time(real, args.seed))
     if "clips_per_s" in info:
         metrics["clips_per_s"] = info["clips_per_s"]
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print(metrics_line(metrics))
     report = {"input": args.input, "ref": ref_id, "sampling": info, "frame_extractor": args.frame_extractor,
               "video_extractor": args.video_extractor, "hardware": hardware(), "metrics": metrics}  # fmt: skip
     if args.report:

@@ -33,9 +33,9 @@ class SamplingConfig:
         every later batch of that size (GPU only): no host work and no launch gaps between decoding steps.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
-        decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few compiles (one per batch size for one-token
-        units through the Triton kernel; otherwise shapes turn dynamic after the second one; the decoder compiles
-        once per batch size).
+        decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
+        compiles (one per batch size for one-token units through the Triton kernel; otherwise shapes turn dynamic
+        after the second one; the decoder compiles once per batch size).
     decode_kernel: how one-token units attend to the cache: ``sdpa`` (RoPE and the cache append as PyTorch ops,
         then PyTorch's fused attention over a masked prefix bucket of 64 slots, a compiled shape per bucket),
         ``triton`` (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one
@@ -224,7 +224,7 @@ class Sampler:
             # guidance, filtering, counter noise and argmax fuse into a few kernels instead of a few dozen
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
-            model.head.compile_step(**options)  # a diffusion head: one graph for each of its denoising steps
+            model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
         self._states: dict[int, _BatchState] = {}
         self.speculative = None
         if self.cfg.speculative != "none":

@@ -23,8 +23,8 @@ Resampling and grids (``resample``):
   latents of 1000 CIFAR-10 test images it loses 60% and 38% (relative L2) of bands 1 and 2's content, which the next
   bands must carry (``eval/band_roundtrip.py``, ``results/freqvq-band-roundtrip.json``).
 
-``grids`` can raise either rule's sides. Everything else (codebook start on data, dead-code restart, ``init_from`` a trained VQ,
-training) is the multi-scale VQ's.
+``grids`` can raise either rule's sides. Everything else (codebook start on data, dead-code restart, ``init_from`` a
+trained VQ, training) is the multi-scale VQ's.
 """
 
 from __future__ import annotations

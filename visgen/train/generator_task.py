@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -133,9 +133,8 @@ class GeneratorTask(nn.Module):
     def _distill(self, model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-token means over the batch: cross-entropy, KL(teacher || model), and the distributions' overlap."""
         seq, labels = model.schedule.to_sequence(tokens), model.drop_labels(labels)
-        h = model.features(seq, labels)
-        ce = model.head.loss(seq, h, model.schedule.unit_sizes)
-        logp = model.head.logits(h).float().log_softmax(-1)
+        logp = model.head.logits(model.features(seq, labels)).log_softmax(-1)
+        ce = F.nll_loss(logp.flatten(0, 1), seq.flatten())  # the head's loss, from the one projection
         logp_t = self._teacher_logits(seq, labels).log_softmax(-1)
         kl = (logp_t.exp() * (logp_t - logp)).sum(-1).mean()
         overlap = torch.minimum(logp_t.exp(), logp.exp()).sum(-1).mean()
@@ -204,7 +203,7 @@ def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[Generat
     if distill.teacher:
         from visgen.checkpoint import load_model
 
-        teacher = load_model(distill.teacher, ema=(Path(distill.teacher) / "ema.safetensors").is_file())
+        teacher = load_model(distill.teacher, ema=True)  # its EMA weights where it has them
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     if tok_cfg.cache:
         seed = recipe.get("train", {}).get("seed", 0)
