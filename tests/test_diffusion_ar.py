@@ -94,6 +94,22 @@ def test_guidance_scale_one_equals_the_conditional_head(cls):
     assert not torch.allclose(strong, cond, atol=1e-3)
 
 
+def test_stacked_modulation_equals_each_blocks_own():
+    torch.manual_seed(0)
+    net = DiffusionHead(d_model=8, channels=3, width=16, depth=3, steps=4).net
+    for p in net.parameters():  # AdaLN layers start at zero: give them weights
+        torch.nn.init.normal_(p, std=0.3)
+    x, c = torch.randn(5, 3), torch.randn(5, 16)
+    h = net.x_in(x)
+    for b in net.blocks:
+        shift, scale, gate = b.ada(c).chunk(3, dim=-1)
+        h = h + gate * b.mlp(b.norm(h) * (1 + scale) + shift)
+    shift, scale = net.final_ada(c).chunk(2, dim=-1)
+    want = net.out(net.final_norm(h) * (1 + scale) + shift)
+    torch.testing.assert_close(net.trunk(x, c), want)
+    torch.testing.assert_close(net.trunk(x, c, net.modulation()), want)
+
+
 def test_log_density_is_each_steps_gaussian(toy_diffusion):
     head, z = toy_diffusion
     h = z.expand(5, 2, 8)

@@ -162,13 +162,21 @@ class DiffusionHead(nn.Module):
         ``SamplingConfig(compile=True)`` calls on the sampler's copy of the model)."""
         self._compiled_step = torch.compile(self._step, fullgraph=True, **options)
 
-    def _step(self, k, x: torch.Tensor, zc: torch.Tensor, cfg_scale, guided: bool):
+    def _prepare(self, h: torch.Tensor):
+        """What every denoising step of a unit shares, computed once per unit: ``net.c_in`` of the tokens' features,
+        the time embeddings of all kept steps (S, width) and the stacked AdaLN weights (``MLPDenoiser.modulation``)."""
+        zc = self.net.c_in(h.reshape(-1, h.shape[-1]))
+        temb = self.net.embed_time(self.sample_schedule.timestep, zc.dtype)
+        return zc, temb, self.net.modulation()
+
+    def _step(self, k, x: torch.Tensor, shared, cfg_scale, guided: bool):
         """(mean, log variance) of the sampling step at kept timestep k (an int or a 1-element tensor) for states ``x``
-        (N, C), fp32; ``zc`` is ``net.c_in`` of the tokens' features (computed once per unit)."""
+        (N, C), fp32; ``shared``: ``_prepare`` of the unit's features."""
         sch, C = self.sample_schedule, self.channels
+        zc, temb, modulation = shared
         x_in = torch.cat([x, x]) if guided else x
-        c = F.silu(zc + self.net.embed_time(sch.timestep[k].reshape(1), zc.dtype))
-        out = self.net.trunk(x_in.to(zc.dtype), c).float()
+        c = F.silu(zc + temb[k])
+        out = self.net.trunk(x_in.to(zc.dtype), c, modulation).float()
         eps, v = out[:, :C], out[:, C:]
         if guided:  # guidance on epsilon; the variance is the conditional half's (MAR's forward_with_cfg)
             (eps_c, eps_u), v = eps.chunk(2), v.chunk(2)[0]
@@ -181,7 +189,7 @@ class DiffusionHead(nn.Module):
         B, n, D = h.shape
         B = B // 2 if guided else B
         S, C = len(self.sample_schedule), self.channels
-        zc = self.net.c_in(h.reshape(-1, D))
+        shared = self._prepare(h)
         shape = lambda t: t.view(B, n, C)
         x = noise.normal(step, (n, C), stream=0).reshape(B * n, C)
         # every step's noise drawn at once (one counter-noise call a unit), step i of the path at [:, i]
@@ -194,7 +202,7 @@ class DiffusionHead(nn.Module):
         index = range(S) if step_fn is None else torch.arange(S, device=x.device).view(S, 1)
         step_fn = step_fn or self._step
         for i, k in enumerate(reversed(range(S))):
-            mean, log_var = step_fn(index[k], x, zc, cfg_scale, guided)
+            mean, log_var = step_fn(index[k], x, shared, cfg_scale, guided)
             if k > 0:  # the last step adds no noise (DDPM)
                 x = mean + torch.exp(0.5 * log_var) * e_all[:, i].reshape(B * n, C) * temperature
             elif keep == "final":
@@ -234,11 +242,10 @@ class DiffusionHead(nn.Module):
 
     def step_gaussians(self, h: torch.Tensor, xs: torch.Tensor, cfg_scale, guided: bool = False):
         """This head's (mean, log_var) (S, B, n, C) for each step of a given path ``xs`` (another head's, say)."""
-        D, C = h.shape[-1], self.channels
-        zc = self.net.c_in(h.reshape(-1, D))
+        C, shared = self.channels, self._prepare(h)
         means, log_vars = [], []
         for i, k in enumerate(reversed(range(len(self.sample_schedule)))):
-            mean, log_var = self._step(k, xs[i].reshape(-1, C).float(), zc, cfg_scale, guided)
+            mean, log_var = self._step(k, xs[i].reshape(-1, C).float(), shared, cfg_scale, guided)
             means.append(mean.view(xs.shape[1:]))
             log_vars.append(log_var.view(xs.shape[1:]))
         return torch.stack(means), torch.stack(log_vars)
