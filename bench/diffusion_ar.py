@@ -5,7 +5,11 @@ as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM s
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
 the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
-``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4.
+``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
+where a denoising step's time goes, from one batch of the same model at 64 px (16 tokens, so the profiler holds
+every kernel) in each ``--modes`` mode: kernels launched and their summed device time per denoising step
+(``profile_{mode}_unit{k}_b{batch}_kernels_per_step``, ``..._device_us_per_step``) beside the wall time per step of
+that batch (``..._wall_us_per_step``); the gap is launch latency. Top operators go to ``--profile-table``.
 
     python bench/diffusion_ar.py [--name bench-diffusion-ar] [--modes eager compiled]   # a GPU; --tiny: a CPU check
 """
@@ -13,21 +17,21 @@ head's denoising step compiled (``SamplingConfig(compile=True)``; its figures ca
 from __future__ import annotations
 
 import torch
-from common import bench_sampling, bench_training, parser, setup
+from common import bench_sampling, bench_training, parser, profile_sampling, setup, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
 from visgen.tokenizers import KLConfig, KLTokenizer
 
 
-def build(tiny: bool, unit_size: int = 1) -> Generator:
+def build(tiny: bool, unit_size: int = 1, image_size: int = 256) -> Generator:
     if tiny:
         tok = KLTokenizer(KLConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4))
         cfg = GeneratorConfig(tokenizer="-", image_size=16, num_classes=10, head="diffusion", unit_size=unit_size,
                               head_options={"width": 32, "depth": 1, "steps": 4}, backbone="tiny")  # fmt: skip
         return Generator(cfg, tokenizer=tok)
     tok = KLTokenizer(KLConfig(channels=64, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1, latent_channels=16))
-    cfg = GeneratorConfig(tokenizer="-", image_size=256, num_classes=1000, head="diffusion", unit_size=unit_size,
+    cfg = GeneratorConfig(tokenizer="-", image_size=image_size, num_classes=1000, head="diffusion", unit_size=unit_size,
                           head_options={"width": 1024, "depth": 6, "steps": 100}, backbone="gpt-b")  # fmt: skip
     return Generator(cfg, tokenizer=tok)
 
@@ -36,6 +40,8 @@ def main():
     p = parser(__doc__)
     p.add_argument("--unit-sizes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--profile-batches", type=int, nargs="*", default=[], help="batch sizes to profile (see above)")
+    p.add_argument("--profile-table", default=None, help="a file for the profiler's top operators ('-': print)")
     args = p.parse_args()
     gen, rec = setup(args, build)
     rec.add("head_params", sum(p.numel() for p in gen.head.parameters()), ",d")
@@ -52,6 +58,22 @@ def main():
                 rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
         del model
+    for k in args.unit_sizes if args.profile_batches else []:
+        small = build(args.tiny, k, image_size=16 if args.tiny else 64)
+        small.load_state_dict(gen.state_dict(), strict=False)  # the same weights; the position table is smaller
+        steps = small.head.steps * small.schedule.num_units  # denoising steps of one batch
+        for mode in args.modes:
+            for bs in args.profile_batches:
+                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, compile=mode == "compiled")
+                r = profile_sampling(small, cfg, table=args.profile_table, title=f"{mode} unit {k} batch {bs}")
+                per_step = small.schedule.seq_len / steps  # profile_sampling reports per token
+                wall = bench_sampling(small, cfg, repeats=2, decode=False)
+                tag = f"profile_{mode}_unit{k}_b{bs}"
+                rec.add(f"{tag}_kernels_per_step", r["kernels"] * per_step, ".1f")
+                rec.add(f"{tag}_device_us_per_step", r["device_ms"] * per_step * 1e3, ".1f", "us")
+                rec.add(f"{tag}_wall_us_per_step", bs / wall["images_per_s"] / steps * 1e6, ".1f", "us")
+        sync()
+        del small
     C, grid = gen.tokenizer.latent_channels, gen.schedule.grid
     for bs in args.train_batches:
         latents = torch.randn(bs, C, *grid, device=device)
