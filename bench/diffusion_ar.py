@@ -17,7 +17,7 @@ that batch (``..._wall_us_per_step``); the gap is launch latency. Top operators 
 from __future__ import annotations
 
 import torch
-from common import bench_sampling, bench_training, parser, profile_sampling, setup, sync
+from common import bench_sampling, bench_training, parser, profile_sampling, setup
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
@@ -72,7 +72,6 @@ def main():
                 rec.add(f"{tag}_kernels_per_step", r["kernels"] * per_step, ".1f")
                 rec.add(f"{tag}_device_us_per_step", r["device_ms"] * per_step * 1e3, ".1f", "us")
                 rec.add(f"{tag}_wall_us_per_step", bs / wall["images_per_s"] / steps * 1e6, ".1f", "us")
-        sync()
         del small
     C, grid = gen.tokenizer.latent_channels, gen.schedule.grid
     for bs in args.train_batches:

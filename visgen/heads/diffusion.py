@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from visgen.config import ConfigError
@@ -163,20 +162,14 @@ class DiffusionHead(nn.Module):
         self._compiled_step = torch.compile(self._step, fullgraph=True, **options)
 
     def _prepare(self, h: torch.Tensor):
-        """What every denoising step of a unit shares, computed once per unit: ``net.c_in`` of the tokens' features,
-        the time embeddings of all kept steps (S, width) and the stacked AdaLN weights (``MLPDenoiser.modulation``)."""
-        zc = self.net.c_in(h.reshape(-1, h.shape[-1]))
-        temb = self.net.embed_time(self.sample_schedule.timestep, zc.dtype)
-        return zc, temb, self.net.modulation()
+        """What every denoising step of a unit shares (``MLPDenoiser.prepare`` at the kept timesteps)."""
+        return self.net.prepare(h, self.sample_schedule.timestep)
 
     def _step(self, k, x: torch.Tensor, shared, cfg_scale, guided: bool):
         """(mean, log variance) of the sampling step at kept timestep k (an int or a 1-element tensor) for states ``x``
         (N, C), fp32; ``shared``: ``_prepare`` of the unit's features."""
         sch, C = self.sample_schedule, self.channels
-        zc, temb, modulation = shared
-        x_in = torch.cat([x, x]) if guided else x
-        c = F.silu(zc + temb[k])
-        out = self.net.trunk(x_in.to(zc.dtype), c, modulation).float()
+        out = self.net.step(torch.cat([x, x]) if guided else x, shared, k)
         eps, v = out[:, :C], out[:, C:]
         if guided:  # guidance on epsilon; the variance is the conditional half's (MAR's forward_with_cfg)
             (eps_c, eps_u), v = eps.chunk(2), v.chunk(2)[0]

@@ -48,15 +48,11 @@ class FlowMLPHead(nn.Module):
         B, n, D = h.shape
         B = B // 2 if guided else B
         C = self.channels
-        # once per unit: c_in of the features, every step's time embedding, the stacked AdaLN weights
-        zc = self.net.c_in(h.reshape(-1, D))
-        times = 1 - torch.arange(self.steps, device=zc.device, dtype=torch.float32) / self.steps
-        temb, modulation = self.net.embed_time(times, zc.dtype), self.net.modulation()
+        times = 1 - torch.arange(self.steps, device=h.device, dtype=torch.float32) / self.steps
+        shared = self.net.prepare(h, times)  # once per unit
         x = noise.normal(step, (n, C), stream=0).reshape(B * n, C) * temperature
         for i in range(self.steps):
-            x_in = torch.cat([x, x]) if guided else x
-            c = F.silu(zc + temb[i])
-            v = self.net.trunk(x_in.to(zc.dtype), c, modulation).float()
+            v = self.net.step(torch.cat([x, x]) if guided else x, shared, i)
             if guided:
                 v_c, v_u = v.chunk(2)
                 v = v_u + torch.as_tensor(cfg_scale, device=v.device, dtype=v.dtype) * (v_c - v_u)

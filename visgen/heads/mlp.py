@@ -71,6 +71,17 @@ class MLPDenoiser(nn.Module):
         layers = [b.ada for b in self.blocks] + [self.final_ada]
         return torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers])
 
+    def prepare(self, h_ND: torch.Tensor, times_S: torch.Tensor):
+        """What a sampler's denoising steps over one unit share, computed once: ``c_in`` of the features ``h``, the
+        time embeddings of every step's time (S, width) and the stacked AdaLN weights; ``step`` takes it."""
+        zc = self.c_in(h_ND.reshape(-1, h_ND.shape[-1]))
+        return zc, self.embed_time(times_S, zc.dtype), self.modulation()
+
+    def step(self, x_NC: torch.Tensor, shared, i) -> torch.Tensor:
+        """The output (fp32) for states ``x`` at step ``i`` (an index into the times given to ``prepare``)."""
+        zc, temb, modulation = shared
+        return self.trunk(x_NC.to(zc.dtype), F.silu(zc + temb[i]), modulation).float()
+
     def trunk(self, x_NC: torch.Tensor, c_NW: torch.Tensor, modulation=None) -> torch.Tensor:
         """The blocks given the condition c = silu(embed_time(t) + c_in(z)); a sampler computes ``c_in(z)`` once
         per token, the time embeddings once per unit, and passes ``modulation()`` stacked once per unit."""
