@@ -5,7 +5,7 @@ as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM s
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
 the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
-``sample_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
+``sample_``), and with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
 where a denoising step's time goes, from one batch of the same model at 64 px (16 tokens, so the profiler holds
 every kernel) in each ``--modes`` mode: kernels launched and their summed device time per denoising step
 (``profile_{mode}_unit{k}_b{batch}_kernels_per_step``, ``..._device_us_per_step``) beside the wall time per step of
@@ -23,6 +23,13 @@ from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
 from visgen.tokenizers import KLConfig, KLTokenizer
 
+# --modes: how sampling runs; a mode's figures carry its name after ``sample_`` / ``profile_`` (eager's none)
+MODES = {
+    "eager": {},
+    "compiled": dict(compile=True),
+    "autotuned": dict(compile=True, compile_mode="max-autotune-no-cudagraphs"),
+}
+
 
 def build(tiny: bool, unit_size: int = 1, image_size: int = 256) -> Generator:
     if tiny:
@@ -39,7 +46,7 @@ def build(tiny: bool, unit_size: int = 1, image_size: int = 256) -> Generator:
 def main():
     p = parser(__doc__)
     p.add_argument("--unit-sizes", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=list(MODES))
     p.add_argument("--profile-batches", type=int, nargs="*", default=[], help="batch sizes to profile (see above)")
     p.add_argument("--profile-table", default=None, help="a file for the profiler's top operators ('-': print)")
     args = p.parse_args()
@@ -53,7 +60,7 @@ def main():
         for mode in args.modes:
             tag = "" if mode == "eager" else f"{mode}_"
             for bs in args.sample_batches:
-                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, compile=mode == "compiled")
+                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, **MODES[mode])
                 r = bench_sampling(model, cfg, repeats=2, decode=True)
                 rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
@@ -64,7 +71,7 @@ def main():
         steps = small.head.steps * small.schedule.num_units  # denoising steps of one batch
         for mode in args.modes:
             for bs in args.profile_batches:
-                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, compile=mode == "compiled")
+                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, **MODES[mode])
                 r = profile_sampling(small, cfg, table=args.profile_table, title=f"{mode} unit {k} batch {bs}")
                 per_step = small.schedule.seq_len / steps  # profile_sampling reports per token
                 wall = bench_sampling(small, cfg, repeats=2, decode=False)

@@ -11,6 +11,8 @@ sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method
 FD is taken at each of ``--seeds`` for the seed-to-seed spread). ``--profile-batches 8`` adds, for the plain sampler
 and each method, what one batch launches per token (``profile_{method}_b8_kernels_per_token``) and its device time
 (``..._device_ms_per_token``), with the profiler's top operators in ``--profile-table``: where a round's time goes.
+``--compile`` (with ``--compile-mode``) times the plain sampler and every method compiled alike, a speculative round
+then one compiled graph (``compiled``: 1 in the figures).
 
     python bench/speculative.py --target T --draft D --cspd-target CT --cspd-draft CD --ref DATA/train \
         --name bench-speculative          # a GPU; --tiny: tiny random models, to check the script on a CPU
@@ -29,6 +31,7 @@ from visgen.checkpoint import load_model
 from visgen.cli.fid import main as fid_main
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
+from visgen.sampling.sampler import COMPILE_MODES
 from visgen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
 
 
@@ -86,7 +89,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         for stat in ("acceptance", "tokens_per_pass", "target_passes_per_image"):
             rec.add(f"{stat}_{name}", sum(r[stat] * r["images"] for r in runs) / n, ".3f")
     for b in args.profile_batches:  # what each method launches per token, where a round's time goes
-        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k)
+        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k, **compile_settings(args))
         for name, spec in {f"plain_{key}": {}, **methods}.items():
             r = profile_sampling(gen, SamplingConfig(**base, **spec), drafter if spec else None, args.profile_table,
                                  f"{name} at batch {b}")  # fmt: skip
@@ -98,6 +101,11 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         rec.add(f"fd_cifar10cls_plain_{key}_seed{s}", fd(args, target, fd_samples, s), ".4f")
     for name, spec in methods.items():
         rec.add(f"fd_cifar10cls_{name}", fd(args, target, fd_samples, seeds[0], **spec, draft=draft), ".4f")
+
+
+def compile_settings(args) -> dict:
+    """``--compile``: the plain sampler and every method compiled alike (blocks, head, the speculative round)."""
+    return dict(compile=True, compile_mode=args.compile_mode) if args.compile else {}
 
 
 def methods_key(methods: dict) -> str:
@@ -130,9 +138,12 @@ def main():
         help="batch sizes to profile one batch of each method at (kernels and device time per token)",
     )
     p.add_argument("--profile-table", help="a text file the profiler's top operators of each profiled batch go to")
+    p.add_argument("--compile", action="store_true", help="compiled sampling for the plain sampler and every method")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     rec = Record(args.name)
+    rec.add("compiled", int(args.compile), "d")  # 1: every figure of this run comes from compiled sampling
     with tempfile.TemporaryDirectory() as tmp:
         paths = tiny_checkpoints(Path(tmp)) if args.tiny else {}
         target, draft = paths.get("target", args.target), paths.get("draft", args.draft)

@@ -109,6 +109,29 @@ def test_same_seed_same_images_at_any_batch_size(method):
         torch.testing.assert_close(run, runs[0], atol=1e-5, rtol=0)
 
 
+def test_compiled_rounds_give_the_eager_tokens(monkeypatch):
+    """SamplingConfig(compile=True) compiles a round (drafting, the verifying pass, acceptance, commit) as one graph
+    (fullgraph: no break): the same tokens and statistics as the eager rounds. Dynamo's eager backend checks the
+    tracing in seconds; inductor's kernels are the GPU bench's."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: compile_(fn, **{**kw, "backend": "eager"}))
+    target = tiny_generator()
+    draft = sibling(target, 3)
+    cfg = dict(cfg_scale=2.0, top_k=8, speculative="draft", gamma=3, seed=2)
+    eager = Sampler(target, SamplingConfig(**cfg), draft=draft)
+    compiled = Sampler(target, SamplingConfig(**cfg, compile=True), draft=draft)
+    assert compiled.speculative._round_fn is not compiled.speculative._round
+    labels = torch.tensor([0, 1, 2])
+    assert torch.equal(compiled.sample_tokens(labels), eager.sample_tokens(labels))
+    assert compiled.speculative.stats == eager.speculative.stats
+
+
+def test_compile_mode_is_checked():
+    assert SamplingConfig(compile_mode="max-autotune-no-cudagraphs").compile_mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(ConfigError, match="compile_mode"):
+        SamplingConfig(compile_mode="reduce-overhead")  # its CUDA graphs would nest in the sampler's own
+
+
 def test_a_draft_equal_to_the_target_is_always_accepted():
     target = tiny_generator()
     s = Sampler(target, SamplingConfig(cfg_scale=2.0, top_k=8, speculative="draft", gamma=3), draft=target)

@@ -43,6 +43,7 @@ from visgen.metrics.recon import to_uint8
 from visgen.model_card import write_card
 from visgen.results import check_writable, hardware, write_result
 from visgen.sampling import Sampler, SamplingConfig
+from visgen.sampling.sampler import COMPILE_MODES
 
 
 def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tuple[torch.Tensor, dict]:
@@ -112,6 +113,7 @@ def sampling_config(args) -> SamplingConfig:
     return SamplingConfig(
         cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, compile=args.compile,
+        compile_mode=args.compile_mode,
         **speculative_settings(args),
     )  # fmt: skip
 
@@ -202,6 +204,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--compile", action="store_true", help="compiled sampling (SamplingConfig.compile)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="SamplingConfig.compile_mode")
     add_speculative_arguments(p)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-kid", action="store_true")

@@ -26,7 +26,7 @@ from visgen.generator import ASSETS, Generator
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.sampler import resolve_device
+from visgen.sampling.sampler import COMPILE_MODES, resolve_device
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
@@ -167,6 +167,7 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
         help="torch.compile the blocks, head and decoder (GPU: faster batches; the first of a size compiles, "
         "seconds for token AR, up to a minute for VAR)",
     )
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="SamplingConfig.compile_mode")
     p.add_argument(
         "--decode-kernel",
         default="auto",
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
         cfg = SamplingConfig(
             cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, cfg_interval=tuple(args.cfg_interval),
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            batch_size=args.batch_size, compile=args.compile, decode_kernel=args.decode_kernel,
+            batch_size=args.batch_size, compile=args.compile, compile_mode=args.compile_mode,
+            decode_kernel=args.decode_kernel,
             **speculative_settings(args),
         )  # fmt: skip
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
@@ -274,7 +276,8 @@ def grid_columns(n: int, num_classes: int, labels: str | None) -> int:
     return square
 
 
-RUNTIME_ONLY = {"batch_size", "cuda_graph", "compile", "decode_kernel", "dtype"}  # change speed, not the images' law
+# settings that change speed, not the images' law
+RUNTIME_ONLY = {"batch_size", "cuda_graph", "compile", "compile_mode", "decode_kernel", "dtype"}
 
 
 def write_clips(folder: Path, clips: torch.Tensor, args):

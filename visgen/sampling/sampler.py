@@ -35,7 +35,12 @@ class SamplingConfig:
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
         compiles (one per batch size for one-token units through the Triton kernel; otherwise shapes turn dynamic
-        after the second one; the decoder compiles once per batch size).
+        after the second one; the decoder compiles once per batch size). With ``speculative``, each round (the
+        drafting, the verifying pass, the acceptance and the commit) compiles as one graph too.
+    compile_mode: ``torch.compile``'s mode for the blocks, the head and the speculative round (the decoder keeps
+        the default): ``default``, or ``max-autotune-no-cudagraphs`` (matrix products tuned per shape, Triton
+        templates among the candidates, with elementwise work fused into their epilogues; longer compiles). The
+        CUDA graph stays the sampler's own, so the modes that add graphs of their own are not offered.
     decode_kernel: how one-token units attend to the cache: ``sdpa`` (RoPE and the cache append as PyTorch ops,
         then PyTorch's fused attention over a masked prefix bucket of 64 slots, a compiled shape per bucket),
         ``triton`` (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one
@@ -65,6 +70,7 @@ class SamplingConfig:
     batch_size: int = 64
     cuda_graph: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     decode_kernel: str = "auto"
     dtype: str = "auto"
     speculative: str = "none"
@@ -86,6 +92,7 @@ class SamplingConfig:
         check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0 (0: off)", self.top_k)
         check(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check(self.compile_mode in COMPILE_MODES, "compile_mode", " or ".join(COMPILE_MODES), self.compile_mode)
         check(self.decode_kernel in ("auto", "sdpa", "triton"), "decode_kernel", "auto, sdpa or triton",
               self.decode_kernel)  # fmt: skip
         check(self.dtype == "auto" or self.dtype in _DTYPES, "dtype", f"auto or one of {sorted(_DTYPES)}", self.dtype)
@@ -98,6 +105,7 @@ class SamplingConfig:
 
 
 CFG_SCHEDULES = ("constant", "linear", "interval")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -217,6 +225,9 @@ class Sampler:
         # one-token units through the prefix kernel leave the batch size the only shape that changes: static kernels,
         # one compile per batch size (otherwise shapes turn dynamic once a second one is seen)
         options = {"dynamic": False} if prefix_kernel and set(model.schedule.unit_sizes) == {1} else {}
+        if self.cfg.compile_mode != "default":
+            options["mode"] = self.cfg.compile_mode
+        self.compile_options = options
         if self.cfg.compile:
             model.backbone.compile_blocks(**options)
         self._head_sample = model.head.sample

@@ -228,6 +228,12 @@ class SpeculativeDecoder:
         scales = sampler.scales + [sampler.scales[-1]] * (self.slots - L)
         self.scale_table = torch.tensor(scales, dtype=torch.float32, device=sampler.device)
         self._states: dict[int, _State] = {}
+        # compiled: a round is one graph (its elementwise work, the counter noise and the acceptance fused), static
+        # per batch size; the draft's blocks compile inside it
+        self._round_fn = self._round
+        if cfg.compile:
+            options = {**sampler.compile_options, "dynamic": False}
+            self._round_fn = torch.compile(self._round, fullgraph=True, **options)
         self.totals = torch.zeros(5, dtype=torch.float64)
         self.images = 0
 
@@ -423,12 +429,12 @@ class SpeculativeDecoder:
         self._run(st, "prefix_graph", self._prefix)  # at the first batch of a size: run eagerly, then captured
         every = self.sampler.cfg.sync_every
         for r in range(self.L - self.prefix + 1):  # a round commits at least one token per row
-            self._run(st, "round_graph", self._round)
+            self._run(st, "round_graph", self._round_fn)
             if (r + 1) % every == 0 and bool((st.pos >= self.L).all()):
                 break
         # a graph's capture interrupts the loop once (nothing ran in it): finish what is left
         while not bool((st.pos >= self.L).all()):
-            self._run(st, "round_graph", self._round)
+            self._run(st, "round_graph", self._round_fn)
         self.totals += st.stats.sum(1).double().cpu()
         self.images += B
         return m.schedule.from_sequence(st.tokens[:, : self.L].clone())  # the buffer is the next batch's
