@@ -109,20 +109,26 @@ def test_same_seed_same_images_at_any_batch_size(method):
         torch.testing.assert_close(run, runs[0], atol=1e-5, rtol=0)
 
 
-def test_compiled_rounds_give_the_eager_tokens(monkeypatch):
-    """SamplingConfig(compile=True) compiles a round (drafting, the verifying pass, acceptance, commit) as one graph
-    (fullgraph: no break): the same tokens and statistics as the eager rounds. Dynamo's eager backend checks the
-    tracing in seconds; inductor's kernels are the GPU bench's."""
+@pytest.mark.parametrize("method", ["draft", "cspd"])
+def test_compiled_rounds_give_the_eager_tokens(monkeypatch, method):
+    """SamplingConfig(compile=True): a discrete round (drafting, the verifying pass, acceptance, commit) compiles as
+    one graph (fullgraph: no break); cspd compiles the draft's blocks and denoising step. Either way the tokens and
+    statistics are the eager rounds'. Dynamo's eager backend checks the tracing in seconds; inductor's kernels are
+    the GPU bench's."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: compile_(fn, **{**kw, "backend": "eager"}))
-    target = tiny_generator()
-    draft = sibling(target, 3)
-    cfg = dict(cfg_scale=2.0, top_k=8, speculative="draft", gamma=3, seed=2)
+    target = diffusion_generator() if method == "cspd" else tiny_generator()
+    draft = sibling(target, 3, std=0.1 if method == "cspd" else 0.5)
+    cfg = dict(cfg_scale=2.0, speculative=method, gamma=2 if method == "cspd" else 3, seed=2)
     eager = Sampler(target, SamplingConfig(**cfg), draft=draft)
     compiled = Sampler(target, SamplingConfig(**cfg, compile=True), draft=draft)
-    assert compiled.speculative._round_fn is not compiled.speculative._round
+    sd = compiled.speculative
+    if method == "cspd":
+        assert sd._round_fn == sd._round and hasattr(sd.draft.head, "_compiled_step")
+    else:
+        assert sd._round_fn is not sd._round
     labels = torch.tensor([0, 1, 2])
-    assert torch.equal(compiled.sample_tokens(labels), eager.sample_tokens(labels))
+    torch.testing.assert_close(compiled.sample_tokens(labels), eager.sample_tokens(labels), atol=1e-5, rtol=0)
     assert compiled.speculative.stats == eager.speculative.stats
 
 

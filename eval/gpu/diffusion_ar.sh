@@ -4,7 +4,10 @@
 #              (the headline) and 3, NUM_FD samples each;
 #   STEP=rows: the short rows, trained side by side on one GPU (ROW_MIN minutes each) and then evaluated in turn:
 #              head flow_mlp, and the diffusion head at unit size 4, each with a grid and FD/IS at guidance 2 on
-#              NUM_ROW_FD samples.
+#              NUM_ROW_FD samples;
+#   STEP=units: what the unit size does under one budget: the diffusion head at unit sizes 1, 2 and 4 trained side by
+#              side (ROW_MIN minutes each), then each evaluated in turn as a row (results/cifar10-diffusion-ar-k{1,2,4}),
+#              then bench/diffusion_ar.py --unit-sizes 1 2 4 (results/bench-diffusion-ar-units.json; BENCH: its flags).
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 train.log_every=1 model.head_options.steps=4"
 # NUM_FD=20 NUM_ROW_FD=20 RESULTS=/tmp/r).
@@ -12,7 +15,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 GEN_MIN=${GEN_MIN:-5.5} ROW_MIN=${ROW_MIN:-2.5} NUM_FD=${NUM_FD:-10000} NUM_ROW_FD=${NUM_ROW_FD:-5000}
-EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
+EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
 D="data.path=$DATA/train val.path=$DATA/test"
 
 evaluate() {  # $1: run name (runs/$1, results/$1), $2: samples for FD, then the guidance scales (first: headline)
@@ -50,4 +53,16 @@ if [ "$STEP" = rows ]; then  # both trainings side by side, then one evaluation 
   wait $b
   evaluate cifar10-diffusion-ar-flow-mlp $NUM_ROW_FD 2
   evaluate cifar10-diffusion-ar-unit4 $NUM_ROW_FD 2
+fi
+if [ "$STEP" = units ]; then  # three trainings side by side, then one evaluation after the other
+  pids=()
+  for k in 1 2 4; do
+    train cifar10-diffusion-ar-k$k $ROW_MIN model.unit_size=$k &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait $p; done
+  for k in 1 2 4; do evaluate cifar10-diffusion-ar-k$k $NUM_ROW_FD 2; done
+  python bench/diffusion_ar.py --name bench-diffusion-ar-units --unit-sizes 1 2 4 --modes compiled \
+    --sample-batches 256 64 8 --train-batches 256 $BENCH > $OUT/bench-units.log 2>&1
+  cp results/bench-diffusion-ar-units.json $RESULTS/ 2>/dev/null || true
 fi

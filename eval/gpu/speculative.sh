@@ -9,11 +9,14 @@
 #               (DRAFT=visgen/assets/cifar10-token-ar for the undistilled draft);
 #   STEP=discrete / STEP=cspd: bench/speculative.py for the token pair / the diffusion pair (images/s at batch 1, 8,
 #               64 against the plain sampler in the same run, acceptance, FD with and without, and at batch 8 what
-#               each method launches per token, with the profiler's tables in $OUT/profile-*.txt).
+#               each method launches per token, with the profiler's tables in $OUT/profile-*.txt); BENCH: flags for
+#               bench/speculative.py, by default --compile (the plain sampler and every method compiled alike, a
+#               round one compiled graph; BENCH= times them eager).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
 # (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0" ...).
 set -euo pipefail
 export TQDM_MININTERVAL=30
+BENCH=${BENCH---compile}
 TOK_MIN=${TOK_MIN:-6.5} DIFF_MIN=${DIFF_MIN:-6} EXTRA=${EXTRA:-} NAME=${NAME:-bench-speculative}
 DRAFT_MIN=${DRAFT_MIN:-5} DRAFT=${DRAFT:-runs/spec-token-draft/final}
 D="data.path=$DATA/train val.path=$DATA/test"
@@ -46,10 +49,10 @@ fi
 if [ "$STEP" = discrete ]; then
   python bench/speculative.py --target runs/spec-token-target/final --draft $DRAFT \
     --ref $DATA/train --images 16 --name $NAME-discrete --profile-batches 8 --profile-table $OUT/profile-discrete.txt \
-    ${BENCH:-} > $OUT/bench-discrete.log 2>&1
+    $BENCH > $OUT/bench-discrete.log 2>&1
 fi
 if [ "$STEP" = cspd ]; then
   python bench/speculative.py --cspd-target runs/spec-diff-target/final --cspd-draft runs/spec-diff-draft/final \
     --ref $DATA/train --images 16 --name $NAME-cspd --profile-batches 8 --profile-table $OUT/profile-cspd.txt \
-    ${BENCH:-} > $OUT/bench-cspd.log 2>&1
+    $BENCH > $OUT/bench-cspd.log 2>&1
 fi

@@ -35,8 +35,9 @@ class SamplingConfig:
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
         compiles (one per batch size for one-token units through the Triton kernel; otherwise shapes turn dynamic
-        after the second one; the decoder compiles once per batch size). With ``speculative``, each round (the
-        drafting, the verifying pass, the acceptance and the commit) compiles as one graph too.
+        after the second one; the decoder compiles once per batch size). With ``speculative`` ``draft`` or ``jacobi``,
+        each round (the drafting, the verifying pass, the acceptance and the commit) compiles as one graph too; with
+        ``cspd``, the draft's blocks and denoising step.
     compile_mode: ``torch.compile``'s mode for the blocks, the head and the speculative round (the decoder keeps
         the default): ``default``, or ``max-autotune-no-cudagraphs`` (matrix products tuned per shape, Triton
         templates among the candidates, with elementwise work fused into their epilogues; longer compiles). The

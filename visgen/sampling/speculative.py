@@ -228,12 +228,17 @@ class SpeculativeDecoder:
         scales = sampler.scales + [sampler.scales[-1]] * (self.slots - L)
         self.scale_table = torch.tensor(scales, dtype=torch.float32, device=sampler.device)
         self._states: dict[int, _State] = {}
-        # compiled: a round is one graph (its elementwise work, the counter noise and the acceptance fused), static
-        # per batch size; the draft's blocks compile inside it
+        # compiled, discrete: a round is one graph (the draft's steps, the verifying pass, the acceptance and the
+        # counter noise fused), static per batch size. cspd: a round holds gamma + 1 whole denoising loops, too big
+        # a graph to unroll, so the draft's blocks and denoising step compile as the target's do and the round's
+        # own arithmetic stays eager
         self._round_fn = self._round
-        if cfg.compile:
+        if cfg.compile and self.vocab:
             options = {**sampler.compile_options, "dynamic": False}
             self._round_fn = torch.compile(self._round, fullgraph=True, **options)
+        elif cfg.compile and self.draft is not None:
+            self.draft.backbone.compile_blocks(**sampler.compile_options)
+            self.draft.head.compile_step(**sampler.compile_options)
         self.totals = torch.zeros(5, dtype=torch.float64)
         self.images = 0
 
