@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -95,6 +96,35 @@ def test_lr_schedule():
     assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
     assert lr_factor(cfg, 10) == pytest.approx(1.0) and lr_factor(cfg, 100) == pytest.approx(0.1)
     assert lr_factor(TrainConfig(steps=100, lr_schedule="constant"), 70) == 1.0
+
+
+class Slow(NaNAfter):
+    """A well-behaved task whose steps take at least 50 ms, so a budget of seconds holds at most a few dozen."""
+
+    def forward(self, batch, step):
+        time.sleep(0.05)
+        return super().forward(batch, step)
+
+
+def test_a_budget_stops_the_run_annealed_and_resumes_the_schedule(tmp_path, cifar_train):
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32))
+    run = lambda minutes: Trainer(Slow(good=10**9), ds, ds, TrainConfig(
+        out_dir=str(tmp_path), steps=10_000, batch_size=8, num_workers=0, lr=1e-3, min_lr_ratio=0.1, log_every=1,
+        eval_every=0, sample_every=0, ckpt_every=0, budget_minutes=minutes)).fit()  # fmt: skip
+    logs = lambda: [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    run(0.05)  # 3 s: it stops by itself, far short of its steps, with the cosine at its end
+    first = [r for r in logs() if "lr" in r]
+    summary = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert 5 < summary["step"] < 10_000 and summary["budget_seconds"] >= 3
+    lrs = [r["lr"] for r in first]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > 7e-4 and lrs[-1] < 1.6e-4  # min 1e-4 at the budget's end
+    run(0.05)  # resumed with the budget spent: nothing more is trained
+    assert json.loads((tmp_path / "final" / "metrics.json").read_text())["step"] == summary["step"]
+    run(0.1)  # a larger budget: the schedule continues from where the time left it (halfway), not from the top
+    second = [r["lr"] for r in logs() if "lr" in r][len(first) :]
+    assert second and 3.5e-4 < second[0] < 7.5e-4 and second[-1] < 1.6e-4
+    with pytest.raises(ConfigError, match="budget_minutes"):
+        TrainConfig(budget_minutes=float("nan"))
 
 
 def test_recipe_and_override_errors(tmp_path):

@@ -68,7 +68,8 @@ class TrainConfig:
     grad_accum: micro-batches per optimizer step.
     lr, weight_decay, betas: AdamW.
     warmup_steps: linear warm-up from 0, in optimizer steps.
-    lr_schedule: ``cosine`` (to ``min_lr_ratio`` x lr at ``steps``) or ``constant`` after warm-up.
+    lr_schedule: ``cosine`` (to ``min_lr_ratio`` x lr at ``steps``, or at the end of ``budget_minutes``) or
+        ``constant`` after warm-up.
     clip_grad: max global gradient norm; 0 turns clipping off (the norm is still checked for being finite).
     ema_decay: EMA of the model's weights, used for validation, previews and the exported model; 0 turns it off.
     mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16 uses a loss scaler; YAML's bare ``no`` reads as false).
@@ -81,6 +82,12 @@ class TrainConfig:
         after which the run stops with a checkpoint of the last good weights.
     resume: continue from the newest checkpoint in ``out_dir`` if there is one.
     time_limit_minutes: stop early, with a checkpoint and the final export, after this much wall time (0: none).
+    budget_minutes: minutes of training in all, summed over the run's resumes (0: none): the run stops there, with
+        its checkpoint and export, and the cosine schedule decays over this time instead of over ``steps`` (which
+        still caps the run), so a run cut by time ends annealed, whatever speed the machine has. The time is the
+        training loop's wall time (validation included), the same on every process (their mean, agreed on at each
+        step's one sync); a step's learning rate follows the time agreed at the step before. A resumed run
+        continues the schedule where the time left it; it is exact as a run of steps is, but for the times.
     compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block).
     activation_checkpointing: recompute each transformer block in the backward pass instead of storing its
         activations (about a third more compute for a fraction of the memory: larger batches fit).
@@ -112,6 +119,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     resume: bool = True
     time_limit_minutes: float = 0.0
+    budget_minutes: float = 0.0
     compile: bool = False
     activation_checkpointing: bool = False
     log_with: list[str] | None = None
@@ -141,6 +149,8 @@ class TrainConfig:
         check(finite(self.ema_decay) and 0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0: off)", self.ema_decay)
         check(finite(self.time_limit_minutes) and self.time_limit_minutes >= 0, "time_limit_minutes",
               "finite and >= 0 (0: none)", self.time_limit_minutes)  # fmt: skip
+        check(finite(self.budget_minutes) and self.budget_minutes >= 0, "budget_minutes", "finite and >= 0 (0: none)",
+              self.budget_minutes)  # fmt: skip
 
 
 # accelerate's trackers and the module each needs (tensorboard: torch's writer, which needs the tensorboard package)
@@ -174,13 +184,17 @@ def _flat_config(recipe: dict, prefix: str = "") -> dict:
     return out
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Learning-rate multiplier at optimizer step ``step``: linear warm-up, then cosine or constant."""
+def lr_factor(cfg: TrainConfig, step: int, budget_used: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear warm-up, then cosine or constant; the cosine's
+    progress is ``budget_used`` (the fraction of ``budget_minutes`` spent) when the run has a budget."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.budget_minutes:
+        progress = budget_used
+    else:
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -326,6 +340,9 @@ class Trainer:
         # images the data set skipped before training (the token cache's encoding pass), then per epoch
         self.bad_in_row, self.skipped_images = 0, int(getattr(train_set, "skipped", 0))
         self.timed_images, self.timed_seconds = 0, 0.0  # throughput over every session of the run (resumes too)
+        self.budget_seconds = 0.0  # the training time of the run's sessions before this one (budget_minutes)
+        self.budget_spent_s = 0.0  # all the run's training time so far, as every process agreed at the last step
+        self.budget_used = 0.0  # its fraction of budget_minutes
         self.last_good: Path | None = None
         self.stop_signal: int | None = None
         self.log_file = self.out / "metrics.jsonl"
@@ -379,6 +396,7 @@ class Trainer:
                     "step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
                     "bad_in_row": self.bad_in_row, "skipped_images": self.skipped_images,
                     "timed_images": self.timed_images, "timed_seconds": self.timed_seconds,
+                    "budget_seconds": self.budget_spent_s,
                     "num_processes": acc.num_processes, "recipe": self.recipe,
                     "sha256": {name: file_sha256(tmp / name) for name in files},
                 }  # fmt: skip
@@ -464,6 +482,9 @@ class Trainer:
         if self.bad_in_row >= self.cfg.max_bad_steps:  # the guard's own checkpoint: a rerun gets a fresh count
             self.bad_in_row = 0
         self.timed_images, self.timed_seconds = state.get("timed_images", 0), state.get("timed_seconds", 0.0)
+        self.budget_seconds = state.get("budget_seconds", 0.0)
+        self.budget_spent_s = self.budget_seconds
+        self.budget_used = self.budget_seconds / (60 * self.cfg.budget_minutes) if self.cfg.budget_minutes else 0.0
         self.last_good = path
 
     # ---- evaluation --------------------------------------------------------------------------------------------
@@ -556,25 +577,30 @@ class Trainer:
     def _update(self, loss_bad: torch.Tensor, t_run: float) -> tuple[bool, torch.Tensor, bool, bool]:
         """One optimizer step, kept only if its loss, gradient norm and updated weights are all finite on every
         process; one host sync a step decides that, a stop signal and the time limit together.
-        Returns (applied, grad_norm, stop_signal, out_of_time)."""
+        Returns (applied, grad_norm, stop_signal, out_of_time); out of time: past the time limit or the budget."""
         cfg, acc = self.cfg, self.acc
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad or float("inf"))
         for g in self.opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(cfg, self.step)
+            g["lr"] = cfg.lr * lr_factor(cfg, self.step, self.budget_used)
         self.undo.save()
         self.opt.step()
         bad = loss_bad | ~_all_finite(self.params, loss_bad.device)
         if acc.scaler is None:  # under fp16 an infinite gradient is the loss scaler's signal: it skipped the step
             bad = bad | ~torch.isfinite(grad_norm)
-        out_of_time = bool(cfg.time_limit_minutes) and time.perf_counter() - t_run > 60 * cfg.time_limit_minutes
+        ran = time.perf_counter() - t_run
+        out_of_time = bool(cfg.time_limit_minutes) and ran > 60 * cfg.time_limit_minutes
         # host values enter by fill kernels, not copies: a host-to-device copy would wait for the step (a second sync)
-        host = [bad.new_full((), float(x), dtype=torch.float32) for x in (self.stop_signal is not None, out_of_time)]
+        host = [bad.new_full((), float(x), dtype=torch.float32)
+                for x in (self.stop_signal is not None, out_of_time, self.budget_seconds + ran)]  # fmt: skip
         flags = acc.reduce(torch.stack([bad.float(), *host]), reduction="sum").tolist()
+        self.budget_spent_s = flags[3] / acc.num_processes  # the processes' mean: one value everywhere
+        if cfg.budget_minutes:
+            self.budget_used = self.budget_spent_s / (60 * cfg.budget_minutes)
         applied = flags[0] == 0
         if not applied:
             self.undo.restore()
         self.opt.zero_grad(set_to_none=True)
-        return applied, grad_norm, flags[1] > 0, flags[2] > 0
+        return applied, grad_norm, flags[1] > 0, flags[2] > 0 or self.budget_used >= 1
 
     def fit(self) -> dict:
         """Train until ``cfg.steps`` optimizer steps; returns the final validation metrics and throughput.
@@ -610,7 +636,7 @@ class Trainer:
         preview_batch = None
         self.model.train()
         t_run = time.perf_counter()
-        stop = out_of_time = False
+        stop, out_of_time = False, self.budget_used >= 1  # a resumed run whose budget is spent only exports
         while self.step < cfg.steps and not (stop or out_of_time):
             usable, whole_epoch = 0, self.micro_in_epoch == 0
             for batch in self._epoch_loader():
@@ -736,6 +762,8 @@ class Trainer:
                 task.model.save_pretrained(tmp, ema_state=ema, state=sharding.model_part(state))
                 summary = {"step": self.step, "metrics": metrics, "train_images_per_s": throughput,
                            "train_seconds": seconds, "skipped_images": self.skipped_images}  # fmt: skip
+                if self.cfg.budget_minutes:  # the run's training time in all, over its sessions
+                    summary["budget_seconds"] = self.budget_spent_s
                 (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
                 write_card(tmp, training={
                     "command": self.command, "steps": self.step,
