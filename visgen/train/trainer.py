@@ -266,9 +266,9 @@ class _Undo:
     def save(self):
         live = self._tensors()
         self.had_state = [p in self.opt.state for p in self.params]
-        if self.copies is None or [c.shape for c in self.copies] != [t.shape for t in live]:
-            self.copies = [t.detach().clone() for t in live]
-        else:
+        if self.copies is None or [(c.shape, c.dtype) for c in self.copies] != [(t.shape, t.dtype) for t in live]:
+            self.copies = _flat_copies(live)
+        with torch.no_grad():
             torch._foreach_copy_(self.copies, live)
 
     def restore(self):
@@ -277,6 +277,23 @@ class _Undo:
                 self.opt.state.pop(p, None)  # the bad step was the first: AdamW starts from nothing again
         with torch.no_grad():
             torch._foreach_copy_(self._tensors(), self.copies)
+
+
+def _flat_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Tensors shaped as ``tensors``, views into one buffer per (device, dtype): one long-lived allocation instead
+    of hundreds, which on the CPU sits outside glibc's heap (an allocation that size is mmapped) instead of pinning
+    it among each step's temporaries, where the heap would grow by gigabytes a minute
+    (``results/cpu-trainer-host-memory.json``)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for (device, dtype), idx in groups.items():
+        flat, at = torch.empty(sum(tensors[i].numel() for i in idx), dtype=dtype, device=device), 0
+        for i in idx:
+            out[i] = flat.narrow(0, at, tensors[i].numel()).view(tensors[i].shape)
+            at += tensors[i].numel()
+    return out
 
 
 def _all_finite(tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
