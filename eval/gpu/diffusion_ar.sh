@@ -6,7 +6,7 @@
 #              head flow_mlp, and the diffusion head at unit size 4, each with a grid and FD/IS at guidance 2 on
 #              NUM_ROW_FD samples;
 #   STEP=units: what the unit size does under one budget: the diffusion head at unit sizes 1, 2 and 4 trained side by
-#              side (ROW_MIN minutes each, as train.budget_minutes: the cosine schedule ends with the time), then each evaluated in turn as a row (results/cifar10-diffusion-ar-k{1,2,4}),
+#              side (ROW_MIN minutes each), then each evaluated in turn as a row (results/cifar10-diffusion-ar-k{1,2,4}),
 #              then bench/diffusion_ar.py --unit-sizes 1 2 4 (results/bench-diffusion-ar-units.json; BENCH: its flags).
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 train.log_every=1 model.head_options.steps=4"
@@ -57,7 +57,7 @@ fi
 if [ "$STEP" = units ]; then  # three trainings side by side, then one evaluation after the other
   pids=()
   for k in 1 2 4; do
-    train cifar10-diffusion-ar-k$k $ROW_MIN model.unit_size=$k train.budget_minutes=$ROW_MIN &
+    train cifar10-diffusion-ar-k$k $ROW_MIN model.unit_size=$k &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait $p; done

@@ -2,7 +2,7 @@
 # NFIG against VAR under one budget on one GPU (results/cifar10-{freqvq-tokenizer,msvq-tokenizer,nfig,var}.*):
 #   STEP=1: two chains side by side: the frequency-band tokenizer then NFIG on it, and the multi-scale VQ then VAR on
 #           it; both tokenizers from the bundled VQ for TOK_MIN minutes, both generators the same backbone preset
-#           and codebook for GEN_MIN minutes (each a train.budget_minutes: the cosine schedule ends with the time);
+#           and codebook for GEN_MIN minutes;
 #   STEP=2: both tokenizers' reconstruction figures, then each generator's grid and FD/IS + memorisation report
 #           (NUM_FD samples, guidance 2 ramped linearly over units), one after the other.
 # FREQ: overrides for the frequency-band tokenizer alone, e.g. FREQ=model.resample=area for the first runs' layout
@@ -21,10 +21,10 @@ CMD="DATA=... TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN ${FREQ:+FREQ=$FREQ }bash eval/gp
 chain() {  # $1: tokenizer recipe name, $2: generator name
   local own=""
   if [ "$1" = freqvq ]; then own=$FREQ; fi
-  python train.py tokenizer --recipe tokenizers/cifar10-$1.yaml $D train.time_limit_minutes=$TOK_MIN \
-    train.budget_minutes=$TOK_MIN $own $EXTRA > $OUT/train-$1.log 2>&1
-  python train.py generator --recipe generators/cifar10-$2.yaml $D train.time_limit_minutes=$GEN_MIN \
-    train.budget_minutes=$GEN_MIN $EXTRA > $OUT/train-$2.log 2>&1
+  python train.py tokenizer --recipe tokenizers/cifar10-$1.yaml $D train.time_limit_minutes=$TOK_MIN $own $EXTRA \
+    > $OUT/train-$1.log 2>&1
+  python train.py generator --recipe generators/cifar10-$2.yaml $D train.time_limit_minutes=$GEN_MIN $EXTRA \
+    > $OUT/train-$2.log 2>&1
 }
 
 evaluate() {  # $1: generator name (runs/cifar10-$1, results/cifar10-$1)

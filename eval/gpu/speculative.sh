@@ -12,7 +12,6 @@
 #               each method launches per token, with the profiler's tables in $OUT/profile-*.txt); BENCH: flags for
 #               bench/speculative.py, by default --compile (the plain sampler and every method compiled alike, a
 #               round one compiled graph; BENCH= times them eager).
-# Every training's minutes are also its train.budget_minutes: its cosine schedule ends with the time.
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
 # (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0" ...).
 set -euo pipefail
@@ -25,15 +24,14 @@ HEAD25="model.head_options.steps=25"
 
 if [ "$STEP" = train ]; then
   python train.py generator --recipe generators/cifar10-token-ar.yaml $D train.out_dir=runs/spec-token-target \
-    "model.backbone={preset: gpt-b}" train.lr=3e-4 train.time_limit_minutes=$TOK_MIN train.budget_minutes=$TOK_MIN \
-    $EXTRA > $OUT/train-token-target.log 2>&1 &
+    "model.backbone={preset: gpt-b}" train.lr=3e-4 train.time_limit_minutes=$TOK_MIN $EXTRA > $OUT/train-token-target.log 2>&1 &
   a=$!
   python train.py generator --recipe generators/cifar10-diffusion-ar.yaml $D train.out_dir=runs/spec-diff-target \
-    $HEAD25 train.time_limit_minutes=$DIFF_MIN train.budget_minutes=$DIFF_MIN $EXTRA > $OUT/train-diff-target.log 2>&1 &
+    $HEAD25 train.time_limit_minutes=$DIFF_MIN $EXTRA > $OUT/train-diff-target.log 2>&1 &
   b=$!
   python train.py generator --recipe generators/cifar10-diffusion-ar.yaml $D train.out_dir=runs/spec-diff-draft \
     "model.backbone={preset: cifar, n_layer: 4, n_head: 4, d_model: 128}" \
-    "model.head_options={width: 256, depth: 2, steps: 25}" train.time_limit_minutes=$DIFF_MIN train.budget_minutes=$DIFF_MIN $EXTRA \
+    "model.head_options={width: 256, depth: 2, steps: 25}" train.time_limit_minutes=$DIFF_MIN $EXTRA \
     > $OUT/train-diff-draft.log 2>&1 &
   c=$!
   wait $a; wait $b; wait $c
@@ -43,8 +41,7 @@ if [ "$STEP" = train ]; then
 fi
 if [ "$STEP" = distill ]; then
   python train.py generator --recipe generators/cifar10-token-ar.yaml $D train.out_dir=runs/spec-token-draft \
-    distill.teacher=runs/spec-token-target/final distill.weight=0.5 train.time_limit_minutes=$DRAFT_MIN \
-    train.budget_minutes=$DRAFT_MIN $EXTRA \
+    distill.teacher=runs/spec-token-target/final distill.weight=0.5 train.time_limit_minutes=$DRAFT_MIN $EXTRA \
     > $OUT/train-token-draft.log 2>&1
   cp runs/spec-token-draft/metrics.jsonl $OUT/metrics-spec-token-draft.jsonl || true
   cp runs/spec-token-draft/final/metrics.json $OUT/final-metrics-spec-token-draft.json || true
