@@ -87,7 +87,9 @@ class TrainConfig:
         still caps the run), so a run cut by time ends annealed, whatever speed the machine has. The time is the
         training loop's wall time (validation included), the same on every process (their mean, agreed on at each
         step's one sync); a step's learning rate follows the time agreed at the step before. A resumed run
-        continues the schedule where the time left it; it is exact as a run of steps is, but for the times.
+        continues the schedule where the time left it (with time in the schedule, a run is not bit-for-bit
+        repeatable as a run of steps is). Opt-in: in CPU proxies of the token recipe it raised held-out loss
+        (``results/budget-schedule-cpu.json``).
     compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block).
     activation_checkpointing: recompute each transformer block in the backward pass instead of storing its
         activations (about a third more compute for a fraction of the memory: larger batches fit).
