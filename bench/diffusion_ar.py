@@ -5,7 +5,8 @@ as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM s
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
 the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
-``sample_``), and with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``). Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
+``sample_``), and with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``).
+Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
 where a denoising step's time goes, from one batch of the same model at 64 px (16 tokens, so the profiler holds
 every kernel) in each ``--modes`` mode: kernels launched and their summed device time per denoising step
 (``profile_{mode}_unit{k}_b{batch}_kernels_per_step``, ``..._device_us_per_step``) beside the wall time per step of

@@ -5,7 +5,7 @@
 #   STEP=rows: the short rows, trained side by side on one GPU (ROW_MIN minutes each) and then evaluated in turn:
 #              head flow_mlp, and the diffusion head at unit size 4, each with a grid and FD/IS at guidance 2 on
 #              NUM_ROW_FD samples;
-#   STEP=units: what the unit size does under one budget: the diffusion head at unit sizes 1, 2 and 4 trained side by
+#   STEP=units: what the unit size does in the same minutes: the diffusion head at unit sizes 1, 2 and 4 trained side by
 #              side (ROW_MIN minutes each), then each evaluated in turn as a row (results/cifar10-diffusion-ar-k{1,2,4}),
 #              then bench/diffusion_ar.py --unit-sizes 1 2 4 (results/bench-diffusion-ar-units.json; BENCH: its flags).
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10

@@ -361,7 +361,6 @@ class Trainer:
         self.timed_images, self.timed_seconds = 0, 0.0  # throughput over every session of the run (resumes too)
         self.budget_seconds = 0.0  # the training time of the run's sessions before this one (budget_minutes)
         self.budget_spent_s = 0.0  # all the run's training time so far, as every process agreed at the last step
-        self.budget_used = 0.0  # its fraction of budget_minutes
         self.last_good: Path | None = None
         self.stop_signal: int | None = None
         self.log_file = self.out / "metrics.jsonl"
@@ -501,9 +500,7 @@ class Trainer:
         if self.bad_in_row >= self.cfg.max_bad_steps:  # the guard's own checkpoint: a rerun gets a fresh count
             self.bad_in_row = 0
         self.timed_images, self.timed_seconds = state.get("timed_images", 0), state.get("timed_seconds", 0.0)
-        self.budget_seconds = state.get("budget_seconds", 0.0)
-        self.budget_spent_s = self.budget_seconds
-        self.budget_used = self.budget_seconds / (60 * self.cfg.budget_minutes) if self.cfg.budget_minutes else 0.0
+        self.budget_seconds = self.budget_spent_s = state.get("budget_seconds", 0.0)
         self.last_good = path
 
     # ---- evaluation --------------------------------------------------------------------------------------------
@@ -593,6 +590,11 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
 
+    @property
+    def budget_used(self) -> float:
+        """The fraction of ``budget_minutes`` spent, as every process agreed at the last step (0 without a budget)."""
+        return self.budget_spent_s / (60 * self.cfg.budget_minutes) if self.cfg.budget_minutes else 0.0
+
     def _update(self, loss_bad: torch.Tensor, t_run: float) -> tuple[bool, torch.Tensor, bool, bool]:
         """One optimizer step, kept only if its loss, gradient norm and updated weights are all finite on every
         process; one host sync a step decides that, a stop signal and the time limit together.
@@ -613,8 +615,6 @@ class Trainer:
                 for x in (self.stop_signal is not None, out_of_time, self.budget_seconds + ran)]  # fmt: skip
         flags = acc.reduce(torch.stack([bad.float(), *host]), reduction="sum").tolist()
         self.budget_spent_s = flags[3] / acc.num_processes  # the processes' mean: one value everywhere
-        if cfg.budget_minutes:
-            self.budget_used = self.budget_spent_s / (60 * cfg.budget_minutes)
         applied = flags[0] == 0
         if not applied:
             self.undo.restore()
