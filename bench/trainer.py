@@ -1,85 +1,230 @@
-"""What the trainer costs over a bare training loop: the same GPT-B token model and batch, trained by ``Trainer``
-(with its non-finite guard: the gradient norm, a copy of the weights and AdamW's state before each update, the
-finiteness check and one host sync per step) and by ``bench.common.bench_training`` (forward, backward, fused AdamW,
-nothing else). Both bf16 autocast, no clipping, no EMA.
+"""What the trainer costs over a bare training loop, in the same fixed time on the same model, batch and optimizer.
 
-    python bench/trainer.py --name bench-trainer          # GPU
-    python bench/trainer.py --tiny --train-batches 4      # a check on the CPU
+Sizes: ``cifar`` (the CIFAR-10 token recipe's model: 8 x 256, 64 tokens, the bundled VQ's 1024 codes, class
+dropout) and ``gptb`` (GPT-B, 256 tokens, vocab 16384). The bare loop is what a user writes: bf16 autocast,
+``gen.loss``, backward, fused AdamW, nothing else, no host sync. The ``Trainer`` runs with the token recipe's settings
+(gradient clipping 1.0, EMA 0.999, weight decay, bf16, its non-finite guard and time checks) on the recipe's data path
+(a ``TokenDataset`` of cached tokens with flips), eager and with ``train.compile``; the bare loop runs eager and
+compiled too. ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager bare loop (what a user
+would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
+
+``--profile DIR`` also profiles ten steps of each at the recipe's size (``profile-bare.txt``,
+``profile-trainer.txt``: torch.profiler's table by device time) and records kernels, device ms and wall ms per step.
+
+    python bench/trainer.py --name bench-trainer --profile $OUT     # a GPU
+    python bench/trainer.py --tiny --seconds 2                       # a check on the CPU
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
+import time
+from pathlib import Path
 
 import torch
-from common import bench_training, parser, setup, sync
-from token_ar import build
+from common import Record, parser, sync
 
-from visgen.train.generator_task import GeneratorTask
+from visgen.generator import Generator, GeneratorConfig
+from visgen.train.generator_task import GeneratorTask, TokenDataset
 from visgen.train.trainer import TrainConfig, Trainer
 
-
-class RandomTokens(torch.utils.data.Dataset):
-    """Token grids and labels held in memory, served whole batches at a time like the trainer's token cache."""
-
-    skipped = 0
-
-    def __init__(self, n: int, grid: tuple[int, int], vocab: int, classes: int, device):
-        g = torch.Generator().manual_seed(0)
-        self.tokens = torch.randint(0, vocab, (n, *grid), generator=g).to(device)
-        self.labels = torch.randint(0, classes, (n,), generator=g).to(device)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"tokens": self.tokens[i], "label": self.labels[i]}
-
-    def set_epoch(self, epoch: int):
-        pass
-
-    def get_batch(self, idx: torch.Tensor) -> dict:
-        idx = idx.to(self.tokens.device)
-        return {"tokens": self.tokens[idx], "label": self.labels[idx], "skipped": 0}
+RECIPE = dict(clip_grad=1.0, ema_decay=0.999, weight_decay=0.05, lr=6e-4)  # generators/cifar10-token-ar.yaml
+SIZES = {"cifar": [256], "gptb": [64, 256]}
 
 
-def trainer_throughput(gen, batch: int, steps: int, device) -> tuple[float, float]:
-    """(tokens/s, peak GiB) of ``Trainer.fit`` over ``steps`` timed steps (its first step is not timed)."""
-    grid = gen.schedule.grid if hasattr(gen.schedule, "grid") else None
-    data = RandomTokens(batch * (steps + 1), grid, gen.tokenizer.vocab_size, gen.config.num_classes, device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(out_dir=out, steps=steps + 1, batch_size=batch, mixed_precision="bf16" if device.type ==
-                          "cuda" else "no", clip_grad=0.0, log_every=0, eval_every=0, sample_every=0, ckpt_every=0,
-                          val_images=batch, num_workers=0, lr_schedule="constant")  # fmt: skip
-        trainer = Trainer(GeneratorTask(gen), data, RandomTokens(batch, grid, gen.tokenizer.vocab_size,
-                                                                 gen.config.num_classes, device), cfg)  # fmt: skip
-        trainer.save_preview = lambda batch: None  # sampling a preview is not training
-        summary = trainer.fit()
+def build(size: str, tiny: bool) -> Generator:
+    if tiny:
+        return Generator(GeneratorConfig(tokenizer="asset:cifar10-vq", image_size=32, num_classes=10,
+                                         backbone={"preset": "tiny"}, class_dropout=0.1))  # fmt: skip
+    if size == "cifar":
+        return Generator(GeneratorConfig(tokenizer="asset:cifar10-vq", image_size=32, num_classes=10,
+                                         backbone="cifar", class_dropout=0.1))  # fmt: skip
+    from token_ar import build as build_gptb
+
+    return build_gptb(False)
+
+
+def random_tokens(gen: Generator, n: int, seed: int = 0) -> TokenDataset:
+    """A token cache of ``n`` random grids with flipped copies, as the recipe's ``tokenizer.cache`` builds it."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, *gen.schedule.grid)
+    tokens = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
+    flipped = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
+    labels = torch.randint(0, gen.config.num_classes, (n,), generator=g)
+    return TokenDataset.from_tensors(tokens, labels, flipped)
+
+
+def autocast(device: torch.device):
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def bare(gen: Generator, batch: int, seconds: float, compile: bool, device, profile: Path | None = None) -> dict:
+    """The bare loop on the recipe's model for ``seconds`` after three warm-up steps: images/s and steps."""
+    import copy
+
+    model = copy.deepcopy(gen).to(device).train()
+    if compile:
+        model.backbone.compile_blocks()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    data = random_tokens(gen, batch * 16)
+    tokens, labels = data.tokens.to(device), data.labels.to(device)
+
+    def step(i: int):
+        j = (i % 16) * batch
+        with autocast(device):
+            loss = model.loss(tokens[j : j + batch], labels[j : j + batch])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(3):
+        step(i)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step(n)
+        n += 1
+    sync()
+    out = {"images_per_s": n * batch / (time.perf_counter() - t0), "steps": n}
+    if profile is not None:
+        out.update(profile_steps(lambda: step(0), profile / "profile-bare.txt", "bare loop"))
+    return out
+
+
+def profile_steps(step, table: Path, title: str, steps: int = 10) -> dict:
+    """Kernels, device ms and wall ms per step over ``steps`` calls of ``step``, and the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
         sync()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    return summary["train_images_per_s"] * gen.schedule.seq_len, peak
+        wall = time.perf_counter() - t0
+    return profile_summary(prof, wall, steps, table, title)
+
+
+def profile_summary(prof, wall: float, steps: int, table: Path, title: str) -> dict:
+    cuda = torch.cuda.is_available()
+    events = prof.events()
+    if cuda:
+        ran = [e for e in events if e.device_type.name == "CUDA"]
+        ms = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in ran) / 1e3
+    else:
+        ran = [e for e in events if e.name.startswith("aten::")
+               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
+        ms = sum(e.self_cpu_time_total for e in ran) / 1e3
+    syncs = sum(e.count for e in prof.key_averages() if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                                 "cudaEventSynchronize", "aten::_local_scalar_dense"))
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w") as f:
+        f.write(f"== {title}: {steps} steps\n{prof.key_averages().table(sort_by=sort, row_limit=30)}\n")
+        f.write(f"\n== by host time\n{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=30)}\n")
+    return {"kernels_per_step": len(ran) / steps, "device_ms_per_step": ms / steps,
+            "wall_ms_per_step": 1e3 * wall / steps, "host_syncs_per_step": syncs / steps}  # fmt: skip
+
+
+def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, device, profile: Path | None = None):
+    """``Trainer.fit`` with the recipe's settings for ``seconds`` (after a short warm-up fit whose time is left out):
+    images/s and steps."""
+    data = random_tokens(gen, batch * 64)
+    val = random_tokens(gen, batch, seed=1)
+    precision = "bf16" if device.type == "cuda" else "no"
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(out_dir=out, steps=5, batch_size=batch, mixed_precision=precision, compile=compile,
+                          log_every=0, eval_every=0, sample_every=0, ckpt_every=0, val_images=batch, num_workers=0,
+                          lr_schedule="constant", log_with=[], **RECIPE)  # fmt: skip
+        trainer = Trainer(GeneratorTask(gen), data, val, cfg)
+        trainer.save_preview = lambda batch: None  # sampling a preview is not training
+        trainer.fit()
+        images0, seconds0, step0 = trainer.timed_images, trainer.timed_seconds, trainer.step
+        trainer.cfg.steps, trainer.cfg.time_limit_minutes = 10**9, seconds / 60
+        trainer.fit()
+        out_ = {
+            "images_per_s": (trainer.timed_images - images0) / (trainer.timed_seconds - seconds0),
+            "steps": trainer.step - step0,
+        }
+        if profile is not None:
+            out_.update(profile_trainer(trainer, profile / "profile-trainer.txt"))
+    return out_
+
+
+def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
+    """The profiler over ``steps`` optimizer steps of a running ``Trainer.fit`` (its start-up and end left out: the
+    window opens and closes at optimizer steps)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = torch.cuda.is_available()
+    marks, result = [], {}
+    wait = 5
+
+    def ready(prof):
+        result.update(profile_summary(prof, marks[-1] - marks[0], steps, table, "Trainer.fit"))
+
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                   schedule=schedule(wait=wait, warmup=2, active=steps, repeat=1), on_trace_ready=ready)  # fmt: skip
+    opt_step = trainer.opt.step
+
+    def step(*args, **kwargs):
+        out = opt_step(*args, **kwargs)
+        if prof.step_num in (wait + 1, wait + 1 + steps):  # the window opens or closes at this call's prof.step()
+            sync()
+            marks.append(time.perf_counter())
+        prof.step()
+        return out
+
+    trainer.opt.step = step
+    trainer.cfg.steps, trainer.cfg.time_limit_minutes = trainer.step + wait + 2 + steps + 2, 0.0
+    with prof:
+        trainer.fit()
+    trainer.opt.step = opt_step
+    return result
 
 
 def main():
-    args = parser(__doc__).parse_args()
-    gen, rec = setup(args, build)
+    p = parser(__doc__)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
+    p.add_argument("--profile", type=Path, help="profile the recipe's size into this folder")
+    p.set_defaults(train_batches=None)
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = 2 if args.tiny else 20
-    for bs in args.train_batches:
-        grid = gen.schedule.grid
-        tokens = torch.randint(0, gen.tokenizer.vocab_size, (bs, *grid), device=device)
-        bare = bench_training(gen, tokens, steps=steps)
-        rec.add(f"bare_b{bs}_tokens_per_s", bare["tokens_per_s"], ".0f")
-        if "peak_gib" in bare:
-            rec.add(f"bare_b{bs}_peak_gib", bare["peak_gib"], ".1f")
-        tps, peak = trainer_throughput(gen, bs, steps, device)
-        rec.add(f"trainer_b{bs}_tokens_per_s", tps, ".0f")
-        if device.type == "cuda":
-            rec.add(f"trainer_b{bs}_peak_gib", peak, ".1f")
-        rec.add(f"trainer_over_bare_b{bs}", tps / bare["tokens_per_s"], ".3f")
+    rec = Record(args.name)
+    for size in args.sizes:
+        torch.manual_seed(0)
+        gen = build(size, args.tiny)
+        rec.add(f"{size}_params", sum(p.numel() for p in gen.parameters()), ",d")
+        for bs in args.train_batches or SIZES[size]:
+            key, best = f"{size}_b{bs}", ("", 0.0)
+            profile = args.profile if args.profile and size == "cifar" else None
+            for mode in args.modes:
+                try:
+                    b = bare(gen, bs, args.seconds, mode == "compiled", device, profile if mode == "eager" else None)
+                    t = trainer_run(gen, bs, args.seconds, mode == "compiled", device,
+                                    profile if mode == "eager" else None)  # fmt: skip
+                except Exception as e:  # one mode failing (a compile on this machine) leaves the others measured
+                    print(f"{key} {mode}: failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
+                    continue
+                for who, r in (("bare", b), ("trainer", t)):
+                    for k, v in r.items():
+                        rec.add(f"{who}_{mode}_{key}_{k}", v, ".3f" if isinstance(v, float) else "d")
+                rec.add(f"trainer_over_bare_{key}_{mode}_same_mode", t["images_per_s"] / b["images_per_s"], ".3f")
+                if mode == "eager":
+                    bare_eager = b["images_per_s"]
+                if t["images_per_s"] > best[1]:
+                    best = (mode, t["images_per_s"])
+            if best[0] and "eager" in args.modes:
+                rec.add(f"trainer_over_bare_{key}", best[1] / bare_eager, ".3f")
+                rec.add(f"trainer_best_mode_{key}", best[0])
 
 
 if __name__ == "__main__":

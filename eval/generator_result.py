@@ -34,8 +34,11 @@ def training_metrics(run: Path) -> dict:
         out["final_train_loss"] = train[-1]["loss"]
     if val:
         out["val_loss_by_step"] = val
-    if "loss" in final["metrics"]:
-        out["final_val_loss"] = final["metrics"]["loss"]
+    last = final.get("last_metrics", final["metrics"])  # the last step's; "metrics" are the kept model's
+    if "loss" in last:
+        out["final_val_loss"] = last["loss"]
+    if "kept_step" in final and "loss" in final["metrics"]:
+        out["kept_step"], out["kept_val_loss"] = final["kept_step"], final["metrics"]["loss"]
     bpd = {str(r["step"]): r["val/bpd"] for r in records if "val/bpd" in r}  # pixel models: an exact likelihood
     if bpd:
         out["val_bpd_by_step"] = bpd

@@ -284,11 +284,11 @@ def test_unwritable_run_folder_fails_before_work(tmp_path, capsys):
 
 
 def test_a_failed_checkpoint_write_names_the_last_good_one(tmp_path, cifar_train, monkeypatch):
-    import visgen.train.trainer as trainer
+    import visgen.train.checkpoints as checkpoints
 
     ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32))
     calls = {"n": 0}
-    real = trainer.save_tensors
+    real = checkpoints.save_tensors
 
     def fails_second_time(state, path):
         if path.name == "task.safetensors":
@@ -297,7 +297,7 @@ def test_a_failed_checkpoint_write_names_the_last_good_one(tmp_path, cifar_train
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(state, path)
 
-    monkeypatch.setattr(trainer, "save_tensors", fails_second_time)
+    monkeypatch.setattr(checkpoints, "save_tensors", fails_second_time)
     with pytest.raises(RunStorageError, match="last good checkpoint is .*step-0000002") as e:
         Trainer(Recon(), ds, ds, tiny_cfg(tmp_path, steps=6, ckpt_every=2, lr=1e-3)).fit()
     assert "No space left" in str(e.value)

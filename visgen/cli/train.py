@@ -12,7 +12,14 @@ import torch
 from visgen.checkpoint import CheckpointError
 from visgen.config import ConfigError, from_dict, load_recipe
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.train.trainer import NonFiniteLossError, Preempted, RunStorageError, TrainConfig, Trainer
+from visgen.train.trainer import (
+    NonFiniteLossError,
+    Preempted,
+    RunLockedError,
+    RunStorageError,
+    TrainConfig,
+    Trainer,
+)  # fmt: skip
 
 KNOWN_SECTIONS = {
     "tokenizer": {"model", "loss", "data", "val", "train"},
@@ -27,17 +34,17 @@ def build_datasets(recipe: dict, seed: int):
     return build_dataset(data_cfg, seed), build_dataset(val_cfg, seed)
 
 
-def build_task(kind: str, recipe: dict, train_set):
-    """The training task and the data set it trains on."""
+def build_task(kind: str, recipe: dict, train_set, val_set):
+    """The training task and the data sets it trains and validates on."""
     if kind == "tokenizer":
         from visgen.tokenizers import build_tokenizer
         from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
 
         loss = from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
-        return TokenizerTask(build_tokenizer(recipe["model"]), loss), train_set
+        return TokenizerTask(build_tokenizer(recipe["model"]), loss), train_set, val_set
     from visgen.train.generator_task import build_generator_task
 
-    return build_generator_task(recipe, train_set)
+    return build_generator_task(recipe, train_set, val_set)
 
 
 def run(kind: str, recipe: dict, command: str | None = None) -> dict:
@@ -52,7 +59,7 @@ def run(kind: str, recipe: dict, command: str | None = None) -> dict:
     cfg = from_dict(TrainConfig, recipe.get("train"), "train")
     train_set, val_set = build_datasets(recipe, cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run of the recipe
-    task, train_set = build_task(kind, recipe, train_set)
+    task, train_set, val_set = build_task(kind, recipe, train_set, val_set)
     return Trainer(task, train_set, val_set, cfg, recipe, command=command).fit()
 
 
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return Preempted.exit_code
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, RunStorageError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, RunStorageError, RunLockedError,
+            ValueError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, default=float))

@@ -49,11 +49,26 @@ class TokenCacheConfig:
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Tokens of an image data set, encoded once; flips chosen per (seed, epoch, index) like ``ImageDataset``.
-    ``skipped`` counts the unreadable images of the encoding pass (the trainer adds them to its count)."""
+    """Tokens of an image data set, encoded once (``encode``); flips chosen per (seed, epoch, index) like
+    ``ImageDataset``. ``skipped`` counts the unreadable images of the encoding pass (the trainer adds them to its
+    count)."""
 
-    def __init__(self, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0):
-        self.seed, self.epoch, self.flip = seed, 0, images.cfg.random_flip
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
+                 seed: int = 0, skipped: int = 0):  # fmt: skip
+        self.tokens, self.labels, self.flipped = tokens, labels, flipped
+        self.seed, self.epoch, self.flip, self.skipped = seed, 0, flipped is not None, skipped
+        self.set_epoch(0)
+
+    @classmethod
+    def from_tensors(cls, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
+                     seed: int = 0) -> TokenDataset:  # fmt: skip
+        """A cache of tokens already computed (``flipped``: those of the mirrored images, for flips)."""
+        return cls(tokens, labels, flipped, seed)
+
+    @classmethod
+    def encode(cls, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0) -> TokenDataset:
+        """Encode ``images`` once with ``tokenizer`` (both orientations when ``images`` flips at random)."""
+        flip = images.cfg.random_flip
         images.cfg.random_flip = False
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = tokenizer.to(device)
@@ -64,33 +79,45 @@ class TokenDataset(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             images, batch_size=batch_size, collate_fn=collate, num_workers=min(4, os.cpu_count() or 1)
         )
-        tokens, flipped, labels, self.skipped = [], [], [], 0
+        tokens, flipped, labels, skipped = [], [], [], 0
         with torch.no_grad():
             for batch in tqdm(loader, desc="encode", disable=len(images) < 10 * batch_size):
-                self.skipped += batch["skipped"]
+                skipped += batch["skipped"]
                 if not len(batch["image"]):
                     continue
                 x = batch["image"].to(device)
                 tokens.append(encode(x).cpu())
-                if self.flip:
+                if flip:
                     flipped.append(encode(x.flip(-1)).cpu())
                 labels.append(batch["label"])
         if not tokens:
             raise DataError(
-                f"no usable image in {images.cfg.path}: all {self.skipped} images are unreadable (corrupt or "
+                f"no usable image in {images.cfg.path}: all {skipped} images are unreadable (corrupt or "
                 "truncated files?)"
             )
-        self.tokens, self.labels = torch.cat(tokens), torch.cat(labels)
-        self.flipped = torch.cat(flipped) if self.flip else None
-        self.set_epoch(0)
+        return cls(torch.cat(tokens), torch.cat(labels), torch.cat(flipped) if flip else None, seed, skipped)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def to_device(self, device: torch.device, max_bytes: int = 2 << 30):
+        """Keep the cache on ``device`` (batches are then gathered there, with no copy a step) when it takes at most
+        ``max_bytes`` there; a larger cache stays in host memory."""
+        parts = [self.tokens, self.labels] + ([self.flipped] if self.flip else [])
+        if sum(t.numel() * t.element_size() for t in parts) <= max_bytes:
+            self.tokens, self.labels = self.tokens.to(device), self.labels.to(device)
+            self.flipped = self.flipped.to(device) if self.flip else None
+            self.set_epoch(self.epoch)
+
     def set_epoch(self, epoch: int):
         self.epoch = epoch
         gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        self.use_flip = torch.rand(len(self.tokens), generator=gen) < 0.5 if self.flip else None
+        use_flip = torch.rand(len(self.tokens), generator=gen) < 0.5 if self.flip else None
+        self.use_flip = use_flip.to(self.device) if self.flip else None
 
     def __getitem__(self, i: int) -> dict:
         one = self.get_batch(torch.tensor([i]))
@@ -98,6 +125,7 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def get_batch(self, idx: torch.Tensor) -> dict:
         """A whole batch by tensor indexing (no per-item Python), with this epoch's flips."""
+        idx = idx.to(self.device)
         tokens = self.tokens[idx]
         if self.flip:
             tokens = torch.where(self.use_flip[idx].view(-1, *[1] * (tokens.ndim - 1)), self.flipped[idx], tokens)
@@ -186,8 +214,9 @@ class GeneratorTask(nn.Module):
         return sampler.sample_images(labels)
 
 
-def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[GeneratorTask, torch.utils.data.Dataset]:
-    """The task and the data set it trains on (tokens cached once when the recipe asks for it)."""
+def build_generator_task(recipe: dict, train_set: ImageDataset, val_set: ImageDataset | None = None) -> tuple:
+    """(task, training set, validation set): the training and validation images' tokens cached once when the recipe
+    asks for it (the validation set is returned as given without one)."""
     cfg = from_dict(GeneratorConfig, recipe["model"], "model")
     frames = recipe.get("data", {}).get("frames", 0)
     if cfg.frames != frames:
@@ -207,8 +236,10 @@ def build_generator_task(recipe: dict, train_set: ImageDataset) -> tuple[Generat
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     if tok_cfg.cache:
         seed = recipe.get("train", {}).get("seed", 0)
-        train_set = TokenDataset(train_set, model.tokenizer, tok_cfg.batch_size, seed)
-    return GeneratorTask(model, teacher, distill.weight), train_set
+        train_set = TokenDataset.encode(train_set, model.tokenizer, tok_cfg.batch_size, seed)
+        if val_set is not None:
+            val_set = TokenDataset.encode(val_set, model.tokenizer, tok_cfg.batch_size, seed)
+    return GeneratorTask(model, teacher, distill.weight), train_set, val_set
 
 
 def _check_teacher(model: Generator, teacher) -> None:
