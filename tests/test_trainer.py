@@ -1,4 +1,5 @@
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ from visgen.cli.train import main as train_main
 from visgen.config import ConfigError, apply_overrides, load_recipe
 from visgen.data import DataConfig, build_dataset
 from visgen.tokenizers import VQTokenizer
-from visgen.train.trainer import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint, lr_factor
+from visgen.train.trainer import (
+    NonFiniteLossError, RunLockedError, TrainConfig, Trainer, latest_checkpoint, lr_factor,
+)  # fmt: skip
 
 TINY = [
     "model.channels=8", "model.channel_mult=[1,2]", "model.z_channels=8", "model.codebook_size=32",
@@ -169,3 +172,81 @@ def test_trackers_are_chosen_and_checked(tmp_path):
     assert r.returncode == 2 and "unknown tracker 'neptune'" in r.stderr
     r = run_cli(f"train.out_dir={tmp_path}/d", "train.steps=2", "train.log_with=[]")
     assert r.returncode == 0 and not (tmp_path / "d" / "trackers").exists()
+
+
+class ScriptedValidation(NaNAfter):
+    """A well-behaved task whose validation loss after step s is ``losses[s]``."""
+
+    def __init__(self, losses: list[float]):
+        super().__init__(good=10**9)
+        self.losses, self.trained = losses, 0
+
+    def forward(self, batch, step):
+        self.trained = step + 1
+        return super().forward(batch, step)
+
+    def validate(self, model, batches, acc):
+        return {"loss": self.losses[self.trained]}
+
+
+def scripted_run(out, losses, **kw):
+    ds = build_dataset(DataConfig(path=kw.pop("data"), image_size=16, limit=16))
+    cfg = TrainConfig(out_dir=str(out), batch_size=8, num_workers=0, lr=1e-3, log_every=0, eval_every=1,
+                      sample_every=0, ckpt_every=1, keep_ckpts=20, **kw)  # fmt: skip
+    return Trainer(ScriptedValidation(losses), ds, ds, cfg).fit()
+
+
+def test_final_keeps_the_best_validation_loss(tmp_path, cifar_train):
+    summary = scripted_run(tmp_path, [9, 5, 3, 4, 6, 7], steps=5, data=cifar_train)
+    assert summary["kept_step"] == 2 and summary["metrics"] == {"loss": 3}
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert final["step"] == 5 and final["kept_step"] == 2 and final["last_metrics"] == {"loss": 7}
+    kept = tmp_path / "checkpoints" / "step-0000002" / "model"
+    for name in ("model.safetensors", "ema.safetensors"):
+        if (kept / name).is_file():
+            a, b = load_file(str(kept / name)), load_file(str(tmp_path / "final" / name))
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "kept_step: 2" in (tmp_path / "final" / "README.md").read_text()
+    last = load_file(str(tmp_path / "checkpoints" / "step-0000005" / "model" / "model.safetensors"))
+    assert any(not torch.equal(last[k], v) for k, v in load_file(str(kept / "model.safetensors")).items())
+
+
+def test_early_stopping_stops_and_resumes_exactly(tmp_path, cifar_train):
+    losses = [9, 5, 3, 4, 6, 7, 8, 9, 9, 9, 9]
+    summary = scripted_run(tmp_path / "a", losses, steps=10, early_stop_patience=2, data=cifar_train)
+    assert summary["kept_step"] == 2
+    assert json.loads((tmp_path / "a" / "final" / "metrics.json").read_text())["step"] == 4  # 2 evals past the best
+    again = scripted_run(tmp_path / "a", losses, steps=10, early_stop_patience=2, data=cifar_train)
+    assert again["kept_step"] == 2 and latest_checkpoint(tmp_path / "a").name == "step-0000004"  # nothing more
+    scripted_run(tmp_path / "b", losses, steps=3, early_stop_patience=2, data=cifar_train)  # cut, then resumed
+    scripted_run(tmp_path / "b", losses, steps=10, early_stop_patience=2, data=cifar_train)
+    a, b = (load_file(str(tmp_path / r / "final" / "model.safetensors")) for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "b" / "final" / "metrics.json").read_text())["step"] == 4
+    with pytest.raises(ConfigError, match="early_stop_patience needs train.eval_every"):
+        TrainConfig(early_stop_patience=2, eval_every=0)
+
+
+def test_auto_precision_follows_the_device():
+    assert TrainConfig().mixed_precision == "auto" and TrainConfig().precision(torch.device("cpu")) == "no"
+    with pytest.warns(UserWarning, match="bf16 on a CPU"):
+        assert TrainConfig(mixed_precision="bf16").precision(torch.device("cpu")) == "bf16"
+    assert TrainConfig(mixed_precision=False).precision(torch.device("cpu")) == "no"
+
+
+def test_a_second_run_into_a_held_folder_stops(tmp_path, cifar_train):
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=16))
+    cfg = TrainConfig(out_dir=str(tmp_path), steps=1, batch_size=8, num_workers=0, log_every=0, eval_every=0,
+                      sample_every=0, ckpt_every=0)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                       "since": "then"}))  # fmt: skip
+        with pytest.raises(RunLockedError, match=f"in use by the run of process {holder.pid}"):
+            Trainer(NaNAfter(10**9), ds, ds, cfg).fit()
+        assert not (tmp_path / "final").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    Trainer(NaNAfter(10**9), ds, ds, cfg).fit()  # its process is gone: the lock is taken over
+    assert (tmp_path / "final").is_dir() and not (tmp_path / "run.lock").exists()  # and released at the end

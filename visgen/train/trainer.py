@@ -206,7 +206,7 @@ class Trainer:
     def _consider_best(self, metrics: dict) -> None:
         """Keep the model in ``best/`` when its validation loss is the lowest so far."""
         loss = metrics.get("loss")
-        if not self.cfg.keep_best or not isinstance(loss, float) or loss != loss:
+        if not self.cfg.keep_best or not isinstance(loss, (int, float)) or loss != loss:
             return
         if self.best is None or loss < self.best["metrics"]["loss"]:
             self.best, self.evals_since_best = {"step": self.step, "metrics": metrics}, 0
