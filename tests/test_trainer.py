@@ -191,8 +191,8 @@ class ScriptedValidation(NaNAfter):
 
 def scripted_run(out, losses, **kw):
     ds = build_dataset(DataConfig(path=kw.pop("data"), image_size=16, limit=16))
-    cfg = TrainConfig(out_dir=str(out), batch_size=8, num_workers=0, lr=1e-3, log_every=0, eval_every=1,
-                      sample_every=0, ckpt_every=1, keep_ckpts=20, **kw)  # fmt: skip
+    cfg = TrainConfig(out_dir=str(out), batch_size=8, num_workers=0, lr=1e-3, lr_schedule="constant", eval_every=1,
+                      log_every=0, sample_every=0, ckpt_every=1, keep_ckpts=20, **kw)  # fmt: skip
     return Trainer(ScriptedValidation(losses), ds, ds, cfg).fit()
 
 
