@@ -16,7 +16,12 @@ from visgen.config import ConfigError, apply_overrides, load_recipe
 from visgen.data import DataConfig, build_dataset
 from visgen.tokenizers import VQTokenizer
 from visgen.train.trainer import (
-    NonFiniteLossError, RunLockedError, TrainConfig, Trainer, latest_checkpoint, lr_factor,
+    NonFiniteLossError,
+    RunLockedError,
+    TrainConfig,
+    Trainer,
+    latest_checkpoint,
+    lr_factor,
 )  # fmt: skip
 
 TINY = [

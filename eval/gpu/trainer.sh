@@ -5,7 +5,8 @@
 #      profile of ten steps of each at the recipe's size (tables in $OUT);
 #   2. three short runs of the CIFAR-10 token recipe side by side (TRIAL_MIN minutes, STEPS steps of cosine schedule):
 #      flips and dropout 0.1, no flips and dropout 0.1, flips and no dropout; their validation loss by step is
-#      compared at equal steps (they share the GPU, so their speed is not the recipe's).
+#      compared at equal steps (they share the GPU, so their speed is not the recipe's); each kept model is exported
+#      in fp16 (EMA weights) to runs/trial-NAME/fp16.
 # EXTRA: overrides for every run (a CPU dry run: DATA=tests/data/cifar10 BENCH="--tiny --seconds 1" BENCH_NAME=b EXTRA="train.steps=4
 # train.batch_size=8 train.eval_every=2 train.time_limit_minutes=0 train.num_workers=0 train.val_images=16"
 # RESULTS=/tmp/r).
@@ -29,3 +30,9 @@ wait
 python eval/trials.py --runs runs/trial-flip-drop runs/trial-noflip-drop runs/trial-flip-nodrop \
   --name cifar10-token-ar-trials --results-dir $RESULTS \
   --command "DATA=... TRIAL_MIN=$TRIAL_MIN STEPS=$STEPS bash eval/gpu/trainer.sh"
+for name in flip-drop noflip-drop flip-nodrop; do  # the kept models in fp16 (EMA weights), as the bundled one ships
+  python -c "import sys, torch; from visgen.checkpoint import load_model; \
+load_model(sys.argv[1], ema=True).save_pretrained(sys.argv[2], dtype=torch.float16)" runs/trial-$name/final \
+    runs/trial-$name/fp16
+  cp runs/trial-$name/final/metrics.json runs/trial-$name/fp16/train-metrics.json
+done

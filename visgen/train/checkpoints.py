@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +73,21 @@ class RunLock:
             return note
         raise RunLockedError(f"could not take {self.path}: another run took it at the same moment")
 
+    def acquire_everywhere(self, acc) -> None:
+        """The main process takes the lock; every process stops if it could not."""
+        error = None
+        if acc.is_main_process:
+            try:
+                note = self.acquire()
+                if note:
+                    print(note, file=sys.stderr)
+            except RunLockedError as e:
+                error = e
+        held_elsewhere = torch.tensor([float(error is not None)], device=acc.device)
+        if acc.reduce(held_elsewhere, reduction="sum").item():
+            raise error or RunLockedError(f"{self.path.parent} is in use by another run (the main process could not "
+                                          "lock it)")  # fmt: skip
+
     def _holder(self) -> dict | None:
         try:
             return json.loads(self.path.read_text())
@@ -133,14 +149,14 @@ def save_checkpoint(t: Trainer) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     task = acc.unwrap_model(t.model)
     state = sharding.full_state_dict(t.model, task, acc.is_main_process)  # whole on the main process
-    if not t.finite_everywhere(task):  # every process decides alike
+    if not finite_everywhere(t, task):  # every process decides alike
         reason = f"the weights of step {t.step} are not finite"
         try:
             check_finite(state, f"step {t.step}")  # names the tensor where this process holds it
         except CheckpointError as e:
             reason = str(e)
         raise NonFiniteLossError(f"{reason}: no checkpoint written at step {t.step}; {where_good(t)}")
-    ema = t.ema_state(task)
+    ema = ema_state(t, task)
     opt_state = sharding.optimizer_state(t.model, task, t.opt.optimizer, acc.is_main_process)
     try:
         if acc.is_main_process:
@@ -245,7 +261,7 @@ def export(t: Trainer, name: str, summary: dict, card: dict | None = None, sourc
     task = t.acc.unwrap_model(t.model)
     if source is None:
         state = sharding.full_state_dict(t.model, task, t.acc.is_main_process)  # every process: FSDP gathers
-        ema = t.ema_state(task)
+        ema = ema_state(t, task)
     if t.acc.is_main_process:
 
         def write(tmp: Path):
@@ -265,3 +281,73 @@ def export(t: Trainer, name: str, summary: dict, card: dict | None = None, sourc
                 "space to export from it"
             ) from e
     t.acc.wait_for_everyone()
+
+
+class BestModel:
+    """The lowest validation loss seen (``loss`` of the task's metrics) and its model, kept in ``out_dir/best``: what
+    ``final/`` holds at the end (``train.keep_best``), and the evaluations since then (``early_stop_patience``)."""
+
+    def __init__(self, keep: bool, patience: int):
+        self.keep, self.patience = keep, patience
+        self.kept: dict | None = None  # {"step", "metrics"}
+        self.evals_since = 0
+
+    def state(self) -> dict:
+        return {"best": self.kept, "evals_since_best": self.evals_since}
+
+    def load(self, state: dict, out: Path):
+        self.kept, self.evals_since = state.get("best"), state.get("evals_since_best", 0)
+        if self.kept is not None and not (out / "best" / "metrics.json").is_file():
+            self.kept = None  # its folder was deleted: the best is chosen afresh
+
+    def consider(self, t: Trainer, metrics: dict) -> None:
+        """Keep the model in ``best/`` when its validation loss is the lowest so far."""
+        loss = metrics.get("loss")
+        if not self.keep or not isinstance(loss, (int, float)) or loss != loss:
+            return
+        if self.kept is None or loss < self.kept["metrics"]["loss"]:
+            self.kept, self.evals_since = {"step": t.step, "metrics": metrics}, 0
+            export(t, "best", {"step": t.step, "metrics": metrics})
+        else:
+            self.evals_since += 1
+
+    @property
+    def patience_spent(self) -> bool:
+        return bool(self.patience) and self.evals_since >= self.patience
+
+
+def finite_everywhere(t: Trainer, task: torch.nn.Module) -> bool:
+    """Every weight and floating-point buffer is finite on every process (a sharded model's in every shard)."""
+    from visgen.train.guard import all_finite
+
+    floats = [x for x in [*task.parameters(), *task.buffers()] if x.is_floating_point()]
+    bad = ~all_finite(floats, t.acc.device)
+    return t.acc.reduce(bad.float().reshape(1), reduction="sum").item() == 0
+
+
+def ema_state(t: Trainer, task: torch.nn.Module) -> dict | None:
+    """The generator's state dict with EMA parameters, whole (on the main process under FSDP)."""
+    if not t.ema:
+        return None
+    if not sharding.is_sharded(t.model):
+        return t.ema.full_state_dict(task.model) if t.acc.is_main_process else None
+    with t.ema.applied_to(task.model):  # each process puts its shard of the EMA in; the gather joins them
+        return sharding.model_part(sharding.full_state_dict(t.model, task, t.acc.is_main_process))
+
+
+def export_final(t: Trainer, metrics: dict, seconds: float) -> tuple[dict, float | None]:
+    """Write ``final/``: the best model seen (``best/``) where one is kept, else the model as it is, with its
+    summary and model card. ``metrics``: the last step's validation. Returns (the kept {"step", "metrics"}, the run's
+    training images/s)."""
+    kept = t.best.kept or {"step": t.step, "metrics": metrics}
+    throughput = t.timed_images / t.timed_seconds if t.timed_seconds > 0 else None
+    summary = {"step": t.step, "kept_step": kept["step"], "metrics": kept["metrics"], "last_metrics": metrics,
+               "train_images_per_s": throughput, "train_seconds": seconds,
+               "skipped_images": t.skipped_images}  # fmt: skip
+    if t.cfg.budget_minutes:  # the run's training time in all, over its sessions
+        summary["budget_seconds"] = t.budget.spent
+    card = {"command": t.command, "steps": t.step, "kept_step": kept["step"], "processes": t.acc.num_processes,
+            "train_images_per_s": throughput, "recipe": t.recipe,
+            "validation": {k: float(v) for k, v in kept["metrics"].items() if isinstance(v, (int, float))}}  # fmt: skip
+    export(t, "final", summary, card, source=t.out / "best" if t.best.kept else None)
+    return kept, throughput

@@ -35,21 +35,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from visgen.config import ConfigError
-from visgen.data import DataError, batch_size_of, collate
+from visgen.data import DataError, batch_size_of
 from visgen.results import check_writable
 from visgen.train import sharding
+from visgen.train.batches import STOP_SIGNALS, EpochSampler, train_batches, val_batches
 from visgen.train.budget import TimeBudget
 from visgen.train.checkpoints import (
+    BestModel,
     RunLock,
     RunLockedError,
     RunStorageError,
-    export,
+    export_final,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-)  # fmt: skip
+)
 from visgen.train.ema import EMA
-from visgen.train.guard import StepGuard, Verdict, all_finite
+from visgen.train.guard import StepGuard, Verdict
 from visgen.train.train_config import TrainConfig, flat_config, lr_factor, resolve_trackers
 
 __all__ = ["NonFiniteLossError", "Preempted", "RunLockedError", "RunStorageError", "TrainConfig", "Trainer",
@@ -64,29 +66,6 @@ class Preempted(RuntimeError):
     """SIGTERM or SIGUSR1 arrived: a checkpoint was written and the run stopped; rerunning resumes it."""
 
     exit_code = 75  # EX_TEMPFAIL: "try again later", which a requeued job does
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """This process's share of a permutation fixed by (seed, epoch), starting ``start`` items in."""
-
-    def __init__(self, n: int, seed: int, epoch: int, rank: int, world: int, per_epoch: int, start: int = 0):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-        self.indices = perm[rank : per_epoch * world : world][start:]
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _ignore_stop_signals(_worker_id: int):
-    # data-loader workers leave SIGTERM / SIGUSR1 to the trainer, which checkpoints and then shuts them down
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Trainer:
@@ -152,8 +131,7 @@ class Trainer:
         # images the data set skipped before training (the token cache's encoding pass), then per epoch
         self.bad_in_row, self.skipped_images = 0, int(getattr(train_set, "skipped", 0))
         self.timed_images, self.timed_seconds = 0, 0.0  # throughput over every session of the run (resumes too)
-        self.best: dict | None = None  # {"step", "metrics"} of the lowest validation loss so far
-        self.evals_since_best = 0
+        self.best = BestModel(cfg.keep_best, cfg.early_stop_patience)
         self.last_good: Path | None = None
         self.stop_signal: int | None = None
         self.log_file = self.out / "metrics.jsonl"
@@ -167,8 +145,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
                 "bad_in_row": self.bad_in_row, "skipped_images": self.skipped_images,
                 "timed_images": self.timed_images, "timed_seconds": self.timed_seconds,
-                "budget_seconds": self.budget.spent, "best": self.best,
-                "evals_since_best": self.evals_since_best}  # fmt: skip
+                "budget_seconds": self.budget.spent, **self.best.state()}  # fmt: skip
 
     def _resume(self, path: Path):
         state = load_checkpoint(self, path)
@@ -178,9 +155,7 @@ class Trainer:
             self.bad_in_row = 0
         self.timed_images, self.timed_seconds = state.get("timed_images", 0), state.get("timed_seconds", 0.0)
         self.budget.load(state.get("budget_seconds", 0.0))
-        self.best, self.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
-        if self.best is not None and not (self.out / "best" / "metrics.json").is_file():
-            self.best = None  # its folder was deleted: the best is chosen afresh
+        self.best.load(state, self.out)
         self.acc.print(f"resumed from {path} at step {self.step}")
 
     @property
@@ -188,51 +163,13 @@ class Trainer:
         """The fraction of ``budget_minutes`` spent, as every process agreed at the last verdict (0 without one)."""
         return self.budget.used
 
-    def finite_everywhere(self, task: nn.Module) -> bool:
-        """Every weight and floating-point buffer is finite on every process (a sharded model's in every shard)."""
-        floats = [t for t in [*task.parameters(), *task.buffers()] if t.is_floating_point()]
-        bad = ~all_finite(floats, self.acc.device)
-        return self.acc.reduce(bad.float().reshape(1), reduction="sum").item() == 0
-
-    def ema_state(self, task: nn.Module) -> dict | None:
-        """The generator's state dict with EMA parameters, whole (on the main process under FSDP)."""
-        if not self.ema:
-            return None
-        if not sharding.is_sharded(self.model):
-            return self.ema.full_state_dict(task.model) if self.acc.is_main_process else None
-        with self.ema.applied_to(task.model):  # each process puts its shard of the EMA in; the gather joins them
-            return sharding.model_part(sharding.full_state_dict(self.model, task, self.acc.is_main_process))
-
-    def _consider_best(self, metrics: dict) -> None:
-        """Keep the model in ``best/`` when its validation loss is the lowest so far."""
-        loss = metrics.get("loss")
-        if not self.cfg.keep_best or not isinstance(loss, (int, float)) or loss != loss:
-            return
-        if self.best is None or loss < self.best["metrics"]["loss"]:
-            self.best, self.evals_since_best = {"step": self.step, "metrics": metrics}, 0
-            export(self, "best", {"step": self.step, "metrics": metrics})
-        else:
-            self.evals_since_best += 1
-
-    def _patience_spent(self) -> bool:
-        return bool(self.cfg.early_stop_patience) and self.evals_since_best >= self.cfg.early_stop_patience
-
     # ---- evaluation --------------------------------------------------------------------------------------------
 
     def _val_batches(self):
-        n = len(self.val_set) if not self.cfg.val_images else min(self.cfg.val_images, len(self.val_set))
-        if hasattr(self.val_set, "get_batch"):  # cached tokens
-            idx = torch.arange(self.acc.process_index, n, self.acc.num_processes)
-            yield from (self.val_set.get_batch(b) for b in idx.split(self.cfg.batch_size))
-            return
-        idx = list(range(self.acc.process_index, n, self.acc.num_processes))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.val_set, idx), batch_size=self.cfg.batch_size, collate_fn=collate,
-            num_workers=self.cfg.num_workers, generator=torch.Generator(), worker_init_fn=_ignore_stop_signals,
-        )  # fmt: skip
-        for batch in loader:
-            if batch_size_of(batch):
-                yield {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cfg, acc = self.cfg, self.acc
+        n = len(self.val_set) if not cfg.val_images else min(cfg.val_images, len(self.val_set))
+        return val_batches(self.val_set, n, acc.process_index, acc.num_processes, cfg.batch_size, cfg.num_workers,
+                           acc.device)  # fmt: skip
 
     @contextlib.contextmanager
     def _ema_weights(self):
@@ -294,16 +231,7 @@ class Trainer:
             len(self.train_set), self.cfg.seed, self.epoch, self.acc.process_index, self.acc.num_processes,
             self.per_epoch, start=self.micro_in_epoch * self.cfg.batch_size,
         )  # fmt: skip
-        if hasattr(self.train_set, "get_batch"):  # in-memory data (cached tokens): whole batches by indexing
-            idx = torch.tensor(sampler.indices, dtype=torch.long).to(getattr(self.train_set, "device", "cpu"))
-            n = len(idx) // self.cfg.batch_size * self.cfg.batch_size
-            return (self.train_set.get_batch(b) for b in idx[:n].split(self.cfg.batch_size))
-        return torch.utils.data.DataLoader(
-            self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate,
-            num_workers=self.cfg.num_workers, drop_last=True, pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator(),  # its own, so making a loader never moves the global RNG (exact resume)
-            worker_init_fn=_ignore_stop_signals,
-        )  # fmt: skip
+        return train_batches(self.train_set, sampler, self.cfg.batch_size, self.cfg.num_workers)
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -365,17 +293,7 @@ class Trainer:
         SIGTERM or SIGUSR1 (a cluster's notice before it stops a job) finishes the current step, writes a checkpoint
         on every process together and raises ``Preempted``; rerunning the same command resumes exactly. While it
         runs, ``out_dir/run.lock`` keeps a second run out of the folder."""
-        error = None
-        if self.acc.is_main_process:
-            try:
-                note = self.lock.acquire()
-                if note:
-                    print(note, file=sys.stderr)
-            except RunLockedError as e:
-                error = e
-        held_elsewhere = torch.tensor([float(error is not None)], device=self.acc.device)
-        if self.acc.reduce(held_elsewhere, reduction="sum").item():
-            raise error or RunLockedError(f"{self.out} is in use by another run (the main process could not lock it)")
+        self.lock.acquire_everywhere(self.acc)
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
@@ -407,7 +325,7 @@ class Trainer:
         self.model.train()
         self.budget.start()
         t_run = time.perf_counter()
-        stop, out_of_time = False, self.budget.spent_all or self._patience_spent()  # a finished run only exports
+        stop, out_of_time = False, self.budget.spent_all or self.best.patience_spent  # a finished run only exports
         while self.step < cfg.steps and not (stop or out_of_time):
             usable, whole_epoch = 0, self.micro_in_epoch == 0
             for batch in self._epoch_loader():
@@ -472,11 +390,11 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     metrics = self.validate()
                     self.log({f"val/{k}": v for k, v in metrics.items()})
-                    self._consider_best(metrics)
-                    out_of_time = out_of_time or self._patience_spent()
-                    if self._patience_spent():
-                        acc.print(f"step {self.step}: no better validation loss in {self.evals_since_best} "
-                                  f"evaluations (best at step {self.best['step']}); stopping early")  # fmt: skip
+                    self.best.consider(self, metrics)
+                    if self.best.patience_spent:
+                        out_of_time = True
+                        acc.print(f"step {self.step}: no better validation loss in {self.best.evals_since} "
+                                  f"evaluations (best at step {self.best.kept['step']}); stopping early")  # fmt: skip
                 if stop:
                     self._add_time(images_seen, t0)
                     path = save_checkpoint(self)
@@ -503,19 +421,8 @@ class Trainer:
         metrics = self.validate()
         if cfg.ckpt_every == 0 or self.step % cfg.ckpt_every or latest_checkpoint(self.out) is None:
             save_checkpoint(self)
-        self._consider_best(metrics)
-        kept = self.best or {"step": self.step, "metrics": metrics}
-        throughput = self.timed_images / self.timed_seconds if self.timed_seconds > 0 else None
-        summary = {"step": self.step, "kept_step": kept["step"], "metrics": kept["metrics"],
-                   "last_metrics": metrics, "train_images_per_s": throughput,
-                   "train_seconds": time.perf_counter() - t_run, "skipped_images": self.skipped_images}  # fmt: skip
-        if cfg.budget_minutes:  # the run's training time in all, over its sessions
-            summary["budget_seconds"] = self.budget.spent
-        card = {"command": self.command, "steps": self.step, "kept_step": kept["step"],
-                "processes": acc.num_processes, "train_images_per_s": throughput,
-                "validation": {k: float(v) for k, v in kept["metrics"].items() if isinstance(v, (int, float))},
-                "recipe": self.recipe}  # fmt: skip
-        export(self, "final", summary, card, source=self.out / "best" if self.best else None)
+        self.best.consider(self, metrics)
+        kept, throughput = export_final(self, metrics, time.perf_counter() - t_run)
         if preview_batch is not None:
             self.save_preview(preview_batch)
         return {"metrics": kept["metrics"], "kept_step": kept["step"], "train_images_per_s": throughput,
