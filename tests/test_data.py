@@ -104,3 +104,30 @@ def test_flips_depend_on_epoch_not_call_order(cifar_train):
     assert all(torch.equal(x, ds[i]["image"]) for i, x in enumerate(a))
     ds.set_epoch(1)
     assert any(not torch.equal(x, ds[i]["image"]) for i, x in enumerate(a))
+
+
+def test_cached_tokens_flip_as_the_images_do(cifar_train):
+    """``data.random_flip`` with the token cache: each item is served as its mirrored image's tokens about half the
+    time, chosen per (seed, epoch, index), the same wherever the cache lies."""
+    from tests.test_tokenizers import TINY_VQ
+    from visgen.tokenizers import VQTokenizer
+    from visgen.train.generator_task import TokenDataset
+
+    torch.manual_seed(0)
+    tok = VQTokenizer(TINY_VQ).eval()
+    images = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=64, random_flip=True), seed=1)
+    cache = TokenDataset.encode(images, tok, batch_size=32, seed=1)
+    x = torch.stack([build_dataset(DataConfig(path=cifar_train, image_size=16, limit=64), seed=1)[i]["image"]
+                     for i in range(64)])  # fmt: skip
+    with torch.no_grad():
+        plain, mirrored = tok.encode(x), tok.encode(x.flip(-1))
+    assert not torch.equal(plain, mirrored)
+    got = cache.get_batch(torch.arange(64))["tokens"]
+    flipped = torch.tensor([torch.equal(g, m) and not torch.equal(g, p) for g, p, m in zip(got, plain, mirrored)])
+    kept = torch.tensor([torch.equal(g, p) for g, p in zip(got, plain)])
+    assert (flipped | kept).all() and 16 < flipped.sum() < 48
+    cache.set_epoch(1)
+    assert not torch.equal(cache.get_batch(torch.arange(64))["tokens"], got)  # other flips next epoch
+    cache.set_epoch(0)
+    cache.to_device(torch.device("cpu"))
+    assert torch.equal(cache.get_batch(torch.arange(64))["tokens"], got)
