@@ -274,3 +274,42 @@ def test_frames_drawn_without_a_cache_across_frames_equal_the_cached_sampler():
     for t in range(3):
         units = sampler.sample_prefix(labels, t + 1, ids, given=units or None)
         torch.testing.assert_close(units[t], cached[t], atol=1e-5, rtol=1e-5)
+
+
+def test_motion_scores_fail_frozen_shuffled_and_slow_clips(fmnist):
+    """The acceleration term alone rewards a clip that does not move; the speed term catches it, and a clip whose item
+    moves at half the data's speed; shuffled clips fail the acceleration term. Real clips pass both."""
+    from visgen.metrics.dynamics import motion_scores, speed_distance, speeds
+
+    items, labels = fmnist_items(fmnist)
+    make = lambda seed, **kw: torch.from_numpy(moving_fashion_mnist(items, labels, 24, frames=16, size=64, seed=seed,
+                                                                    **kw)["clips"])  # fmt: skip
+    ref, real = make(1), make(2)
+    m = motion_scores(make(3), real, ref)
+    assert m["dynamics_error_frozen"] == 0.0 and m["speed_distance_frozen"] > 2.0  # frozen: no acceleration, no speed
+    assert m["dynamics_error_shuffled"] > 4 * m["dynamics_error_real"]
+    assert m["speed_distance_real"] < 0.4 and m["speed_distance"] < 0.4 and m["dynamics_error"] < 1.0  # real pass
+    slow = speed_distance(make(4, speed=(1.0, 2.0)), speeds(ref))
+    assert slow > 1.0 and slow > 4 * m["speed_distance_real"]
+
+
+def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path):
+    from visgen.cli.dynamics import main as dynamics_main
+    from visgen.metrics.dynamics import prediction_scores
+
+    clips = torch.from_numpy(np.load(moving / "train.npz")["clips"]).float()
+    s = prediction_scores(clips, clips, context=3, horizon=4)
+    assert s["prediction_error_px"] == 0 == s["prediction_error_px_real"]
+    assert s["prediction_error_px_frozen"] > 0  # items bounce in their 4-pixel room: holding still is off
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(tokenizer="-", image_size=32, num_classes=10, schedule="next_frame", frames=6, head="flow",
+                          head_options={"width": 16, "depth": 1, "heads": 2, "steps": 2},
+                          backbone={"preset": "tiny", "rope_axes": 3})  # fmt: skip
+    gen = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
+    gen.save_pretrained(tmp_path / "gen")
+    args = ["--input", str(tmp_path / "gen"), "--ref", str(moving), "--ref-split", "train", "--num-samples", "3",
+            "--batch-size", "3", "--name", "d", "--results-dir", str(tmp_path)]  # fmt: skip
+    assert dynamics_main([*args, "--context-frames", "2"]) == 0
+    m = json.loads((tmp_path / "d.json").read_text())["metrics"]
+    assert m["prediction_error_px_real"] == 0 and m["prediction_error_px"] >= 0 and "speed_distance_frozen" in m
+    assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames

@@ -1,12 +1,17 @@
-"""The dynamics score of generated Moving Fashion-MNIST clips (``visgen.metrics.dynamics``) beside its floor (real
-test clips) and its ceiling (the same real clips shuffled in time):
+"""The motion scores of generated Moving Fashion-MNIST clips (``visgen.metrics.dynamics``) beside their floor (real
+clips) and the baselines that must fail (the same real clips shuffled in time, and frozen at their first frame):
 
     python eval/dynamics.py --input runs/moving-fmnist-far/final --ref data/moving-fmnist [--num-samples 1000]
     python eval/dynamics.py --input samples/.../samples.npz --ref data/moving-fmnist
+    python eval/dynamics.py --input runs/moving-fmnist-far/final --ref data/moving-fmnist --context-frames 8
 
 ``--input``: a video generator's checkpoint (clips sampled class-balanced here), an ``.npz`` of uint8 clips
 (``arr_0``: N x T x H x W x C, what ``sample.py --npz`` writes) or video data, read as ``eval/fvd.py`` reads them.
-Reports ``dynamics_error``, ``dynamics_error_real`` and ``dynamics_error_shuffled`` (pixels per frame squared).
+The real clips of ``--ref`` are split in two halves: the first gives the reference speeds, the second the floor and
+the baselines. Reports ``dynamics_error`` (pixels / frame^2) and ``speed_distance`` (pixels / frame), each also as
+``_real``, ``_shuffled`` and ``_frozen``; with ``--context-frames K`` (a checkpoint), the model also predicts the
+second half's clips from their first K frames and ``prediction_error_px`` (with ``_real``, ``_shuffled``,
+``_frozen``) says how far its tracked item strays from the true one over the next ``--horizon`` frames.
 """
 
 from __future__ import annotations
@@ -21,8 +26,38 @@ from visgen.checkpoint import CheckpointError
 from visgen.cli.fvd import data_clips, generated
 from visgen.config import ConfigError
 from visgen.data import DataError
-from visgen.metrics.dynamics import dynamics_error, shuffled_in_time
+from visgen.metrics.dynamics import motion_scores, prediction_scores
+from visgen.metrics.recon import to_uint8
 from visgen.results import metrics_line, write_result
+
+
+def predicted(args, frames: int) -> dict[str, float]:
+    """The checkpoint's predictions of the second half of ``--ref``'s clips from their first ``--context-frames``
+    frames, scored against the true continuations."""
+    from visgen.checkpoint import load_model
+    from visgen.data import DataConfig, build_dataset
+    from visgen.sampling import Sampler, SamplingConfig
+
+    path = Path(args.input)
+    if not (path / "config.json").is_file():
+        raise ConfigError("--context-frames needs a video generator checkpoint as --input")
+    gen = load_model(path, ema=(path / "ema.safetensors").is_file())
+    k = args.context_frames
+    if not 1 <= k <= frames - args.horizon:
+        raise ConfigError(f"--context-frames must be between 1 and {frames - args.horizon} (frames {frames}, "
+                          f"--horizon {args.horizon}), got {k}")  # fmt: skip
+    ds = build_dataset(DataConfig(path=args.ref, split=args.ref_split, frames=gen.config.frames,
+                                  image_size=gen.config.image_size, channels=gen.tokenizer.image_channels,
+                                  limit=2 * args.num_samples))  # fmt: skip
+    items = [it for it in (ds[i] for i in range(len(ds))) if it is not None]
+    items = items[len(items) // 2 :]  # the half the floor comes from
+    true = torch.stack([it["image"] for it in items])
+    labels = torch.tensor([max(int(it["label"]), 0) for it in items]) % max(gen.config.num_classes, 1)
+    sampler = Sampler(gen, SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size),
+                      device=args.device)  # fmt: skip
+    pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
+    grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
+    return prediction_scores(grey(pred), grey(true), k, args.horizon, args.seed)
 
 
 def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
@@ -40,19 +75,24 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--name", help="write results/NAME.json")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--context-frames", type=int, default=0, help="a checkpoint: also predict real clips from their "
+                   "first K frames (prediction_error_px)")  # fmt: skip
+    p.add_argument("--horizon", type=int, default=4, help="predicted frames the prediction error averages over")
     args = p.parse_args(argv)
     try:  # what eval/fvd.py reads, the same way: uint8 clips (N, T, H, W, C), here averaged to grey
         clips = generated(args, args.device)[0].float().mean(-1)
         T, side = clips.shape[1], clips.shape[-1]
-        real = data_clips(args.ref, args.ref_split, T, side, 1, args.num_samples).float()[..., 0]
+        real = data_clips(args.ref, args.ref_split, T, side, 1, 2 * args.num_samples).float()[..., 0]
+        if len(real) < 2:
+            raise DataError(f"{args.ref} ({args.ref_split}): at least 2 clips are needed, found {len(real)}")
+        ref, real = real[: len(real) // 2], real[len(real) // 2 :]
+        metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
+                   "frames": T}  # fmt: skip
+        if args.context_frames:
+            metrics.update(predicted(args, T))
     except (CheckpointError, ConfigError, DataError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metrics = {
-        "dynamics_error": dynamics_error(clips), "dynamics_error_real": dynamics_error(real),
-        "dynamics_error_shuffled": dynamics_error(shuffled_in_time(real, args.seed)), "clips": len(clips),
-        "real_clips": len(real), "frames": T,
-    }  # fmt: skip
     print(metrics_line(metrics))
     if args.name:
         write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)

@@ -11,8 +11,9 @@ Reports, against ``--ref``'s ``--ref-split`` (the training clips, by default):
   the standard I3D (``--video-extractor i3d``: the local TorchScript file, or a clear message offline);
 - the memorisation check on whole clips, when ``--holdout-split`` exists: each sample's nearest training clip in
   the video features and in pixels, against the held-out clips' floor (``copy_rate`` and the rest, as for images);
-- with ``--dynamics``: ``dynamics_error`` of the samples beside ``dynamics_error_real`` (the held-out clips, the
-  floor) and ``dynamics_error_shuffled`` (the same clips shuffled in time, a ceiling); Moving Fashion-MNIST only.
+- with ``--dynamics``: the motion scores of ``visgen.metrics.dynamics`` (``dynamics_error``, ``speed_distance``) of
+  the samples beside the held-out clips' (``_real``, the floor) and those clips shuffled in time and frozen
+  (``_shuffled``, ``_frozen``: baselines that must fail); Moving Fashion-MNIST only.
 
 A checkpoint is sampled here: class-balanced labels, sample i seeded by (seed, i); ``--frames`` longer than
 training slides the window (``Sampler.sample_video``). Reference statistics are cached (``--cache-dir``), keyed by
@@ -33,7 +34,7 @@ import torch
 from visgen.checkpoint import CheckpointError, load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.metrics.dynamics import dynamics_error, shuffled_in_time
+from visgen.metrics.dynamics import motion_scores
 from visgen.metrics.fidelity import Extractor, frechet_distance, reference_features, statistics
 from visgen.metrics.memorisation import memorisation_report
 from visgen.metrics.recon import to_uint8
@@ -174,13 +175,9 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
             copies, _ = memorisation_report(feats, tall(clips), ref_feats, tall(ref), hold_feats, tall(holdout),
                                             device)  # fmt: skip
             metrics.update(copies)
-    if args.dynamics:
-        grey = clips.float().mean(-1)
-        metrics["dynamics_error"] = dynamics_error(grey)
-        if holdout is not None:
-            real = holdout.float().mean(-1)
-            metrics["dynamics_error_real"] = dynamics_error(real)
-            metrics["dynamics_error_shuffled"] = dynamics_error(shuffled_in_time(real, args.seed))
+    if args.dynamics:  # baselines and speeds from as many real clips as there are samples
+        real = holdout[:N].float().mean(-1) if holdout is not None else None
+        metrics.update(motion_scores(clips.float().mean(-1), real, ref[:N].float().mean(-1), args.seed))
     if "clips_per_s" in info:
         metrics["clips_per_s"] = info["clips_per_s"]
     print(metrics_line(metrics))

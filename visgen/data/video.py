@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from visgen.data.images import IMAGE_EXTENSIONS, DataError, _to_tensor
+from visgen.data.config import IMAGE_EXTENSIONS, DataError, to_tensor
 
 VIDEO_EXTENSIONS = {".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv"}
 FRAME_EXTENSIONS = IMAGE_EXTENSIONS - {".gif"}  # a .gif is a whole video
@@ -183,7 +183,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict | None:
         v, c = self.index[i]
         try:
-            clip = torch.stack([_to_tensor(f, self.cfg) for f in self._frames(v, c * self.span)])
+            clip = torch.stack([to_tensor(f, self.cfg) for f in self._frames(v, c * self.span)])
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, IndexError):
             return None  # a corrupt frame or file: counted by collate, reported by the trainer
         if self.cfg.random_flip and random.Random(hash((self.seed, self.epoch, v, c))).random() < 0.5:
@@ -202,12 +202,14 @@ def bounce(p0: np.ndarray, v: np.ndarray, t: np.ndarray, limit: float) -> np.nda
 
 
 def moving_fashion_mnist(items: np.ndarray, item_labels: np.ndarray, num_clips: int, frames: int = 16, size: int = 64,
-                         max_items: int = 2, seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+                         max_items: int = 2, seed: int = 0,
+                         speed: tuple[float, float] = (2.0, 4.0)) -> dict[str, np.ndarray]:  # fmt: skip
     """Clips of one or two Fashion-MNIST items (``items`` (M, 28, 28) uint8) moving at constant velocity inside a
     ``size`` x ``size`` frame and bouncing off its walls (Srivastava et al. 2015's Moving MNIST, with clothes).
     Returns ``clips`` (N, T, size, size) uint8 (items composited by maximum), ``labels`` (the first item's class),
     ``positions`` (N, T, max_items, 2) top-left corners (row, column) before rounding to pixels, ``velocities``
-    (N, max_items, 2) at the first frame (pixels per frame, 2 to 4 in any direction), ``counts`` (items per clip). Seeded: the same arguments give the same clips."""
+    (N, max_items, 2) at the first frame (pixels per frame, ``speed`` (2 to 4) in any direction), ``counts`` (items per
+    clip). Seeded: the same arguments give the same clips."""
     rng = np.random.default_rng(seed)
     side = items.shape[-1]
     limit = float(size - side)
@@ -223,8 +225,8 @@ def moving_fashion_mnist(items: np.ndarray, item_labels: np.ndarray, num_clips: 
             if k == 0:
                 labels[n] = item_labels[j]
             p0 = rng.uniform(0, limit, 2)
-            angle, speed = rng.uniform(0, 2 * math.pi), rng.uniform(2.0, 4.0)
-            velocities[n, k] = speed * np.array([math.sin(angle), math.cos(angle)])
+            angle, v = rng.uniform(0, 2 * math.pi), rng.uniform(*speed)
+            velocities[n, k] = v * np.array([math.sin(angle), math.cos(angle)])
             path = bounce(p0, velocities[n, k], t, limit)
             positions[n, :, k] = path
             for f, (r, c) in enumerate(np.rint(path).astype(int)):

@@ -1,13 +1,22 @@
-"""A dynamics score that only synthetic video allows: do the items of a Moving Fashion-MNIST clip move as the data
-moves them (constant velocity, elastic bounces off the walls)?
+"""Motion scores that only synthetic video allows: do the items of a Moving Fashion-MNIST clip move as the data
+moves them (constant velocity, 2 to 4 pixels a frame, elastic bounces off the walls)?
 
 Each clip's first item is tracked: its box is the brightest 28 x 28 window of the first frame trimmed to the item's
 pixels, and in every later frame it is found again by the smallest sum of squared differences to the previous frame's
-box, within a few pixels of where it was (the data's items move 2 to 4 pixels a frame). Away from the walls a constant velocity has no
-acceleration, so the score is the mean absolute second difference of the track, in pixels per frame squared, over
-the frames whose window is clear of every wall at t - 1, t and t + 1 (bounces happen at walls). Real clips score
-near the rounding of positions to pixels (the floor); the same clips with their frames shuffled in time score far
-above (a ceiling); a model's clips land between.
+box, within a few pixels of where it was. Three scores read the tracks:
+
+- ``dynamics_error``: the mean absolute second difference of the track (pixels / frame^2) over frames whose window is
+  clear of every wall at t - 1, t and t + 1 (bounces happen at walls). Constant velocity has none; nor has an item
+  that does not move, so this term alone rewards a frozen clip;
+- ``speed_distance``: how far the per-frame speeds of the tracked item (pixels / frame, away from the walls) are from
+  the real clips' speeds, as the 1-Wasserstein distance of the two distributions. A frozen clip (speed 0) or one
+  whose item moves at half the data's speed is far from them;
+- ``prediction_error_px``: for clips predicted from the first frames of real ones, the mean distance between the
+  tracked item and the same item tracked in the true continuation, over the first predicted frames.
+
+``motion_scores`` reports each beside its floor (held-out real clips) and two baselines that must fail: the real
+clips shuffled in time (no motion law: fails the acceleration term) and frozen at their first frame (no motion:
+fails the speed term).
 """
 
 from __future__ import annotations
@@ -41,25 +50,101 @@ def track(clip: torch.Tensor, item: int = 28, reach: int = 6) -> tuple[torch.Ten
     return torch.stack(out).float(), (h, w)
 
 
+def _clear(p: torch.Tensor, box: tuple[int, int], shape: tuple[int, int], margin: int) -> torch.Tensor:
+    """(T,) the item's window at ``p`` is at least ``margin`` pixels from every wall."""
+    limit = torch.tensor([shape[0] - box[0], shape[1] - box[1]])
+    return ((p >= margin) & (p <= limit - margin)).all(-1)
+
+
+def _grey(clips: torch.Tensor) -> torch.Tensor:
+    clips = clips.float()
+    return clips.mean(2) if clips.dim() == 5 else clips
+
+
 def dynamics_error(clips: torch.Tensor, item: int = 28, margin: int = 5) -> float:
     """Mean |second difference| of the first item's track (pixels / frame^2) away from the walls, over clips
     (N, T, H, W) or (N, T, C, H, W) (channels averaged); NaN when no frame of any clip is clear of the walls."""
-    clips = clips.float()
-    if clips.dim() == 5:
-        clips = clips.mean(2)
     errors = []
-    for clip in clips:
+    for clip in _grey(clips):
         p, box = track(clip, item)
         accel = (p[2:] - 2 * p[1:-1] + p[:-2]).abs()  # (T - 2, 2) at frames 1 .. T - 2
-        limit = torch.tensor([clip.shape[-2] - box[0], clip.shape[-1] - box[1]])
-        clear = ((p >= margin) & (p <= limit - margin)).all(-1)
+        clear = _clear(p, box, clip.shape[-2:], margin)
         ok = clear[2:] & clear[1:-1] & clear[:-2]
         errors.append(accel[ok].flatten())
     errors = torch.cat(errors)
     return float(errors.mean()) if len(errors) else float("nan")
 
 
+def speeds(clips: torch.Tensor, item: int = 28, margin: int = 5) -> torch.Tensor:
+    """The first item's speed (pixels / frame) between consecutive frames clear of the walls, over all ``clips``."""
+    out = []
+    for clip in _grey(clips):
+        p, box = track(clip, item)
+        clear = _clear(p, box, clip.shape[-2:], margin)
+        out.append((p[1:] - p[:-1]).norm(dim=-1)[clear[1:] & clear[:-1]])
+    return torch.cat(out)
+
+
+def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, levels: int = 200) -> float:
+    """The 1-Wasserstein distance of two samples of numbers: the mean gap between their quantiles (samples of any
+    sizes); NaN when either is empty."""
+    if not len(a) or not len(b):
+        return float("nan")
+    q = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
+    return float((torch.quantile(a.double(), q) - torch.quantile(b.double(), q)).abs().mean())
+
+
+def speed_distance(clips: torch.Tensor, ref_speeds: torch.Tensor, item: int = 28) -> float:
+    """How far the tracked speeds of ``clips`` are from ``ref_speeds`` (``speeds`` of real clips), in pixels / frame."""
+    return wasserstein_1d(speeds(clips, item), ref_speeds)
+
+
+def prediction_error_px(predicted: torch.Tensor, true: torch.Tensor, context: int, horizon: int = 4,
+                        item: int = 28) -> float:  # fmt: skip
+    """Mean distance (pixels) between the first item tracked in ``predicted`` clips and in the ``true`` clips they
+    continue, over the ``horizon`` frames after the first ``context`` (which both share)."""
+    errors = []
+    for pred, real in zip(_grey(predicted), _grey(true)):
+        a, b = track(pred, item)[0], track(real, item)[0]
+        errors.append((a - b)[context : context + horizon].norm(dim=-1))
+    return float(torch.cat(errors).mean())
+
+
 def shuffled_in_time(clips: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The clips with each one's frames in a random order (the ceiling of the score)."""
+    """The clips with each one's frames in a random order (no motion law: the acceleration term's ceiling)."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([c[torch.randperm(len(c), generator=g)] for c in clips])
+
+
+def frozen(clips: torch.Tensor, from_frame: int = 0) -> torch.Tensor:
+    """The clips with every frame after ``from_frame`` replaced by it (nothing moves: the speed term's ceiling)."""
+    out = clips.clone()
+    out[:, from_frame + 1 :] = clips[:, from_frame : from_frame + 1]
+    return out
+
+
+def motion_scores(clips: torch.Tensor, real: torch.Tensor | None, ref: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """``dynamics_error`` and ``speed_distance`` of ``clips`` (the generated ones), and the same of the held-out
+    ``real`` clips (``_real``, the floor), of them shuffled in time (``_shuffled``) and frozen (``_frozen``); speeds
+    are compared with those of the reference clips ``ref`` (other real clips than ``real``). Without ``real``, the
+    generated clips' scores alone."""
+    ref_speeds = speeds(ref)
+    out = {}
+    cases = [("", clips)]
+    if real is not None:
+        cases += [("_real", real), ("_shuffled", shuffled_in_time(real, seed)), ("_frozen", frozen(real))]
+    for suffix, c in cases:
+        out[f"dynamics_error{suffix}"] = dynamics_error(c)
+        out[f"speed_distance{suffix}"] = speed_distance(c, ref_speeds)
+    return out
+
+
+def prediction_scores(predicted: torch.Tensor, true: torch.Tensor, context: int, horizon: int = 4,
+                      seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """``prediction_error_px`` of clips predicted from the first ``context`` frames of ``true``, beside the true
+    continuation (``_real``: 0, the tracker is deterministic), it shuffled in time (``_shuffled``) and the last
+    context frame held (``_frozen``)."""
+    tail = shuffled_in_time(true[:, context:], seed)
+    cases = (("", predicted), ("_real", true), ("_shuffled", torch.cat([true[:, :context], tail], 1)),
+             ("_frozen", frozen(true, context - 1)))  # fmt: skip
+    return {f"prediction_error_px{s}": prediction_error_px(c, true, context, horizon) for s, c in cases}
