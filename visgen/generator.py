@@ -39,7 +39,8 @@ class GeneratorConfig:
     schedule: unit schedule: ``raster`` (one token per unit), ``next_scale`` (one scale per unit, VAR; needs a
         multi-scale tokenizer and a 3-axis RoPE backbone, e.g. ``{preset: var-d16, rope_axes: 3}``),
         ``next_frequency`` (one frequency band per unit, NFIG; a ``freqvq`` tokenizer, the same backbone),
-        ``flow_scale`` (FlowAR) or ``pixel`` (raw sub-pixels).
+        ``flow_scale`` (FlowAR), ``pixel`` (raw sub-pixels) or ``parallel`` (PAR: the first token of each of
+        ``regions`` regions one a step, then the tokens at the same place in every region together).
     backbone: a preset name (``gpt-b``) or a dict with ``preset`` and fields to change (see ``visgen.nn.presets``).
     class_dropout: probability of replacing the label by the null class in training (classifier-free guidance,
         Ho & Salimans 2022).
@@ -51,6 +52,8 @@ class GeneratorConfig:
         batch_mul).
     unit_size: tokens per unit of the ``raster`` schedule: k consecutive raster tokens predicted in one AR step
         (block-causal attention, each token through the head on its own); must divide the token count.
+    regions: regions of the ``parallel`` schedule (a square number whose root divides the token grid's sides: 4
+        on an 8 x 8 grid makes 19 steps of 64 tokens).
     scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
     frames: clip length of a video model (``schedule: next_frame``, one unit a frame over a KL tokenizer applied
         frame by frame, ``head: flow``); 0 for images.
@@ -77,6 +80,7 @@ class GeneratorConfig:
     unit: str = "subpixel"
     frames: int = 0
     context_noise: float = 0.0
+    regions: int = 4
 
 
 def build_tokenizer_ref(ref: str, image_size: int, base: Path | None = None) -> Tokenizer:
@@ -113,7 +117,8 @@ class Generator(PretrainedMixin, nn.Module):
             tokenizer = build_tokenizer_ref(config.tokenizer, config.image_size)
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
         self.schedule = build_schedule(
-            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit, config.frames
+            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit, config.frames,
+            config.regions,
         )
         if not config.context_noise >= 0:
             raise ConfigError(f"model.context_noise must be >= 0, got {config.context_noise}")

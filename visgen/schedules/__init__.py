@@ -6,15 +6,16 @@ from visgen.config import ConfigError
 from visgen.schedules.base import Schedule
 from visgen.schedules.next_frame import NextFrameSchedule
 from visgen.schedules.next_scale import ContinuousScaleSchedule, NextScaleSchedule
+from visgen.schedules.parallel import ParallelSchedule
 from visgen.schedules.pixel import PIXEL_UNITS, PixelSchedule
 from visgen.schedules.raster import RasterSchedule
 
-SCHEDULES = ("raster", "next_scale", "next_frequency", "flow_scale", "pixel", "next_frame")
+SCHEDULES = ("raster", "parallel", "next_scale", "next_frequency", "flow_scale", "pixel", "next_frame")
 
 
 def build_schedule(
     name: str, tokenizer, image_size: int, scales: list[int] | None = None, unit_size: int = 1,
-    unit: str = "subpixel", frames: int = 0,
+    unit: str = "subpixel", frames: int = 0, regions: int = 4,
 ) -> Schedule:  # fmt: skip
     """The schedule ``name`` over ``tokenizer``'s tokens for images of side ``image_size`` (or clips of ``frames``
     frames of that side)."""
@@ -22,6 +23,11 @@ def build_schedule(
         raise ConfigError(
             "video models (model.frames > 0) take schedule: next_frame, and next_frame needs model.frames, the clip "
             f"length; got schedule {name!r} with frames {frames}"
+        )
+    if name == "parallel" and (hasattr(tokenizer, "scales") or hasattr(tokenizer, "band_edges")):
+        raise ConfigError(
+            "the parallel schedule reads one token grid; a multi-scale or frequency-band tokenizer goes with "
+            "schedule: next_scale or next_frequency"
         )
     if name == "next_frame":
         if tokenizer.discrete:
@@ -48,6 +54,9 @@ def build_schedule(
                 f"got {unit_size}"
             )
         return RasterSchedule(grid, not tokenizer.discrete, tokenizer.latent_channels, unit_size)
+    if name == "parallel":  # PAR (Wang et al. 2024)
+        return ParallelSchedule(tokenizer.grid_shape(image_size), regions, not tokenizer.discrete,
+                                tokenizer.latent_channels)  # fmt: skip
     bands = hasattr(tokenizer, "band_edges")
     if name == "next_frequency":  # NFIG (Huang et al. 2025): VAR's machinery over frequency bands
         if not bands:
@@ -79,6 +88,7 @@ def _doubling(side: int) -> list[int]:
 __all__ = [
     "Schedule",
     "RasterSchedule",
+    "ParallelSchedule",
     "PixelSchedule",
     "NextScaleSchedule",
     "ContinuousScaleSchedule",
