@@ -69,7 +69,9 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     repo = Path.cwd()
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     for script, args in (("bench/diffusion_ar.py", ["--sample-batches", "2", "--train-batches", "2", "--name", "d"]),
-                         ("bench/trainer.py", ["--train-batches", "4", "--name", "t"])):  # fmt: skip
+                         ("bench/trainer.py", ["--train-batches", "4", "--sizes", "cifar", "--modes", "eager",
+                                               "--seconds", "0.5", "--profile", "prof", "--name", "t"]),
+                         ("bench/parallel.py", ["--sample-batches", "2", "--kinds", "token", "--name", "p"])):  # fmt: skip
         out = subprocess.run([sys.executable, str(repo / script), "--tiny", *args], cwd=tmp_path, capture_output=True,
                              text=True, env=env)  # fmt: skip
         assert out.returncode == 0, out.stderr
@@ -77,7 +79,11 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     assert d["sample_unit1_b2_images_per_s"] > 0 and d["sample_unit4_b2_images_per_s"] > 0
     assert d["train_b2_tokens_per_s"] > 0
     t = json.loads((tmp_path / "results" / "t.json").read_text())["metrics"]
-    assert 0 < t["trainer_over_bare_b4"]
+    assert 0 < t["trainer_over_bare_cifar_b4"] and t["trainer_best_mode_cifar_b4"] == "eager"
+    assert t["trainer_eager_cifar_b4_steps"] >= 1 and t["trainer_eager_cifar_b4_kernels_per_step"] > 0
+    assert "Name" in (tmp_path / "prof" / "profile-trainer.txt").read_text()
+    p = json.loads((tmp_path / "results" / "p.json").read_text())["metrics"]
+    assert p["par4_token_steps"] == 19 and p["par8_token_steps"] == 15 and p["speedup_par_token_b2"] > 0
     out = subprocess.run([sys.executable, str(repo / "bench/cpu_threads.py"), "--busy", "0", "--num-images", "2",
                           "--name", "c"], cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -52,8 +52,8 @@ class GeneratorConfig:
         batch_mul).
     unit_size: tokens per unit of the ``raster`` schedule: k consecutive raster tokens predicted in one AR step
         (block-causal attention, each token through the head on its own); must divide the token count.
-    regions: regions of the ``parallel`` schedule (a square number whose root divides the token grid's sides: 4
-        on an 8 x 8 grid makes 19 steps of 64 tokens).
+    regions: regions of the ``parallel`` schedule, equal rectangles of the token grid (on an 8 x 8 grid, 4 or 16
+        make 19 steps of the 64 tokens, 8 makes 15).
     scales: the scales of the ``flow_scale`` schedule (default: sides that double up to the latent's).
     frames: clip length of a video model (``schedule: next_frame``, one unit a frame over a KL tokenizer applied
         frame by frame, ``head: flow``); 0 for images.
