@@ -313,3 +313,17 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     m = json.loads((tmp_path / "d.json").read_text())["metrics"]
     assert m["prediction_error_px_real"] == 0 and m["prediction_error_px"] >= 0 and "speed_distance_frozen" in m
     assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames
+
+
+def test_motion_baselines_script(fmnist, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    r = subprocess.run([sys.executable, "eval/motion_baselines.py", "--fmnist", fmnist, "--clips", "6", "--name", "m",
+                        "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert m["speed_distance_frozen"] > 4 * m["speed_distance_real"] and m["speed_distance_half_speed"] > 1.0
+    assert m["prediction_error_px_frozen"] > 2 and m["dynamics_error_shuffled"] > 3 * m["dynamics_error_real"]
