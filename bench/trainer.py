@@ -156,6 +156,24 @@ def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, devic
     return out_
 
 
+def trainer_throughput(gen: Generator, batch: int, steps: int, device) -> tuple[float, float]:
+    """(tokens/s, peak GiB) of ``Trainer.fit`` with the recipe's settings over ``steps`` timed steps (its first step is
+    not timed); what ``bench/multigpu.py`` runs on each process."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(out_dir=out, steps=steps + 1, batch_size=batch, log_every=0, eval_every=0, sample_every=0,
+                          ckpt_every=0, val_images=batch, num_workers=0, lr_schedule="constant", log_with=[],
+                          **RECIPE)  # fmt: skip
+        trainer = Trainer(GeneratorTask(gen), random_tokens(gen, batch * (steps + 1)), random_tokens(gen, batch, 1), cfg)
+        trainer.save_preview = lambda batch: None
+        summary = trainer.fit()
+        sync()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return summary["train_images_per_s"] * gen.schedule.seq_len, peak
+
+
 def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
     """The profiler over ``steps`` optimizer steps of a running ``Trainer.fit`` (its start-up and end left out: the
     window opens and closes at optimizer steps)."""

@@ -69,15 +69,17 @@ def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chi2.sf(stat, len(obs) - 1))
 
 
-def toy_samples(pair, method: str, n: int = 20000) -> torch.Tensor:
+def toy_samples(pair, method: str, n: int = 20000, **kw) -> torch.Tensor:
     target, draft = pair
-    cfg = SamplingConfig(**TOY, speculative=method, gamma=3, batch_size=n, seed=11)
+    cfg = SamplingConfig(**TOY, speculative=method, gamma=3, batch_size=n, seed=11, **kw)
     return Sampler(target, cfg, draft=draft).sample_tokens(torch.ones(n, dtype=torch.long))
 
 
-@pytest.mark.parametrize("method", ["draft", "jacobi"])
-def test_speculative_samples_follow_the_targets_exact_distribution(toy_pair, method):
-    assert chi_square_p(toy_samples(toy_pair, method), exact_joint(toy_pair[0], 1)) > 1e-3
+@pytest.mark.parametrize("method, init", [("draft", "above"), ("jacobi", "above"), ("jacobi", "uniform")])
+def test_speculative_samples_follow_the_targets_exact_distribution(toy_pair, method, init):
+    """Jacobi's coupled draws and its token-above drafts (the toy's 2 x 2 grid has a row above) stay exact."""
+    samples = toy_samples(toy_pair, method, jacobi_init=init)
+    assert chi_square_p(samples, exact_joint(toy_pair[0], 1)) > 1e-3
 
 
 def test_a_wrong_acceptance_rule_fails_the_same_test(toy_pair, monkeypatch):

@@ -55,6 +55,9 @@ class SamplingConfig:
     gamma: tokens drafted per round (one verifying pass of gamma + 1 positions).
     prefill: fraction of the tokens drawn by the target alone before speculating (CSpD's pre-filling; at least
         two tokens are).
+    jacobi_init: where ``jacobi`` drafts a position the verifying pass has not reached yet: ``above`` (the committed
+        token one row up, a deterministic draft, exact as any proposal is; raster order only, else uniform) or
+        ``uniform`` (a random token, as Teng et al. 2025 start).
     cspd_rule: ``exact`` (the paper's rule: stop at the first rejection, the ratio of the two Gaussians) or
         ``reference`` (the reference code's relaxation: standard deviations x 42 inside the ratio, tokens after a
         rejection kept; not exact).
@@ -80,6 +83,7 @@ class SamplingConfig:
     prefill: float = 0.0
     cspd_rule: str = "exact"
     sync_every: int = 4
+    jacobi_init: str = "above"
 
     def __post_init__(self):
         # every entry point (sample.py, eval/fid.py, Python) gets these checks: NaN guidance draws garbage silently
@@ -101,6 +105,7 @@ class SamplingConfig:
         check(isinstance(self.gamma, int) and self.gamma >= 1, "gamma", "an integer >= 1", self.gamma)
         check(finite(self.prefill) and 0 <= self.prefill < 1, "prefill", "in [0, 1)", self.prefill)
         check(self.cspd_rule in CSPD_RULES, "cspd_rule", " or ".join(CSPD_RULES), self.cspd_rule)
+        check(self.jacobi_init in ("above", "uniform"), "jacobi_init", "above or uniform", self.jacobi_init)
         check(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "an integer >= 1",
               self.sync_every)  # fmt: skip
 

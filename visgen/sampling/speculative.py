@@ -4,8 +4,12 @@ Three ways to draft the next ``gamma`` tokens, one verification:
 
 - ``draft`` (Leviathan et al. 2023; Chen et al. 2023): a small generator over the same tokenizer drafts them.
 - ``jacobi`` (speculative Jacobi decoding, Teng et al. 2025): no draft model; the window of the next ``gamma``
-  tokens is iterated, each round's drafts sampled from the target's own distributions of the round before (random
-  tokens where the window is new).
+  tokens is iterated, each round's drafts sampled from the target's own distributions of the round before (where the
+  window is new: the committed token one row up in raster order, ``jacobi_init="above"``, or a random token). A
+  position's draft noise is keyed by the position itself, not by the round (coupled draws, as MC-SJD): a position
+  drafted again from a distribution that barely moved gets the same token, so the context that later positions were
+  drafted under stays put. Exact still: a position is drafted again only after an earlier one was rejected, which its
+  own noise does not touch.
 - ``cspd`` (continuous speculative decoding, Wang et al. 2024): a small diffusion-head generator drafts continuous
   tokens along the same denoising noise as the target (trajectory alignment), and a token's density is the last
   denoising step's Gaussian of each head (``DiffusionHead.final_gaussian``).
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 
 from visgen.config import ConfigError
 from visgen.sampling.noise import CounterNoise
+from visgen.schedules import RasterSchedule
 
 METHODS = ("draft", "jacobi", "cspd")
 CSPD_RULES = ("exact", "reference")
@@ -344,13 +349,12 @@ class SpeculativeDecoder:
             h, at = self._verify_pass(st, pos, st.window)
             p = self.target.head.probs(h, self.scale_table[at][..., None], st.guided, c.temperature, c.top_k, c.top_p)
             a, tokens = verify_tokens(p, st.window_q, st.window, u, st.noise.gumbel(pos, (self.vocab,), _RESIDUAL))
+            self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
             # the next window: position pos + a + 1 + i from this pass's distribution there, when the pass had it
             src = a[:, None] + 1 + torch.arange(G, device=pos.device)
             q_next = p.gather(1, src.clamp(max=G)[..., None].expand(-1, -1, self.vocab))
-            q_next = torch.where((src <= G)[..., None], q_next, torch.full_like(q_next, 1 / self.vocab))
-            st.window.copy_((q_next.log() + st.noise.gumbel(pos, (G, self.vocab), _JACOBI)).argmax(-1))
-            st.window_q.copy_(q_next)
-            self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
+            q_next = torch.where((src <= G)[..., None], q_next, self._window_prior(st, pos[:, None] + src))
+            self._draw_window(st, q_next, pos[:, None] + src)
             return
         drafts, dists = self._draft_steps(st, pos)
         h, at = self._verify_pass(st, pos, drafts)
@@ -371,6 +375,24 @@ class SpeculativeDecoder:
             drafts, mp, lvp, mq, lvq, u, e, v, bonus, self.sampler.cfg.cspd_rule
         )
         self._commit(st, tokens, commit, decided, G, fallbacks)
+
+    def _window_prior(self, st, at):
+        """(B, G, V) the draft distribution of window positions ``at`` (B, G) that no pass has reached: one-hot at
+        the committed token one row up (raster order, ``jacobi_init="above"``), else uniform."""
+        V = self.vocab
+        w = getattr(self.target.schedule, "grid", (0, 0))[1] if self.sampler.cfg.jacobi_init == "above" else 0
+        uniform = torch.full((*at.shape, V), 1 / V, device=at.device)
+        if not w or not isinstance(self.target.schedule, RasterSchedule):
+            return uniform
+        above = (at - w).clamp(min=0, max=self.slots - 1)
+        hot = F.one_hot(st.tokens.gather(1, above), V).float()
+        return torch.where(((at >= w) & (at - w < st.pos[:, None]))[..., None], hot, uniform)
+
+    def _draw_window(self, st, q, at):
+        """Draft window positions ``at`` (B, G) from ``q`` (B, G, V), each with the noise of its own position."""
+        gumbel = torch.stack([st.noise.gumbel(at[:, i], (self.vocab,), _JACOBI) for i in range(self.gamma)], 1)
+        st.window.copy_((q.log() + gumbel).argmax(-1))
+        st.window_q.copy_(q)
 
     # ---- a batch -------------------------------------------------------------------------------------------------
 
@@ -394,13 +416,8 @@ class SpeculativeDecoder:
         st.pos.fill_(self.prefix)
         st.stats.zero_()
         if st.window is not None:
-            uniform = torch.full_like(st.window_q, 1 / self.vocab)
-            st.window_q.copy_(uniform)
-            st.window.copy_(
-                (uniform.log() + st.noise.gumbel(torch.zeros_like(st.pos), (self.gamma, self.vocab), _JACOBI)).argmax(
-                    -1
-                )
-            )
+            at = st.pos[:, None] + torch.arange(self.gamma, device=st.pos.device)
+            self._draw_window(st, self._window_prior(st, at), at)
 
     def _run(self, st, graph_name: str, fn):
         """``fn(st)`` eagerly, or through the batch state's captured graph (captured at the first call, after one
