@@ -71,7 +71,10 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     for script, args in (("bench/diffusion_ar.py", ["--sample-batches", "2", "--train-batches", "2", "--name", "d"]),
                          ("bench/trainer.py", ["--train-batches", "4", "--sizes", "cifar", "--modes", "eager",
                                                "--seconds", "0.5", "--profile", "prof", "--name", "t"]),
-                         ("bench/parallel.py", ["--sample-batches", "2", "--kinds", "token", "--name", "p"])):  # fmt: skip
+                         ("bench/parallel.py", ["--sample-batches", "2", "--kinds", "token", "--name", "p"]),
+                         ("bench/jacobi_passes.py", ["--checkpoint", str(repo / "visgen/assets/cifar10-token-ar"),
+                                                     "--gammas", "2", "--num-images", "4", "--batch-size", "4",
+                                                     "--name", "j"])):  # fmt: skip
         out = subprocess.run([sys.executable, str(repo / script), "--tiny", *args], cwd=tmp_path, capture_output=True,
                              text=True, env=env)  # fmt: skip
         assert out.returncode == 0, out.stderr
@@ -82,6 +85,8 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     assert 0 < t["trainer_over_bare_cifar_b4"] and t["trainer_best_mode_cifar_b4"] == "eager"
     assert t["trainer_eager_cifar_b4_steps"] >= 1 and t["trainer_eager_cifar_b4_kernels_per_step"] > 0
     assert "Name" in (tmp_path / "prof" / "profile-trainer.txt").read_text()
+    j = json.loads((tmp_path / "results" / "j.json").read_text())["metrics"]
+    assert 1 <= j["tokens_per_pass_g2_above"] <= 3 and 1 <= j["tokens_per_pass_g2_uniform"] <= 3
     p = json.loads((tmp_path / "results" / "p.json").read_text())["metrics"]
     assert p["par4_token_steps"] == 19 and p["par8_token_steps"] == 15 and p["speedup_par_token_b2"] > 0
     out = subprocess.run([sys.executable, str(repo / "bench/cpu_threads.py"), "--busy", "0", "--num-images", "2",
