@@ -26,9 +26,9 @@ class TrainConfig:
     clip_grad: max global gradient norm; 0 turns clipping off (the norm is still checked for being finite).
     ema_decay: EMA of the model's weights, used for validation, previews and the exported model; 0 turns it off.
     mixed_precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``no``, ``bf16`` or ``fp16`` (fp16 uses a
-        loss scaler; YAML's bare ``no`` reads as false). bf16 on a CPU is obeyed with a warning: CPUs without bf16
-        matrix units run its backward pass many times slower than fp32 (a CIFAR-10 token recipe step: 6.9 s against
-        0.29 s on two cores).
+        loss scaler; YAML's bare ``no`` reads as false). bf16 on a CPU is obeyed with a warning: on CPUs without
+        bf16 units its backward pass can run many times slower than fp32 (on one with AVX512-BF16 it does not:
+        ``results/cpu-precision.json``).
     seed: seeds initialisation, data order and augmentation.
     num_workers: data-loader worker processes.
     log_every, eval_every, sample_every, ckpt_every: periods in optimizer steps (0 turns one off).
