@@ -53,7 +53,7 @@ def random_tokens(gen: Generator, n: int, seed: int = 0) -> TokenDataset:
     tokens = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
     flipped = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
     labels = torch.randint(0, gen.config.num_classes, (n,), generator=g)
-    return TokenDataset.from_tensors(tokens, labels, flipped)
+    return TokenDataset(tokens, labels, flipped)
 
 
 def autocast(device: torch.device):

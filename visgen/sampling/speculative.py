@@ -379,11 +379,11 @@ class SpeculativeDecoder:
     def _window_prior(self, st, at):
         """(B, G, V) the draft distribution of window positions ``at`` (B, G) that no pass has reached: one-hot at
         the committed token one row up (raster order, ``jacobi_init="above"``), else uniform."""
-        V = self.vocab
-        w = getattr(self.target.schedule, "grid", (0, 0))[1] if self.sampler.cfg.jacobi_init == "above" else 0
+        V, s = self.vocab, self.target.schedule
         uniform = torch.full((*at.shape, V), 1 / V, device=at.device)
-        if not w or not isinstance(self.target.schedule, RasterSchedule):
+        if self.sampler.cfg.jacobi_init != "above" or not isinstance(s, RasterSchedule):
             return uniform
+        w = s.grid[1]
         above = (at - w).clamp(min=0, max=self.slots - 1)
         hot = F.one_hot(st.tokens.gather(1, above), V).float()
         return torch.where(((at >= w) & (at - w < st.pos[:, None]))[..., None], hot, uniform)

@@ -49,21 +49,15 @@ class TokenCacheConfig:
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Tokens of an image data set, encoded once (``encode``); flips chosen per (seed, epoch, index) like
-    ``ImageDataset``. ``skipped`` counts the unreadable images of the encoding pass (the trainer adds them to its
-    count)."""
+    """Tokens of an image data set, encoded once (``encode``) or given (``flipped``: those of the mirrored images);
+    flips chosen per (seed, epoch, index) like ``ImageDataset``. ``skipped`` counts the unreadable images of the
+    encoding pass (the trainer adds them to its count)."""
 
     def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
                  seed: int = 0, skipped: int = 0):  # fmt: skip
         self.tokens, self.labels, self.flipped = tokens, labels, flipped
         self.seed, self.epoch, self.flip, self.skipped = seed, 0, flipped is not None, skipped
         self.set_epoch(0)
-
-    @classmethod
-    def from_tensors(cls, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
-                     seed: int = 0) -> TokenDataset:  # fmt: skip
-        """A cache of tokens already computed (``flipped``: those of the mirrored images, for flips)."""
-        return cls(tokens, labels, flipped, seed)
 
     @classmethod
     def encode(cls, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0) -> TokenDataset:
