@@ -50,39 +50,41 @@ def track(clip: torch.Tensor, item: int = 28, reach: int = 6) -> tuple[torch.Ten
     return torch.stack(out).float(), (h, w)
 
 
-def _clear(p: torch.Tensor, box: tuple[int, int], shape: tuple[int, int], margin: int) -> torch.Tensor:
-    """(T,) the item's window at ``p`` is at least ``margin`` pixels from every wall."""
-    limit = torch.tensor([shape[0] - box[0], shape[1] - box[1]])
-    return ((p >= margin) & (p <= limit - margin)).all(-1)
-
-
-def _grey(clips: torch.Tensor) -> torch.Tensor:
+def _tracks(clips: torch.Tensor, item: int = 28, margin: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each clip's track (T, 2) and which of its frames (T,) keep the item's window ``margin`` pixels from every
+    wall; clips (N, T, H, W) or (N, T, C, H, W) (channels averaged). Tracking is the costly part: every score reads
+    these."""
     clips = clips.float()
-    return clips.mean(2) if clips.dim() == 5 else clips
+    out = []
+    for clip in clips.mean(2) if clips.dim() == 5 else clips:
+        p, box = track(clip, item)
+        limit = torch.tensor([clip.shape[-2] - box[0], clip.shape[-1] - box[1]])
+        out.append((p, ((p >= margin) & (p <= limit - margin)).all(-1)))
+    return out
+
+
+def _mean_acceleration(tracks) -> float:
+    errors = []
+    for p, clear in tracks:
+        accel = (p[2:] - 2 * p[1:-1] + p[:-2]).abs()  # (T - 2, 2) at frames 1 .. T - 2
+        errors.append(accel[clear[2:] & clear[1:-1] & clear[:-2]].flatten())
+    errors = torch.cat(errors)
+    return float(errors.mean()) if len(errors) else float("nan")
+
+
+def _speeds(tracks) -> torch.Tensor:
+    return torch.cat([(p[1:] - p[:-1]).norm(dim=-1)[clear[1:] & clear[:-1]] for p, clear in tracks])
 
 
 def dynamics_error(clips: torch.Tensor, item: int = 28, margin: int = 5) -> float:
     """Mean |second difference| of the first item's track (pixels / frame^2) away from the walls, over clips
     (N, T, H, W) or (N, T, C, H, W) (channels averaged); NaN when no frame of any clip is clear of the walls."""
-    errors = []
-    for clip in _grey(clips):
-        p, box = track(clip, item)
-        accel = (p[2:] - 2 * p[1:-1] + p[:-2]).abs()  # (T - 2, 2) at frames 1 .. T - 2
-        clear = _clear(p, box, clip.shape[-2:], margin)
-        ok = clear[2:] & clear[1:-1] & clear[:-2]
-        errors.append(accel[ok].flatten())
-    errors = torch.cat(errors)
-    return float(errors.mean()) if len(errors) else float("nan")
+    return _mean_acceleration(_tracks(clips, item, margin))
 
 
 def speeds(clips: torch.Tensor, item: int = 28, margin: int = 5) -> torch.Tensor:
     """The first item's speed (pixels / frame) between consecutive frames clear of the walls, over all ``clips``."""
-    out = []
-    for clip in _grey(clips):
-        p, box = track(clip, item)
-        clear = _clear(p, box, clip.shape[-2:], margin)
-        out.append((p[1:] - p[:-1]).norm(dim=-1)[clear[1:] & clear[:-1]])
-    return torch.cat(out)
+    return _speeds(_tracks(clips, item, margin))
 
 
 def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, levels: int = 200) -> float:
@@ -104,8 +106,7 @@ def prediction_error_px(predicted: torch.Tensor, true: torch.Tensor, context: in
     """Mean distance (pixels) between the first item tracked in ``predicted`` clips and in the ``true`` clips they
     continue, over the ``horizon`` frames after the first ``context`` (which both share)."""
     errors = []
-    for pred, real in zip(_grey(predicted), _grey(true)):
-        a, b = track(pred, item)[0], track(real, item)[0]
+    for (a, _), (b, _) in zip(_tracks(predicted, item), _tracks(true, item)):
         errors.append((a - b)[context : context + horizon].norm(dim=-1))
     return float(torch.cat(errors).mean())
 
@@ -133,9 +134,10 @@ def motion_scores(clips: torch.Tensor, real: torch.Tensor | None, ref: torch.Ten
     cases = [("", clips)]
     if real is not None:
         cases += [("_real", real), ("_shuffled", shuffled_in_time(real, seed)), ("_frozen", frozen(real))]
-    for suffix, c in cases:
-        out[f"dynamics_error{suffix}"] = dynamics_error(c)
-        out[f"speed_distance{suffix}"] = speed_distance(c, ref_speeds)
+    for suffix, c in cases:  # each set tracked once for both scores
+        tracks = _tracks(c)
+        out[f"dynamics_error{suffix}"] = _mean_acceleration(tracks)
+        out[f"speed_distance{suffix}"] = wasserstein_1d(_speeds(tracks), ref_speeds)
     return out
 
 
