@@ -70,6 +70,9 @@ def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tup
     out[index] = order
     if out.shape[-1] == 1:
         out = out.expand(-1, -1, -1, 3)
+    if torch.distributed.is_initialized():  # nothing after the gather talks between processes: close the group
+        acc.wait_for_everyone()  # (a gloo group still open at exit can abort a process: "terminate called ...")
+        torch.distributed.destroy_process_group()
     info = {"generation_images_per_s": rate, "processes": acc.num_processes, "is_main": acc.is_main_process}
     if sampler.speculative is not None:
         info["speculative_stats"] = sampler.speculative.stats  # this process's share of the samples
