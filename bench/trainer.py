@@ -18,6 +18,7 @@ would otherwise write); ``..._same_mode`` compares each mode with its own bare l
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import tempfile
 import time
@@ -64,8 +65,6 @@ def autocast(device: torch.device):
 
 def bare(gen: Generator, batch: int, seconds: float, compile: bool, device, profile: Path | None = None) -> dict:
     """The bare loop on the recipe's model for ``seconds`` after three warm-up steps: images/s and steps."""
-    import copy
-
     model = copy.deepcopy(gen).to(device).train()
     if compile:
         model.backbone.compile_blocks()
@@ -114,14 +113,19 @@ def profile_summary(prof, wall: float, steps: int, table: Path, title: str) -> d
     cuda = torch.cuda.is_available()
     events = prof.events()
     if cuda:
-        ran = [e for e in events if e.device_type.name == "CUDA"]
+        # the profiler's step markers span the step on the device too: not kernels
+        ran = [e for e in events if e.device_type.name == "CUDA" and not e.name.startswith("ProfilerStep")]
         ms = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in ran) / 1e3
     else:
         ran = [e for e in events if e.name.startswith("aten::")
                and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
         ms = sum(e.self_cpu_time_total for e in ran) / 1e3
-    syncs = sum(e.count for e in prof.key_averages() if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
-                                                                 "cudaEventSynchronize", "aten::_local_scalar_dense"))
+    syncs = sum(
+        e.count
+        for e in prof.key_averages()
+        if e.key
+        in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+    )
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     table.parent.mkdir(parents=True, exist_ok=True)
     with open(table, "w") as f:
@@ -141,7 +145,8 @@ def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, devic
         cfg = TrainConfig(out_dir=out, steps=5, batch_size=batch, mixed_precision=precision, compile=compile,
                           log_every=0, eval_every=0, sample_every=0, ckpt_every=0, val_images=batch, num_workers=0,
                           lr_schedule="constant", log_with=[], **RECIPE)  # fmt: skip
-        trainer = Trainer(GeneratorTask(gen), data, val, cfg)
+        # a copy: train.compile compiles the blocks in place, which would leak into the rows measured after this one
+        trainer = Trainer(GeneratorTask(copy.deepcopy(gen)), data, val, cfg)
         trainer.save_preview = lambda batch: None  # sampling a preview is not training
         trainer.fit()
         images0, seconds0, step0 = trainer.timed_images, trainer.timed_seconds, trainer.step
@@ -166,7 +171,9 @@ def trainer_throughput(gen: Generator, batch: int, steps: int, device) -> tuple[
         cfg = TrainConfig(out_dir=out, steps=steps + 1, batch_size=batch, log_every=0, eval_every=0, sample_every=0,
                           ckpt_every=0, val_images=batch, num_workers=0, lr_schedule="constant", log_with=[],
                           **RECIPE)  # fmt: skip
-        trainer = Trainer(GeneratorTask(gen), random_tokens(gen, batch * (steps + 1)), random_tokens(gen, batch, 1), cfg)
+        trainer = Trainer(
+            GeneratorTask(gen), random_tokens(gen, batch * (steps + 1)), random_tokens(gen, batch, 1), cfg
+        )
         trainer.save_preview = lambda batch: None
         summary = trainer.fit()
         sync()

@@ -3,8 +3,11 @@ trained and what the harness measured."""
 
 import json
 
+import torch
+from safetensors.torch import load_file
+
 from tests.test_engine import tiny_generator
-from visgen.checkpoint import load_model
+from visgen.checkpoint import export_model, load_model
 from visgen.cli.train import main as train_main
 from visgen.model_card import read_card
 
@@ -28,6 +31,9 @@ def test_a_trained_generator_card_has_model_training_and_results(tmp_path):
     assert "cifar10cls" in key and "8 samples" in key and res["fd_cifar10cls"] > 0 and "copy_rate" in res
     assert "## Results" in (out / "final" / "README.md").read_text()
     load_model(out / "final")  # the card changes nothing of what loads
+    shipped = export_model(out / "final", tmp_path / "fp16")  # EMA weights in fp16, the training account kept
+    assert {t.dtype for t in load_file(shipped / "model.safetensors").values()} == {torch.float16}
+    assert read_card(shipped)["visgen"]["training"] == card["training"]
 
 
 def test_every_saved_folder_has_a_card(tmp_path):

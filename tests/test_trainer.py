@@ -232,11 +232,16 @@ def test_early_stopping_stops_and_resumes_exactly(tmp_path, cifar_train):
         TrainConfig(early_stop_patience=2, eval_every=0)
 
 
-def test_auto_precision_follows_the_device():
+def test_auto_precision_and_compile_follow_the_device():
     assert TrainConfig().mixed_precision == "auto" and TrainConfig().precision(torch.device("cpu")) == "no"
     with pytest.warns(UserWarning, match="bf16 on a CPU"):
         assert TrainConfig(mixed_precision="bf16").precision(torch.device("cpu")) == "bf16"
     assert TrainConfig(mixed_precision=False).precision(torch.device("cpu")) == "no"
+    auto = TrainConfig(compile="auto")  # compiles on a GPU only
+    assert not auto.compiles(torch.device("cpu")) and auto.compiles(torch.device("cuda"))
+    assert TrainConfig(compile=True).compiles(torch.device("cpu")) and not TrainConfig().compiles(torch.device("cuda"))
+    with pytest.raises(ConfigError, match="compile"):
+        TrainConfig(compile="always")
 
 
 def test_a_second_run_into_a_held_folder_stops(tmp_path, cifar_train):

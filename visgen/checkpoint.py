@@ -213,3 +213,16 @@ def load_model(directory: str | Path, ema: bool = False, map_location: str = "cp
     if cls is None:
         raise CheckpointError(f"{directory}: unknown model type {meta['model_type']!r}; known: {sorted(MODEL_TYPES)}")
     return cls.from_pretrained(directory, ema=ema, map_location=map_location)
+
+
+def export_model(src: str | Path, dst: str | Path, ema: bool = True, dtype: torch.dtype | None = torch.float16) -> Path:
+    """Save a trained model for shipping: its EMA weights (where it has them) in ``dtype``, its card's account of
+    how it was trained (command, steps, kept step, recipe) carried over, since ``save_pretrained`` writes a new one.
+    Returns ``dst``."""
+    from visgen.model_card import read_card, write_card
+
+    load_model(src, ema=ema).save_pretrained(dst, dtype=dtype)
+    training = read_card(src).get("visgen", {}).get("training")
+    if training:
+        write_card(dst, training=training)
+    return Path(dst)

@@ -10,8 +10,8 @@ for t in vq kl; do
 done
 wait
 for t in vq kl; do
-  python -c "import sys, torch; from visgen.checkpoint import load_model; \
-load_model(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.float16)" runs/cifar10-$t/final visgen/assets/cifar10-$t
+  python -c "import sys; from visgen.checkpoint import export_model; export_model(*sys.argv[1:], ema=False)" \
+    runs/cifar10-$t/final visgen/assets/cifar10-$t
   python eval/tokenizer_recon.py visgen/assets/cifar10-$t --data $DATA/test --name cifar10-$t-tokenizer \
     --extra-metrics runs/cifar10-$t/final/metrics.json
 done

@@ -31,8 +31,7 @@ python eval/trials.py --runs runs/trial-flip-drop runs/trial-noflip-drop runs/tr
   --name cifar10-token-ar-trials --results-dir $RESULTS \
   --command "DATA=... TRIAL_MIN=$TRIAL_MIN STEPS=$STEPS bash eval/gpu/trainer.sh"
 for name in flip-drop noflip-drop flip-nodrop; do  # the kept models in fp16 (EMA weights), as the bundled one ships
-  python -c "import sys, torch; from visgen.checkpoint import load_model; \
-load_model(sys.argv[1], ema=True).save_pretrained(sys.argv[2], dtype=torch.float16)" runs/trial-$name/final \
-    runs/trial-$name/fp16
+  python -c "import sys; from visgen.checkpoint import export_model; export_model(*sys.argv[1:])" \
+    runs/trial-$name/final runs/trial-$name/fp16
   cp runs/trial-$name/final/metrics.json runs/trial-$name/fp16/train-metrics.json
 done

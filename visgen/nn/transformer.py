@@ -263,3 +263,16 @@ class Transformer(nn.Module):
             else:
                 x_BLD, h = block(x_BLD, h, next_w, cond_BD, rope, mask, is_causal, kv, input_pos, kv_len or 0)
         return h if fused else self.norm(x_BLD)
+
+
+def set_backbones(module: nn.Module, compile: bool, checkpointing: bool, required: bool) -> int:
+    """Compile (regionally) and/or checkpoint the activations of every ``Transformer`` inside ``module``; returns
+    how many there are. ``required``: having none is a ValueError (a setting that asked for them by name)."""
+    backbones = [m for m in module.modules() if isinstance(m, Transformer)]
+    if not backbones and required:
+        raise ValueError("train.compile and train.activation_checkpointing need a transformer backbone")
+    for b in backbones:
+        b.activation_checkpointing = checkpointing
+        if compile:
+            b.compile_blocks()
+    return len(backbones)

@@ -7,7 +7,7 @@ import signal
 
 import torch
 
-from visgen.data import batch_size_of, collate
+from visgen.data import DataError, batch_size_of, collate
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -59,3 +59,18 @@ def val_batches(data, n: int, rank: int, world: int, batch_size: int, num_worker
     for batch in loader:
         if batch_size_of(batch):
             yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def check_epoch(acc, data, epoch: int, skipped: int, usable: int, whole_epoch: bool):
+    """At an epoch's end: a DataError if a whole epoch gave no usable image on any process, else a note of the
+    unreadable images skipped so far (summed over the processes)."""
+    counts = torch.tensor([float(skipped), float(usable)], device=acc.device)
+    skipped, usable = acc.reduce(counts, "sum").tolist()
+    if whole_epoch and usable == 0:
+        where = getattr(getattr(data, "cfg", None), "path", None) or "the training data"
+        raise DataError(
+            f"epoch {epoch} yielded no usable image from {where}: {int(skipped)} unreadable images skipped "
+            "so far. Check the files (a corrupt copy or an unpacking error?)"
+        )
+    if skipped:
+        acc.print(f"epoch {epoch}: {int(skipped)} unreadable images skipped so far")

@@ -17,14 +17,17 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().float().clone() for k, v in model.named_parameters()}
+        self._pairs: tuple[nn.Module, list, list] | None = None  # (model, shadows, its parameters), looked up once
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int):
         d = min(self.decay, (1 + step) / (10 + step))
-        names = list(self.shadow)
-        params = dict(model.named_parameters())
+        if self._pairs is None or self._pairs[0] is not model:
+            params = dict(model.named_parameters())
+            self._pairs = (model, list(self.shadow.values()), [params[k] for k in self.shadow])
+        _, shadows, params = self._pairs
         # one fused launch for all tensors instead of one per parameter
-        torch._foreach_lerp_([self.shadow[k] for k in names], [params[k].detach().float() for k in names], 1 - d)
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

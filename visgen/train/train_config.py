@@ -51,7 +51,9 @@ class TrainConfig:
         continues the schedule where the time left it (with time in the schedule, a run is not bit-for-bit
         repeatable as a run of steps is). Opt-in: in CPU proxies of the token recipe it raised held-out loss
         (``results/budget-schedule-cpu.json``).
-    compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block).
+    compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block);
+        ``auto``: on a GPU only (where it paid: ``results/bench-trainer.json``), not on a CPU, where compiling
+        needs a C compiler and takes longer than a short run saves.
     activation_checkpointing: recompute each transformer block in the backward pass instead of storing its
         activations (about a third more compute for a fraction of the memory: larger batches fit).
     log_with: trackers to log to through accelerate (``[tensorboard, wandb, mlflow, ...]``, each needs its package;
@@ -85,7 +87,7 @@ class TrainConfig:
     resume: bool = True
     time_limit_minutes: float = 0.0
     budget_minutes: float = 0.0
-    compile: bool = False
+    compile: bool | str = False
     activation_checkpointing: bool = False
     log_with: list[str] | None = None
 
@@ -94,6 +96,7 @@ class TrainConfig:
             self.mixed_precision = "no"
         check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision", "auto, no, bf16 or fp16",
               self.mixed_precision)  # fmt: skip
+        check(self.compile in (True, False, "auto"), "compile", "true, false or auto", self.compile)
         check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "cosine or constant", self.lr_schedule)
         check(bool(self.out_dir), "out_dir", "a folder", self.out_dir)
         for name in ("steps", "batch_size", "grad_accum", "keep_ckpts", "max_bad_steps"):
@@ -119,6 +122,10 @@ class TrainConfig:
 
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("train.early_stop_patience needs train.eval_every above 0: it counts evaluations")
+
+    def compiles(self, device: torch.device) -> bool:
+        """Whether to compile the blocks on ``device``: ``auto`` resolved."""
+        return device.type == "cuda" if self.compile == "auto" else bool(self.compile)
 
     def precision(self, device: torch.device) -> str:
         """The mixed precision to train with on ``device``: ``auto`` resolved, bf16 on a CPU warned about."""

@@ -35,10 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from visgen.config import ConfigError
-from visgen.data import DataError, batch_size_of
+from visgen.data import batch_size_of
+from visgen.nn.transformer import set_backbones
 from visgen.results import check_writable
 from visgen.train import sharding
-from visgen.train.batches import STOP_SIGNALS, EpochSampler, train_batches, val_batches
+from visgen.train.batches import STOP_SIGNALS, EpochSampler, check_epoch, train_batches, val_batches
 from visgen.train.budget import TimeBudget
 from visgen.train.checkpoints import (
     BestModel,
@@ -106,23 +107,22 @@ class Trainer:
                 data.to_device(self.acc.device)
         torch.manual_seed(cfg.seed + self.acc.process_index)
         random.seed(cfg.seed + self.acc.process_index)
-        if cfg.compile or cfg.activation_checkpointing:
-            from visgen.nn import Transformer
-
-            backbones = [m for m in task.modules() if isinstance(m, Transformer)]
-            if not backbones:
-                raise ValueError("train.compile and train.activation_checkpointing need a transformer backbone")
-            for b in backbones:
-                b.activation_checkpointing = cfg.activation_checkpointing
-                if cfg.compile:
-                    b.compile_blocks()
+        set_backbones(task, cfg.compiles(self.acc.device), cfg.activation_checkpointing,
+                      required=cfg.compile is True or cfg.activation_checkpointing)  # fmt: skip
         task.to(self.acc.device)
         params = [p for p in task.parameters() if p.requires_grad]
         fused = self.acc.device.type == "cuda"  # one kernel for the whole update
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
         self.model, self.opt = self.acc.prepare(task, opt)
         self.params = [p for g in self.opt.optimizer.param_groups for p in g["params"]]  # as prepared (FSDP flattens)
-        self.ema = EMA(self.acc.unwrap_model(self.model).model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.inner = self.acc.unwrap_model(self.model).model  # unwrapped once: each unwrap walks every module
+        self.ema = EMA(self.inner, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # clip and step in torch where accelerate adds nothing (its wrappers look up packages and walk the modules
+        # each call: host time a small model's step cannot hide)
+        self.direct = (
+            self.acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+            and not self.acc.scaler
+        )
         shadow = list(self.ema.shadow.values()) if self.ema else []
         self.guard = StepGuard(self.params, self.opt.optimizer, shadow, self.acc.device)
         self.budget = TimeBudget(cfg)
@@ -240,16 +240,21 @@ class Trainer:
         """Apply this step's gradients (and the EMA) at once and start the guard's verdict on them; returns the
         gradient norm (on the device). The step counts from here; ``_settle`` takes it back if it was bad."""
         cfg, acc = self.cfg, self.acc
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad or float("inf"))
+        clip = cfg.clip_grad or float("inf")
+        if self.direct:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        else:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, self.step, self.budget.used)
         self.guard.save()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        opt = self.opt.optimizer if self.direct else self.opt
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         # fp16: an infinite gradient is the loss scaler's signal (it skipped the step, so the EMA waits too)
         skipped = acc.scaler is not None and acc.optimizer_step_was_skipped
         if self.ema and not skipped:
-            self.ema.update(acc.unwrap_model(self.model).model, self.step)
+            self.ema.update(self.inner, self.step)
         out_of_time, seconds = self.budget.host_values()
         self.guard.check(loss_bad, grad_norm if acc.scaler is None else None,
                          (self.stop_signal is not None, out_of_time, seconds),
@@ -434,16 +439,7 @@ class Trainer:
             self.timed_seconds += time.perf_counter() - t0
 
     def _end_epoch(self, usable: int, whole_epoch: bool):
-        counts = torch.tensor([float(self.skipped_images), float(usable)], device=self.acc.device)
-        skipped, usable = self.acc.reduce(counts, "sum").tolist()
-        if whole_epoch and usable == 0:
-            where = getattr(getattr(self.train_set, "cfg", None), "path", None) or "the training data"
-            raise DataError(
-                f"epoch {self.epoch} yielded no usable image from {where}: {int(skipped)} unreadable images skipped "
-                "so far. Check the files (a corrupt copy or an unpacking error?)"
-            )
-        if skipped:
-            self.acc.print(f"epoch {self.epoch}: {int(skipped)} unreadable images skipped so far")
+        check_epoch(self.acc, self.train_set, self.epoch, self.skipped_images, usable, whole_epoch)
         self.epoch, self.micro_in_epoch = self.epoch + 1, 0
 
 
