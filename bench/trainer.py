@@ -195,7 +195,8 @@ def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
 
     prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
                    schedule=schedule(wait=wait, warmup=2, active=steps, repeat=1), on_trace_ready=ready)  # fmt: skip
-    opt_step = trainer.opt.step
+    opt = trainer.opt.optimizer if trainer.direct else trainer.opt  # the optimizer whose step the trainer calls
+    opt_step = opt.step
 
     def step(*args, **kwargs):
         out = opt_step(*args, **kwargs)
@@ -205,11 +206,11 @@ def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
         prof.step()
         return out
 
-    trainer.opt.step = step
+    opt.step = step
     trainer.cfg.steps, trainer.cfg.time_limit_minutes = trainer.step + wait + 2 + steps + 2, 0.0
     with prof:
         trainer.fit()
-    trainer.opt.step = opt_step
+    opt.step = opt_step
     return result
 
 
