@@ -313,3 +313,25 @@ def test_triton_decode_kernel_equals_sdpa():
     with pytest.raises(ConfigError, match="sdpa or triton"):
         Sampler(tiny_generator(), SamplingConfig(decode_kernel="flash"), device="cpu")
     assert Sampler(tiny_generator(), SamplingConfig(), device="cpu").decode_kernel == "sdpa"  # auto, on a CPU
+
+
+def test_compile_auto_is_on_only_where_it_repays(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from visgen.cli.sample import build_parser
+    from visgen.sampling import resolve_compile, use_compile_cache
+
+    gen, cpu, cuda = tiny_generator(), torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile("auto", gen, cuda, 10_000) and not resolve_compile("auto", gen, cuda, 9_999)
+    assert not resolve_compile("auto", gen, cpu, 10**6)  # never on a CPU
+    pixel = SimpleNamespace(config=SimpleNamespace(schedule="pixel", head="dmol"))
+    assert not resolve_compile("auto", pixel, cuda, 10**6) and resolve_compile(True, pixel, cpu, 0)
+    assert Sampler(gen, SamplingConfig(), device="cpu", images=10**6).cfg.compile is False
+    assert Sampler(gen, SamplingConfig(compile=True), device="cpu").cfg.compile is True
+    with pytest.raises(ConfigError, match="compile"):
+        SamplingConfig(compile="sometimes")
+    p = build_parser("sample.py")
+    assert [p.parse_args(a).compile for a in ([], ["--compile"], ["--no-compile"])] == ["auto", True, False]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "before"))  # restored after the test
+    folder = use_compile_cache(tmp_path / "compiled")
+    assert folder.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)

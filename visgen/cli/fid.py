@@ -26,7 +26,7 @@ import torch
 
 from visgen import hub
 from visgen.checkpoint import CheckpointError, read_config
-from visgen.cli.sample import add_speculative_arguments, speculative_settings
+from visgen.cli.sample import add_compile_arguments, add_speculative_arguments, speculative_settings
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.data.images import detect_format
@@ -43,7 +43,7 @@ from visgen.metrics.recon import to_uint8
 from visgen.model_card import write_card
 from visgen.results import check_writable, hardware, write_result
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.sampler import COMPILE_MODES
+from visgen.sampling.sampler import COMPILE_MODES, use_compile_cache
 
 
 def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tuple[torch.Tensor, dict]:
@@ -56,7 +56,7 @@ def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tup
     gen = Generator.from_pretrained(path, ema=ema and (path / "ema.safetensors").is_file())
     ids = torch.arange(acc.process_index, n, acc.num_processes)
     labels = ids % gen.config.num_classes
-    sampler = Sampler(gen, cfg, device=acc.device)
+    sampler = Sampler(gen, cfg, device=acc.device, images=len(ids))
     t0 = time.perf_counter()
     images = to_uint8(sampler.sample_images(labels, ids, progress=acc.is_main_process)).permute(0, 2, 3, 1)
     rate = len(ids) / (time.perf_counter() - t0) * acc.num_processes
@@ -73,7 +73,8 @@ def sample_checkpoint(path: Path, n: int, cfg: SamplingConfig, ema: bool) -> tup
     if torch.distributed.is_initialized():  # nothing after the gather talks between processes: close the group
         acc.wait_for_everyone()  # (a gloo group still open at exit can abort a process: "terminate called ...")
         torch.distributed.destroy_process_group()
-    info = {"generation_images_per_s": rate, "processes": acc.num_processes, "is_main": acc.is_main_process}
+    info = {"generation_images_per_s": rate, "processes": acc.num_processes, "is_main": acc.is_main_process,
+            "sampling": vars(sampler.cfg)}  # fmt: skip
     if sampler.speculative is not None:
         info["speculative_stats"] = sampler.speculative.stats  # this process's share of the samples
     return out, info
@@ -104,8 +105,10 @@ def load_input(args, kind: str) -> tuple[torch.Tensor, dict]:
         return load_npz_images(path), {"input_kind": "npz"}
     if kind == "checkpoint":
         cfg = sampling_config(args)
+        if args.compile_cache:
+            use_compile_cache(args.compile_cache)
         images, info = sample_checkpoint(path, args.num_samples, cfg, ema=not args.no_ema)
-        info.update({"input_kind": "checkpoint", "sampling": vars(cfg), "class_balance": "label = index % classes"})
+        info.update({"input_kind": "checkpoint", "class_balance": "label = index % classes"})  # sampling: as run
         return images, info
     # DataConfig.limit takes a fixed random subset, so a folder in class order is not cut to its first classes
     cfg = DataConfig(path=str(path), split=args.split, image_size=args.image_size, limit=args.num_samples or None)
@@ -206,7 +209,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--compile", action="store_true", help="compiled sampling (SamplingConfig.compile)")
+    add_compile_arguments(p)
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="SamplingConfig.compile_mode")
     add_speculative_arguments(p)
     p.add_argument("--no-ema", action="store_true")

@@ -26,7 +26,7 @@ from visgen.generator import ASSETS, Generator
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.sampler import COMPILE_MODES, resolve_device
+from visgen.sampling.sampler import COMPILE_MODES, resolve_device, use_compile_cache
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
@@ -161,12 +161,7 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the blocks, head and decoder (GPU: faster batches; the first of a size compiles, "
-        "seconds for token AR, up to a minute for VAR)",
-    )
+    add_compile_arguments(p)
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="SamplingConfig.compile_mode")
     p.add_argument(
         "--decode-kernel",
@@ -243,7 +238,9 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
             torch.set_num_threads(default_threads())
         elif args.threads is not None:
             torch.set_num_threads(args.threads)
-        sampler = Sampler(generator, cfg, device=args.device)
+        if args.compile_cache:
+            use_compile_cache(args.compile_cache)
+        sampler = Sampler(generator, cfg, device=args.device, images=args.num_images)
     except (CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -274,6 +271,18 @@ def grid_columns(n: int, num_classes: int, labels: str | None) -> int:
     if labels is None and num_classes and n >= num_classes and n / num_classes <= 2 * num_classes:
         return num_classes
     return square
+
+
+def add_compile_arguments(p: argparse.ArgumentParser):
+    """``--compile`` / ``--no-compile`` (default: ``auto``, SamplingConfig.compile) and ``--compile-cache``."""
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default="auto",
+        help="torch.compile the blocks, head and decoder (GPU: faster batches; the first of a size compiles, seconds "
+        "for token AR, up to a minute for VAR). Default: auto, on for jobs of 10k images or more of a token or VAR "
+        "model on a GPU, where the compile repays itself",
+    )  # fmt: skip
+    p.add_argument("--compile-cache", metavar="DIR", help="keep compiled graphs in DIR for later runs to reuse "
+                   "(default: torch's, /tmp/torchinductor_USER)")  # fmt: skip
 
 
 # settings that change speed, not the images' law

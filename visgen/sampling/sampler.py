@@ -3,10 +3,13 @@ and on GPUs the whole loop captured in one CUDA graph and replayed."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +41,11 @@ class SamplingConfig:
         after the second one; the decoder compiles once per batch size). With ``speculative`` ``draft`` or ``jacobi``,
         each round (the drafting, the verifying pass, the acceptance and the commit) compiles as one graph too; with
         ``cspd``, the draft's blocks and denoising step.
+        ``auto`` (the default): on where it was measured to repay its compile time within the job: a GPU, a job
+        of at least ``AUTO_COMPILE_IMAGES`` images on this process (``Sampler(images=...)``; the CLIs pass theirs),
+        a token or VAR model (``AUTO_COMPILE_FAMILIES``); off otherwise, and for a ``Sampler`` told no job size.
+        Compiled graphs are cached on disk (``TORCHINDUCTOR_CACHE_DIR``, or ``use_compile_cache``): a later process
+        on the same machine reuses them.
     compile_mode: ``torch.compile``'s mode for the blocks, the head and the speculative round (the decoder keeps
         the default): ``default``, or ``max-autotune-no-cudagraphs`` (matrix products tuned per shape, Triton
         templates among the candidates, with elementwise work fused into their epilogues; longer compiles). The
@@ -73,7 +81,7 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 64
     cuda_graph: bool = True
-    compile: bool = False
+    compile: bool | str = "auto"
     compile_mode: str = "default"
     decode_kernel: str = "auto"
     dtype: str = "auto"
@@ -97,6 +105,7 @@ class SamplingConfig:
         check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0 (0: off)", self.top_k)
         check(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check(self.compile in (True, False, "auto"), "compile", "true, false or auto", self.compile)
         check(self.compile_mode in COMPILE_MODES, "compile_mode", " or ".join(COMPILE_MODES), self.compile_mode)
         check(self.decode_kernel in ("auto", "sdpa", "triton"), "decode_kernel", "auto, sdpa or triton",
               self.decode_kernel)  # fmt: skip
@@ -184,15 +193,43 @@ class _BatchState:
         self.out: torch.Tensor | None = None  # what the graph writes: this batch's token grids
 
 
+# compile="auto": the job size from which compiling repays itself, and the families where that was measured. On an
+# H200 the first compiled batch of a fresh process with empty caches took 7-8 s for token AR (against 1.3-1.6 s
+# eager) and 23-52 s for VAR-d16 (2.4-5.3 s), saving 0.7-6.5 ms an image for token AR and 2.5-3.9 ms for VAR: repaid after 0.9k-8.8k images
+# for token AR and 7k-18k for VAR (results/bench-token-ar.json, results/bench-var.json). Other families compile
+# when asked (compile=True) until their figures are measured.
+AUTO_COMPILE_IMAGES = 10_000
+AUTO_COMPILE_FAMILIES = {("raster", "categorical"), ("next_scale", "categorical")}
+
+
+def resolve_compile(setting: bool | str, generator, device: torch.device, images: int) -> bool:
+    """Whether to compile: ``setting`` itself, or for ``auto`` whether a job of ``images`` images of ``generator``
+    on ``device`` repays it (see ``AUTO_COMPILE_IMAGES``)."""
+    if setting != "auto":
+        return bool(setting)
+    family = (generator.config.schedule, generator.config.head)
+    return device.type == "cuda" and images >= AUTO_COMPILE_IMAGES and family in AUTO_COMPILE_FAMILIES
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Keep compiled graphs (inductor's and Triton's caches) in ``folder``, for later processes to reuse (a shared
+    disk on a cluster, where each node's /tmp starts empty). Call before the first compile."""
+    folder = Path(folder).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
+
+
 class Sampler:
     """Samples token grids or images from a ``Generator``; see ``SamplingConfig``."""
 
     def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None,
-                 draft=None):  # fmt: skip
+                 draft=None, images: int = 0):  # fmt: skip
         """``draft``: the draft generator for ``speculative`` ``draft`` / ``cspd`` (default: loaded from
-        ``cfg.draft``)."""
-        self.cfg = cfg or SamplingConfig()
+        ``cfg.draft``). ``images``: how many images this sampler will draw, for ``compile="auto"`` (0: unknown)."""
         device = resolve_device(device)
+        cfg = cfg or SamplingConfig()
+        self.cfg = dataclasses.replace(cfg, compile=resolve_compile(cfg.compile, generator, device, images))
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.dtype = auto if self.cfg.dtype == "auto" else _DTYPES[self.cfg.dtype]
         model = generator
@@ -358,7 +395,9 @@ class Sampler:
         """Token grids for ``labels`` (N,); sample i's randomness depends only on (seed, sample_ids[i]).
         ``given``: the first units as they must be, a list of (N, n, ...) in generation order (``sample_images``
         builds it from context images or frames)."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        return torch.cat(list(self._token_batches(labels, sample_ids, progress, given, round_)))
+
+    def _check(self, labels: torch.Tensor, given):
         n_cls = self.model.config.num_classes
         if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
             raise ConfigError(
@@ -366,17 +405,19 @@ class Sampler:
             )
         if given is not None and self.speculative is not None:
             raise ConfigError("sampling from given units (context frames) does not combine with speculative decoding")
+
+    def _token_batches(self, labels, sample_ids=None, progress: bool = False, given=None, round_: int = 0):
+        """``sample_tokens``' batches, one at a time (``sample_images`` decodes each as the next one is drawn)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        self._check(labels, given)  # before any work
         ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
-        bs, out = self.cfg.batch_size, []
-        with torch.autocast(self.device.type, enabled=False):  # the sampler's dtype, not a caller's autocast
-            for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
-                part = None if given is None else [u[i : i + bs].to(self.device) for u in given]
-                out.append(
-                    self._sample_batch(
-                        labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device), part, round_
-                    )
-                )
-        return torch.cat(out)
+        bs = self.cfg.batch_size
+        for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
+            part = None if given is None else [u[i : i + bs].to(self.device) for u in given]
+            with torch.autocast(self.device.type, enabled=False):  # the sampler's dtype, not a caller's autocast
+                tokens = self._sample_batch(labels[i : i + bs].to(self.device), ids[i : i + bs].to(self.device),
+                                            part, round_)  # fmt: skip
+            yield tokens
 
     @torch.no_grad()
     def sample_prefix(self, labels, units: int, sample_ids=None, given=None) -> list[torch.Tensor]:
@@ -417,8 +458,19 @@ class Sampler:
         ``context_units`` K: the first K units come from these images instead (for a video model the first K
         frames of these clips: video prediction); the rest is drawn after them."""
         given = self.given_units(context, context_units) if context is not None else None
-        tokens = self.sample_tokens(labels, sample_ids, progress, given)
-        bs = self.cfg.batch_size
-        dec = self.decoder
+        # on a GPU each batch decodes on a second stream while the next batch's tokens are drawn on the first, so the
+        # decoder's convolutions fill what the small decoding steps leave of the GPU (the same kernels, in order)
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        images = []
         with torch.backends.cudnn.flags(enabled=True, benchmark=True):  # convolution algorithms timed per shape
-            return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])
+            for tokens in self._token_batches(labels, sample_ids, progress, given):
+                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                    if side is not None:
+                        side.wait_stream(torch.cuda.current_stream(self.device))  # this batch's tokens are drawn
+                        tokens.record_stream(side)  # freed after the decode, not when drawing moves on
+                    images.append(self.model.decode_tokens(tokens, self.decoder))
+        if side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            for x in images:
+                x.record_stream(torch.cuda.current_stream(self.device))
+        return torch.cat(images)
