@@ -9,7 +9,8 @@ compiled too. ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode ove
 would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
 
 ``--profile DIR`` also profiles ten steps of each at the recipe's size (``profile-bare.txt``,
-``profile-trainer.txt``: torch.profiler's table by device time) and records kernels, device ms and wall ms per step.
+``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's table of the
+host's Python over 50 steps) and records kernels, device ms and wall ms per step.
 
     python bench/trainer.py --name bench-trainer --profile $OUT     # a GPU
     python bench/trainer.py --tiny --seconds 2                       # a check on the CPU
@@ -91,7 +92,29 @@ def bare(gen: Generator, batch: int, seconds: float, compile: bool, device, prof
     out = {"images_per_s": n * batch / (time.perf_counter() - t0), "steps": n}
     if profile is not None:
         out.update(profile_steps(lambda: step(0), profile / "profile-bare.txt", "bare loop"))
+        host_profile(lambda: [step(i) for i in range(50)], 50, profile / "profile-bare-host.txt", "bare loop")
     return out
+
+
+def host_profile(run, steps: int, table: Path, title: str):
+    """Where the host's time goes in Python over ``steps`` steps (``run`` runs them): cProfile's functions by their
+    own time, so host work that no torch op shows (wrappers, lookups, waits) is named."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    sync()
+    t0 = time.perf_counter()
+    prof.enable()
+    run()
+    sync()
+    prof.disable()
+    wall = time.perf_counter() - t0
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(f"== {title}: {steps} steps, {1e3 * wall / steps:.2f} ms a step under cProfile\n{text.getvalue()}")
 
 
 def profile_steps(step, table: Path, title: str, steps: int = 10) -> dict:
@@ -158,6 +181,17 @@ def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, devic
         }
         if profile is not None:
             out_.update(profile_trainer(trainer, profile / "profile-trainer.txt"))
+
+            def fifty():
+                trainer.cfg.steps = trainer.step + 50
+                trainer.fit()
+
+            host_profile(
+                fifty,
+                50,
+                profile / "profile-trainer-host.txt",
+                "one Trainer.fit (its resume, last validation and export included)",
+            )
     return out_
 
 
