@@ -6,11 +6,13 @@ shape (downsample 16, channels 128 x (1, 1, 2, 2, 4)) with random weights: decod
 eager (the whole loop in one CUDA graph, no compile: first batch in about a second) and with the blocks compiled,
 each optionally with one-token steps attending through visgen's Triton kernel (modes ``eager_triton``,
 ``compiled_triton``: GPU only; the sampler's default there), the others through SDPA; training eager and compiled.
+Mode ``default`` is the sampler's defaults as the CLIs run them for a job of 10k images (``compile`` and
+``decode_kernel`` ``auto``; ``..._compiled`` says what ``auto`` chose); the timed batches are one call, as a user's.
 A first batch is timed in the running process (``first_batch_s``: compile caches warm from the modes before it) and,
-for the modes given to ``--cold``, in a fresh process with empty Inductor and Triton caches, sampler construction
-included: ``cold_first_batch_s`` with Python's bytecode compiled (as pip leaves an install),
-``cold_no_bytecode_first_batch_s`` as this environment runs (where it keeps no bytecode, every process compiles the
-source of the modules it imports first).
+for the modes given to ``--cold``, in fresh processes, sampler construction included: ``first_batch_cold_s`` with
+empty Inductor and Triton caches and Python's bytecode compiled (as pip leaves an install), ``first_batch_warm_s`` in
+the process after it, with the compile caches it left, ``cold_no_bytecode_first_batch_s`` as this environment runs
+(where it keeps no bytecode, every process compiles the source of the modules it imports first).
 
     python bench/token_ar.py [--name bench-token-ar] [--modes ...] [--cold MODE ...]   # a GPU; --tiny: a CPU check
 """
@@ -33,7 +35,10 @@ from visgen.sampling import Sampler, SamplingConfig
 from visgen.tokenizers import VQConfig, VQTokenizer
 
 SAMPLING = dict(cfg_scale=2.0)  # guidance on: every step runs a doubled batch
-MODES = ["eager", "compiled", "eager_triton", "compiled_triton"]  # sampling; training takes eager / compiled
+# sampling; training takes eager / compiled. ``default``: the sampler's defaults as sample.py / eval/fid.py run them
+# for a job of JOB_IMAGES (compile and decode kernel ``auto``)
+MODES = ["default", "eager", "compiled", "eager_triton", "compiled_triton"]
+JOB_IMAGES = 10_000
 
 
 def build(tiny: bool) -> Generator:
@@ -47,22 +52,33 @@ def build(tiny: bool) -> Generator:
 
 
 def sampling_config(mode: str, batch: int) -> SamplingConfig:
+    if mode == "default":
+        return SamplingConfig(**SAMPLING, batch_size=batch)
     return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode.startswith("compiled"),
                           decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
 
 
-def cold_first_batch(mode: str, batch: int, tiny: bool, pycache: str | None = None) -> float:
-    """Seconds from building the sampler to the first batch of tokens, in a fresh process with empty compile caches
-    (Inductor's and Triton's): what a user waits the first time, per batch size. ``pycache``: a folder of Python
-    bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment has it."""
+def job_images(mode: str) -> int:
+    return JOB_IMAGES if mode == "default" else 0
+
+
+def cold_first_batch(mode: str, batch: int, tiny: bool, pycache: str | None = None, processes: int = 1) -> list:
+    """Seconds from building the sampler to the first batch of tokens in each of ``processes`` fresh processes one
+    after another, the first with empty compile caches (Inductor's and Triton's), the later ones with what the ones
+    before left there: what a user waits the first time, and in a second run, per batch size. ``pycache``: a folder of
+    Python bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment
+    has it."""
+    seconds = []
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
         if pycache:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = pycache
         cmd = [sys.executable, __file__, "--probe", mode, str(batch)] + (["--tiny"] if tiny else [])
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"]
+        for _ in range(processes):
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            seconds.append(json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"])
+    return seconds
 
 
 def bytecode_cache(modes: list[str]) -> str:
@@ -81,7 +97,7 @@ def probe(mode: str, batch: int, tiny: bool):
     labels = torch.arange(batch) % gen.config.num_classes
     sync()
     t0 = time.perf_counter()
-    Sampler(gen, sampling_config(mode, batch)).sample_tokens(labels)
+    Sampler(gen, sampling_config(mode, batch), images=job_images(mode)).sample_tokens(labels)
     sync()
     print(json.dumps({"first_batch_s": time.perf_counter() - t0}))
 
@@ -110,17 +126,22 @@ def main():
         for bs in args.sample_batches:
             for decode in (False, True):
                 try:
-                    r = bench_sampling(gen, sampling_config(mode, bs), repeats=3, decode=decode)
+                    r = bench_sampling(gen, sampling_config(mode, bs), repeats=3, decode=decode,
+                                       images=job_images(mode))  # fmt: skip
                 except Exception as e:  # one mode failing (a compile on this machine) leaves the others measured
                     print(f"{mode} b{bs}: failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
                     continue
                 key = f"sample_{mode}_b{bs}_{'with_decode' if decode else 'tokens_only'}"
                 rec.add(f"{key}_images_per_s", r["images_per_s"], unit="images/s")
                 rec.add(f"{key}_first_batch_s", r["first_batch_s"], ".2f", "s")
+                if mode == "default":
+                    rec.add(f"{key}_compiled", r["compiled"], "d")  # what compile="auto" chose for the job
             if mode in args.cold:
-                key = f"sample_{mode}_b{bs}_tokens_only_cold"
-                rec.add(f"{key}_first_batch_s", cold_first_batch(mode, bs, args.tiny, pycache), ".2f", "s")
-                rec.add(f"{key}_no_bytecode_first_batch_s", cold_first_batch(mode, bs, args.tiny), ".2f", "s")
+                key = f"sample_{mode}_b{bs}_tokens_only"
+                cold, warm = cold_first_batch(mode, bs, args.tiny, pycache, processes=2)
+                rec.add(f"{key}_first_batch_cold_s", cold, ".2f", "s")  # a fresh process, empty compile caches
+                rec.add(f"{key}_first_batch_warm_s", warm, ".2f", "s")  # the next process, the caches it left
+                rec.add(f"{key}_cold_no_bytecode_first_batch_s", cold_first_batch(mode, bs, args.tiny)[0], ".2f", "s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     h, w = gen.schedule.grid
     for mode in [m for m in args.modes if m in ("eager", "compiled")]:

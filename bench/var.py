@@ -4,7 +4,8 @@ The model: the ``var-d16`` preset (16 x 1024, AdaLN) with 3-axis RoPE over the n
 VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), codebook 4096 x 32, scales
 1,2,3,4,5,6,8,10,13,16 = 680 tokens) with random weights. Sampling as VAR samples: guidance 1.5 ramped linearly over
 scales, top-k 900, top-p 0.96, bf16, the loop over scales in one CUDA graph, eager and with the blocks and head
-compiled.
+compiled, and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
+``..._compiled`` says what it chose).
 Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batch that does not fit is retried with
 activation checkpointing.
 
@@ -60,7 +61,8 @@ def build(tiny: bool, family: str = "var") -> Generator:
 def main():
     p = parser(__doc__)
     p.add_argument("--train-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
-    p.add_argument("--sample-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--sample-modes", nargs="+", default=["default", "eager", "compiled"],
+                   choices=["default", "eager", "compiled"])  # fmt: skip
     p.add_argument("--families", nargs="+", default=["var"], choices=["var", "nfig"])
     args = p.parse_args()
     rec = None
@@ -72,11 +74,16 @@ def main():
 def run_family(args, gen, rec, pre: str):
     for mode in args.sample_modes:
         for bs in args.sample_batches:
-            cfg = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode == "compiled")
-            r = bench_sampling(gen, cfg, repeats=3, decode=True)
-            prefix = pre + ("sample" if mode == "eager" else "sample_compiled")
+            if mode == "default":  # the sampler's defaults as sample.py / eval/fid.py run them for a 10k-image job
+                cfg, images = SamplingConfig(**SAMPLING, batch_size=bs), 10_000
+            else:
+                cfg, images = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode == "compiled"), 0
+            r = bench_sampling(gen, cfg, repeats=3, decode=True, images=images)
+            prefix = pre + {"eager": "sample", "compiled": "sample_compiled", "default": "sample_default"}[mode]
             rec.add(f"{prefix}_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
             rec.add(f"{prefix}_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
+            if mode == "default":
+                rec.add(f"{prefix}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # the tokenizer's decode alone, as the sampler runs it (a copy in the sampling dtype, channels-last on GPUs)
     # and as an fp32 tokenizer under bf16 autocast

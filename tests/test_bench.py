@@ -22,10 +22,12 @@ def run_bench(tmp_path, script: str, *args: str, name: str) -> dict:
 
 @pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
 def test_bench_runs_and_writes_its_result(script, tmp_path):
-    modes = ["--modes", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager",
+    modes = ["--modes", "default", "eager"] if "token" in script else ["--train-modes", "eager", "--sample-modes", "eager",
                                                              "--families", "var", "nfig"]  # fmt: skip
     m = run_bench(tmp_path, script, "--tiny", "--sample-batches", "2", "--train-batches", "4", *modes, name="b")
     assert m["train_eager_b4_tokens_per_s"] > 0 and any(k.startswith("sample_") and v > 0 for k, v in m.items())
+    if "token" in script:  # the defaults as a user's 10k-image job runs them: compile="auto" stays off on a CPU
+        assert m["sample_default_b2_with_decode_images_per_s"] > 0 and m["sample_default_b2_with_decode_compiled"] == 0
     if "var" in script:  # NFIG beside VAR in the same run
         assert m["nfig_train_eager_b4_tokens_per_s"] > 0 and m["nfig_tokens_per_image"] < m["tokens_per_image"]
 
@@ -34,7 +36,7 @@ def test_token_bench_probe_times_a_first_batch(tmp_path):
     """``--cold`` runs this probe in a fresh process per compiled mode and batch size."""
     repo = Path.cwd()
     out = subprocess.run(
-        [sys.executable, str(repo / "bench/token_ar.py"), "--tiny", "--probe", "eager", "2"],
+        [sys.executable, str(repo / "bench/token_ar.py"), "--tiny", "--probe", "default", "2"],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
