@@ -326,3 +326,20 @@ def test_a_draft_distils_from_the_bundled_model_through_the_recipe(tmp_path):
     # a teacher over other tokens is refused before any work
     other = ["model.image_size=16", f"train.out_dir={tmp_path / 'x'}"]
     assert train_main([*args[:5], *other]) == 2
+
+
+def test_feature_draft_go_no_go_figure(tmp_path):
+    """eval/feature_draft.py: an EAGLE-style draft on the bundled model's features, trained a few steps on the
+    committed CIFAR-10 cut, reports held-out overlaps (probabilities of acceptance) and refuses a non-token model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path("eval").resolve()))
+    from feature_draft import main as feature_draft
+
+    assert feature_draft(["--data", "tests/data/cifar10", "--train-images", "32", "--val-images", "16", "--steps",
+                          "3", "--batch-size", "8", "--name", "f", "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "f.json").read_text())["metrics"]
+    assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram"))
+    assert 1 <= m["tokens_per_pass_gamma4"] <= 5 and m["draft_params"] < m["target_params"]
+    assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10"]) == 2
