@@ -117,6 +117,9 @@ def test_same_seed_same_images_at_any_batch_size():
     # a sample's noise depends on its own index only: sample 5 alone equals sample 5 in the batch
     alone = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=7)).sample_tokens(labels[5:6], sample_ids=[5])
     assert torch.equal(alone[0], runs[0][5])
+    # images decode batch by batch as they are drawn: the same as decoding all the tokens afterwards
+    sampler = Sampler(gen, SamplingConfig(cfg_scale=2.0, seed=7, batch_size=3))
+    assert torch.allclose(sampler.sample_images(labels), gen.decode_tokens(runs[0], sampler.decoder), atol=1e-6)
 
 
 def test_guidance_schedules():
