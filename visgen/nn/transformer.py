@@ -265,9 +265,9 @@ class Transformer(nn.Module):
         return h if fused else self.norm(x_BLD)
 
 
-def set_backbones(module: nn.Module, compile: bool, checkpointing: bool, required: bool) -> int:
-    """Compile (regionally) and/or checkpoint the activations of every ``Transformer`` inside ``module``; returns
-    how many there are. ``required``: having none is a ValueError (a setting that asked for them by name)."""
+def set_backbones(module: nn.Module, compile: bool, checkpointing: bool, required: bool):
+    """Compile (regionally) and/or checkpoint the activations of every ``Transformer`` inside ``module``.
+    ``required``: having none is a ValueError (a setting that asked for them by name)."""
     backbones = [m for m in module.modules() if isinstance(m, Transformer)]
     if not backbones and required:
         raise ValueError("train.compile and train.activation_checkpointing need a transformer backbone")
@@ -275,4 +275,3 @@ def set_backbones(module: nn.Module, compile: bool, checkpointing: bool, require
         b.activation_checkpointing = checkpointing
         if compile:
             b.compile_blocks()
-    return len(backbones)

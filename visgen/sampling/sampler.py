@@ -3,7 +3,6 @@ and on GPUs the whole loop captured in one CUDA graph and replayed."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import os
@@ -195,9 +194,9 @@ class _BatchState:
 
 # compile="auto": the job size from which compiling repays itself, and the families where that was measured. On an
 # H200 the first compiled batch of a fresh process with empty caches took 7-8 s for token AR (against 1.3-1.6 s
-# eager) and 23-52 s for VAR-d16 (2.4-5.3 s), saving 0.7-6.5 ms an image for token AR and 2.5-3.9 ms for VAR: repaid after 0.9k-8.8k images
-# for token AR and 7k-18k for VAR (results/bench-token-ar.json, results/bench-var.json). Other families compile
-# when asked (compile=True) until their figures are measured.
+# eager) and 23-52 s for VAR-d16 (2.4-5.3 s), saving 0.7-6.5 ms an image for token AR and 2.5-3.9 ms for VAR:
+# repaid after 0.9k-8.8k images for token AR and 7k-18k for VAR (results/bench-token-ar.json,
+# results/bench-var.json). Other families compile when asked (compile=True) until their figures are measured.
 AUTO_COMPILE_IMAGES = 10_000
 AUTO_COMPILE_FAMILIES = {("raster", "categorical"), ("next_scale", "categorical")}
 
@@ -397,7 +396,9 @@ class Sampler:
         builds it from context images or frames)."""
         return torch.cat(list(self._token_batches(labels, sample_ids, progress, given, round_)))
 
-    def _check(self, labels: torch.Tensor, given):
+    def _token_batches(self, labels, sample_ids=None, progress: bool = False, given=None, round_: int = 0):
+        """``sample_tokens``' batches, one at a time (``sample_images`` decodes each as the next one is drawn)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
         n_cls = self.model.config.num_classes
         if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
             raise ConfigError(
@@ -405,11 +406,6 @@ class Sampler:
             )
         if given is not None and self.speculative is not None:
             raise ConfigError("sampling from given units (context frames) does not combine with speculative decoding")
-
-    def _token_batches(self, labels, sample_ids=None, progress: bool = False, given=None, round_: int = 0):
-        """``sample_tokens``' batches, one at a time (``sample_images`` decodes each as the next one is drawn)."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        self._check(labels, given)  # before any work
         ids = torch.arange(len(labels)) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
         bs = self.cfg.batch_size
         for i in tqdm(range(0, len(labels), bs), disable=not progress, desc="sample", unit="batch"):
@@ -460,17 +456,18 @@ class Sampler:
         given = self.given_units(context, context_units) if context is not None else None
         # on a GPU each batch decodes on a second stream while the next batch's tokens are drawn on the first, so the
         # decoder's convolutions fill what the small decoding steps leave of the GPU (the same kernels, in order)
-        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        cuda = self.device.type == "cuda"
+        main, side = (torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)) if cuda else (None, None)
         images = []
         with torch.backends.cudnn.flags(enabled=True, benchmark=True):  # convolution algorithms timed per shape
             for tokens in self._token_batches(labels, sample_ids, progress, given):
-                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                    if side is not None:
-                        side.wait_stream(torch.cuda.current_stream(self.device))  # this batch's tokens are drawn
-                        tokens.record_stream(side)  # freed after the decode, not when drawing moves on
+                if cuda:
+                    side.wait_stream(main)  # this batch's tokens are drawn
+                    tokens.record_stream(side)  # freed after the decode, not when drawing moves on
+                with torch.cuda.stream(side):  # no stream (a CPU): where it runs
                     images.append(self.model.decode_tokens(tokens, self.decoder))
-        if side is not None:
-            torch.cuda.current_stream(self.device).wait_stream(side)
+        if cuda:
+            main.wait_stream(side)
             for x in images:
-                x.record_stream(torch.cuda.current_stream(self.device))
+                x.record_stream(main)
         return torch.cat(images)

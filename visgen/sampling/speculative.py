@@ -389,8 +389,9 @@ class SpeculativeDecoder:
         return torch.where(((at >= w) & (at - w < st.pos[:, None]))[..., None], hot, uniform)
 
     def _draw_window(self, st, q, at):
-        """Draft window positions ``at`` (B, G) from ``q`` (B, G, V), each with the noise of its own position."""
-        gumbel = torch.stack([st.noise.gumbel(at[:, i], (self.vocab,), _JACOBI) for i in range(self.gamma)], 1)
+        """Draft window positions ``at`` (B, G) from ``q`` (B, G, V), each with the noise of its own position (one
+        draw for the whole window: a row per position)."""
+        gumbel = st.noise.repeat(self.gamma).gumbel(at.flatten(), (self.vocab,), _JACOBI).view_as(q)
         st.window.copy_((q.log() + gumbel).argmax(-1))
         st.window_q.copy_(q)
 
