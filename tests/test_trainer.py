@@ -198,6 +198,7 @@ def scripted_run(out, losses, **kw):
     ds = build_dataset(DataConfig(path=kw.pop("data"), image_size=16, limit=16))
     cfg = TrainConfig(out_dir=str(out), batch_size=8, num_workers=0, lr=1e-3, lr_schedule="constant", eval_every=1,
                       log_every=0, sample_every=0, ckpt_every=1, keep_ckpts=20, **kw)  # fmt: skip
+    torch.manual_seed(0)  # the same initial weights in every run, whatever ran in this process before
     return Trainer(ScriptedValidation(losses), ds, ds, cfg).fit()
 
 
