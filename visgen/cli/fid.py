@@ -316,7 +316,9 @@ def main(argv=None, prog: str | None = None) -> int:
 
 def add_to_card(ckpt: Path, metrics: dict, extractor: Extractor, args, n: int):
     """The checkpoint's model card gets these results (a read-only folder keeps its card, with a note)."""
-    key = f"{extractor.name}, cfg {args.cfg_scale:g} {args.cfg_schedule}, seed {args.seed}, {n} samples vs {args.ref}"
+    drawn = "".join(f", {name} {value:g}" for name, value, plain in (("temperature", args.temperature, 1.0),
+                    ("top-k", args.top_k, 0), ("top-p", args.top_p, 1.0)) if value != plain)  # fmt: skip
+    key = f"{extractor.name}, cfg {args.cfg_scale:g} {args.cfg_schedule}{drawn}, seed {args.seed}, {n} samples vs {args.ref}"
     keep = {k: float(v) for k, v in metrics.items() if not k.endswith("_std") and not k.startswith("copy_threshold")}
     try:
         write_card(ckpt, results={key: keep})
