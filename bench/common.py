@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -77,6 +82,57 @@ def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool, draft=N
     if sampler.speculative is not None:
         out.update(sampler.speculative.stats)
     return out
+
+
+def probe_first_batch(gen, cfg: SamplingConfig, images: int, decode: bool):
+    """Print (as JSON) the seconds from building a sampler to its first batch: what ``cold_first_batch`` times in a
+    fresh process (the bench scripts' hidden ``--probe``)."""
+    labels = torch.arange(cfg.batch_size) % gen.config.num_classes
+    sync()
+    t0 = time.perf_counter()
+    sampler = Sampler(gen, cfg, images=images)
+    (sampler.sample_images if decode else sampler.sample_tokens)(labels)
+    sync()
+    print(json.dumps({"first_batch_s": time.perf_counter() - t0}))
+
+
+def cold_first_batch(script: str, probe: list[str], pycache: str | None = None, processes: int = 1) -> list:
+    """Seconds from building the sampler to the first batch in each of ``processes`` fresh processes one after
+    another (``script --probe *probe``), the first with empty compile caches (Inductor's and Triton's), the later ones
+    with what the ones before left there: what a user waits the first time, and in a second run. ``pycache``: a folder
+    of Python bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment
+    has it."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
+        if pycache:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = pycache
+        for _ in range(processes):
+            cmd = [sys.executable, script, "--probe", *probe]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            seconds.append(json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"])
+    return seconds
+
+
+def bytecode_cache(script: str, probes: list[list[str]]) -> str:
+    """A folder holding the bytecode of every module ``probes`` import, filled by probing them (tiny models, with
+    compile caches of their own, thrown away). pip compiles bytecode when it installs a package; an environment that
+    has none (the GPU image these figures come from ships none and writes none) compiles the source of a few thousand
+    modules in every process, seconds that are not the model's warm-up."""
+    folder = tempfile.mkdtemp(prefix="visgen-pycache-")
+    for probe in probes:
+        cold_first_batch(script, probe, pycache=folder)
+    return folder
+
+
+def record_cold(rec: Record, key: str, script: str, probe: list[str], pycache: str):
+    """``{key}_first_batch_cold_s`` (a fresh process, empty compile caches), ``..._warm_s`` (the next process, the
+    caches it left) and ``{key}_cold_no_bytecode_first_batch_s`` (a fresh process as this environment runs)."""
+    cold, warm = cold_first_batch(script, probe, pycache, processes=2)
+    rec.add(f"{key}_first_batch_cold_s", cold, ".2f", "s")
+    rec.add(f"{key}_first_batch_warm_s", warm, ".2f", "s")
+    rec.add(f"{key}_cold_no_bytecode_first_batch_s", cold_first_batch(script, probe)[0], ".2f", "s")
 
 
 def profile_sampling(gen, cfg: SamplingConfig, draft=None, table: str | None = None, title: str = "",

@@ -20,15 +20,10 @@ the process after it, with the compile caches it left, ``cold_no_bytecode_first_
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 
 import torch
-from common import bench_sampling, bench_training, parser, setup, sync
+from common import bench_sampling, bench_training, bytecode_cache, parser, probe_first_batch, record_cold, setup
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -62,44 +57,8 @@ def job_images(mode: str) -> int:
     return JOB_IMAGES if mode == "default" else 0
 
 
-def cold_first_batch(mode: str, batch: int, tiny: bool, pycache: str | None = None, processes: int = 1) -> list:
-    """Seconds from building the sampler to the first batch of tokens in each of ``processes`` fresh processes one
-    after another, the first with empty compile caches (Inductor's and Triton's), the later ones with what the ones
-    before left there: what a user waits the first time, and in a second run, per batch size. ``pycache``: a folder of
-    Python bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment
-    has it."""
-    seconds = []
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
-        if pycache:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = pycache
-        cmd = [sys.executable, __file__, "--probe", mode, str(batch)] + (["--tiny"] if tiny else [])
-        for _ in range(processes):
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            seconds.append(json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"])
-    return seconds
-
-
-def bytecode_cache(modes: list[str]) -> str:
-    """A folder holding the bytecode of every module the probes of ``modes`` import, filled by probing the tiny model
-    (with compile caches of its own, thrown away). pip compiles bytecode when it installs a package; an environment
-    that has none (the GPU image these figures come from ships none and writes none) compiles the source of a few
-    thousand modules in every process, seconds that are not the model's warm-up."""
-    folder = tempfile.mkdtemp(prefix="visgen-pycache-")
-    for mode in modes:
-        cold_first_batch(mode, 2, tiny=True, pycache=folder)
-    return folder
-
-
-def probe(mode: str, batch: int, tiny: bool):
-    gen = build(tiny)
-    labels = torch.arange(batch) % gen.config.num_classes
-    sync()
-    t0 = time.perf_counter()
-    Sampler(gen, sampling_config(mode, batch), images=job_images(mode)).sample_tokens(labels)
-    sync()
-    print(json.dumps({"first_batch_s": time.perf_counter() - t0}))
+def probe_args(mode: str, batch: int, tiny: bool) -> list[str]:
+    return [mode, str(batch)] + (["--tiny"] if tiny else [])
 
 
 def main():
@@ -109,9 +68,10 @@ def main():
     p.add_argument("--probe", nargs=2, metavar=("MODE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
-        return probe(args.probe[0], int(args.probe[1]), args.tiny)
+        mode, batch = args.probe[0], int(args.probe[1])
+        return probe_first_batch(build(args.tiny), sampling_config(mode, batch), job_images(mode), decode=False)
     gen, rec = setup(args, build)
-    pycache = bytecode_cache(args.cold) if args.cold else None
+    pycache = bytecode_cache(__file__, [probe_args(m, 2, True) for m in args.cold]) if args.cold else None
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
         labels = torch.arange(8)
 
@@ -137,11 +97,7 @@ def main():
                 if mode == "default":
                     rec.add(f"{key}_compiled", r["compiled"], "d")  # what compile="auto" chose for the job
             if mode in args.cold:
-                key = f"sample_{mode}_b{bs}_tokens_only"
-                cold, warm = cold_first_batch(mode, bs, args.tiny, pycache, processes=2)
-                rec.add(f"{key}_first_batch_cold_s", cold, ".2f", "s")  # a fresh process, empty compile caches
-                rec.add(f"{key}_first_batch_warm_s", warm, ".2f", "s")  # the next process, the caches it left
-                rec.add(f"{key}_cold_no_bytecode_first_batch_s", cold_first_batch(mode, bs, args.tiny)[0], ".2f", "s")
+                record_cold(rec, f"sample_{mode}_b{bs}_tokens_only", __file__, probe_args(mode, bs, args.tiny), pycache)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     h, w = gen.schedule.grid
     for mode in [m for m in args.modes if m in ("eager", "compiled")]:

@@ -5,7 +5,9 @@ VQ tokenizer of VAR's shape (downsample 16, channels 160 x (1, 1, 2, 2, 4), code
 1,2,3,4,5,6,8,10,13,16 = 680 tokens) with random weights. Sampling as VAR samples: guidance 1.5 ramped linearly over
 scales, top-k 900, top-p 0.96, bf16, the loop over scales in one CUDA graph, eager and with the blocks and head
 compiled, and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
-``..._compiled`` says what it chose).
+``..._compiled`` says what it chose). ``--cold MODE ...``: that mode's first batch also timed in fresh processes,
+sampler construction included, as bench/token_ar.py does (``..._first_batch_cold_s`` with empty compile caches,
+``..._first_batch_warm_s`` in the process after it).
 Training: bf16 autocast, fused AdamW, eager and with the blocks compiled; a batch that does not fit is retried with
 activation checkpointing.
 
@@ -14,15 +16,16 @@ frequency-band tokenizer of the same autoencoder and codebook, its 16 x 16 laten
 recipe's DFT resampling and exact grids (1, 3, 5, 9, 13, 16 = 541 tokens against VAR's 680); its figures carry the
 prefix ``nfig_``.
 
-    python bench/var.py [--name bench-var] [--families var nfig]   # a GPU; on a CPU use --tiny to check it runs
+    python bench/var.py [--name bench-var] [--families var nfig] [--cold default]   # a GPU; on a CPU use --tiny to check it runs
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
-from common import bench_sampling, bench_training, parser, setup, sync
+from common import bench_sampling, bench_training, bytecode_cache, parser, probe_first_batch, record_cold, setup, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -64,26 +67,47 @@ def main():
     p.add_argument("--sample-modes", nargs="+", default=["default", "eager", "compiled"],
                    choices=["default", "eager", "compiled"])  # fmt: skip
     p.add_argument("--families", nargs="+", default=["var"], choices=["var", "nfig"])
+    p.add_argument("--cold", nargs="*", default=[], choices=["default", "eager", "compiled"],
+                   help="also time these modes' first batch in fresh processes, cold and warm")  # fmt: skip
+    p.add_argument("--probe", nargs=3, metavar=("FAMILY", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.probe:
+        family, mode, batch = args.probe[0], args.probe[1], int(args.probe[2])
+        return probe_first_batch(build(args.tiny, family), *sampling_config(mode, batch), decode=True)
     rec = None
+    probes = [probe_args(f, m, 2, True) for f in args.families for m in args.cold]
+    pycache = bytecode_cache(__file__, probes) if probes else None
     for family in args.families:
         gen, rec = setup(args, lambda tiny, f=family: build(tiny, f), rec, "" if family == "var" else f"{family}_")
-        run_family(args, gen, rec, "" if family == "var" else f"{family}_")
+        run_family(args, gen, rec, family, pycache)
 
 
-def run_family(args, gen, rec, pre: str):
+def sampling_config(mode: str, batch: int) -> tuple[SamplingConfig, int]:
+    """The sampling settings of ``mode`` and the job size the sampler is told (``default``: the sampler's defaults
+    as sample.py / eval/fid.py run them for a 10k-image job)."""
+    if mode == "default":
+        return SamplingConfig(**SAMPLING, batch_size=batch), 10_000
+    return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode == "compiled"), 0
+
+
+def probe_args(family: str, mode: str, batch: int, tiny: bool) -> list[str]:
+    return [family, mode, str(batch)] + (["--tiny"] if tiny else [])
+
+
+def run_family(args, gen, rec, family: str, pycache: str | None):
+    pre = "" if family == "var" else f"{family}_"
     for mode in args.sample_modes:
         for bs in args.sample_batches:
-            if mode == "default":  # the sampler's defaults as sample.py / eval/fid.py run them for a 10k-image job
-                cfg, images = SamplingConfig(**SAMPLING, batch_size=bs), 10_000
-            else:
-                cfg, images = SamplingConfig(**SAMPLING, batch_size=bs, compile=mode == "compiled"), 0
+            cfg, images = sampling_config(mode, bs)
             r = bench_sampling(gen, cfg, repeats=3, decode=True, images=images)
             prefix = pre + {"eager": "sample", "compiled": "sample_compiled", "default": "sample_default"}[mode]
             rec.add(f"{prefix}_b{bs}_with_decode_images_per_s", r["images_per_s"], unit="images/s")
             rec.add(f"{prefix}_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
             if mode == "default":
                 rec.add(f"{prefix}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
+            if mode in args.cold:
+                probe = probe_args(family, mode, bs, args.tiny)
+                record_cold(rec, f"{prefix}_b{bs}_with_decode", __file__, probe, pycache)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # the tokenizer's decode alone, as the sampler runs it (a copy in the sampling dtype, channels-last on GPUs)
     # and as an fp32 tokenizer under bf16 autocast
