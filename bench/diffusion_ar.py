@@ -5,7 +5,10 @@ as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM s
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
 the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
-``sample_``), and with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``).
+``sample_``), with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``),
+and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
+``..._compiled`` says what it chose; ``default_``). ``--cold MODE``: that mode's first batch also timed in fresh
+processes, cold and warm compile caches (as bench/token_ar.py does).
 Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
 where a denoising step's time goes, from one batch of the same model at 64 px (16 tokens, so the profiler holds
 every kernel) in each ``--modes`` mode: kernels launched and their summed device time per denoising step
@@ -17,8 +20,19 @@ that batch (``..._wall_us_per_step``); the gap is launch latency. Top operators 
 
 from __future__ import annotations
 
+import argparse
+
 import torch
-from common import bench_sampling, bench_training, parser, profile_sampling, setup
+from common import (
+    bench_sampling,
+    bench_training,
+    bytecode_cache,
+    parser,
+    probe_first_batch,
+    profile_sampling,
+    record_cold,
+    setup,
+)
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
@@ -26,10 +40,21 @@ from visgen.tokenizers import KLConfig, KLTokenizer
 
 # --modes: how sampling runs; a mode's figures carry its name after ``sample_`` / ``profile_`` (eager's none)
 MODES = {
-    "eager": {},
+    "default": {},  # the sampler's defaults as sample.py / eval/fid.py run them for a job of JOB_IMAGES
+    "eager": dict(compile=False),
     "compiled": dict(compile=True),
     "autotuned": dict(compile=True, compile_mode="max-autotune-no-cudagraphs"),
 }
+JOB_IMAGES = 10_000
+
+
+def sampling_config(mode: str, batch: int) -> tuple[SamplingConfig, int]:
+    """The sampling settings of ``mode`` and the job size the sampler is told (``compile="auto"`` decides by it)."""
+    return SamplingConfig(cfg_scale=3.0, batch_size=batch, **MODES[mode]), JOB_IMAGES if mode == "default" else 0
+
+
+def probe_args(mode: str, batch: int, unit: int, tiny: bool) -> list[str]:
+    return [mode, str(batch), str(unit)] + (["--tiny"] if tiny else [])
 
 
 def build(tiny: bool, unit_size: int = 1, image_size: int = 256) -> Generator:
@@ -50,7 +75,14 @@ def main():
     p.add_argument("--modes", nargs="+", default=["eager"], choices=list(MODES))
     p.add_argument("--profile-batches", type=int, nargs="*", default=[], help="batch sizes to profile (see above)")
     p.add_argument("--profile-table", default=None, help="a file for the profiler's top operators ('-': print)")
+    p.add_argument("--cold", nargs="*", default=[], choices=list(MODES),
+                   help="also time these modes' first batch in fresh processes, cold and warm")  # fmt: skip
+    p.add_argument("--probe", nargs=3, metavar=("MODE", "BATCH", "UNIT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.probe:
+        mode, batch, unit = args.probe[0], int(args.probe[1]), int(args.probe[2])
+        return probe_first_batch(build(args.tiny, unit), *sampling_config(mode, batch), decode=True)
+    pycache = bytecode_cache(__file__, [probe_args(m, 2, 1, True) for m in args.cold]) if args.cold else None
     gen, rec = setup(args, build)
     rec.add("head_params", sum(p.numel() for p in gen.head.parameters()), ",d")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,10 +93,15 @@ def main():
         for mode in args.modes:
             tag = "" if mode == "eager" else f"{mode}_"
             for bs in args.sample_batches:
-                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, **MODES[mode])
-                r = bench_sampling(model, cfg, repeats=2, decode=True)
+                cfg, images = sampling_config(mode, bs)
+                r = bench_sampling(model, cfg, repeats=2, decode=True, images=images)
                 rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
+                if mode == "default":
+                    rec.add(f"sample_{tag}unit{k}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
+                if mode in args.cold:
+                    key = f"sample_{tag}unit{k}_b{bs}"
+                    record_cold(rec, key, __file__, probe_args(mode, bs, k, args.tiny), pycache)
         del model
     for k in args.unit_sizes if args.profile_batches else []:
         small = build(args.tiny, k, image_size=16 if args.tiny else 64)
@@ -72,7 +109,7 @@ def main():
         steps = small.head.steps * small.schedule.num_units  # denoising steps of one batch
         for mode in args.modes:
             for bs in args.profile_batches:
-                cfg = SamplingConfig(cfg_scale=3.0, batch_size=bs, **MODES[mode])
+                cfg, _ = sampling_config(mode, bs)
                 r = profile_sampling(small, cfg, table=args.profile_table, title=f"{mode} unit {k} batch {bs}")
                 per_step = small.schedule.seq_len / steps  # profile_sampling reports per token
                 wall = bench_sampling(small, cfg, repeats=2, decode=False)

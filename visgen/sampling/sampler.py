@@ -196,9 +196,12 @@ class _BatchState:
 # H200 the first compiled batch of a fresh process with empty caches took 7-8 s for token AR (against 1.3-1.6 s
 # eager) and 23-52 s for VAR-d16 (2.4-5.3 s), saving 0.7-6.5 ms an image for token AR and 2.5-3.9 ms for VAR:
 # repaid after 0.9k-8.8k images for token AR and 7k-18k for VAR (results/bench-token-ar.json,
-# results/bench-var.json). Other families compile when asked (compile=True) until their figures are measured.
+# results/bench-var.json). For continuous tokens with a diffusion head (MAR-B size) the compiled sampler is 1.9-2.3x
+# the eager one at unit 1 and its first batch no longer (50-58 s against 60-79 s eager, the head's CUDA graph capture
+# dominating both; results/bench-diffusion-ar.json at 3a3a272 and daa5f53), so it repays within its first batch.
+# Other families compile when asked (compile=True) until their figures are measured.
 AUTO_COMPILE_IMAGES = 10_000
-AUTO_COMPILE_FAMILIES = {("raster", "categorical"), ("next_scale", "categorical")}
+AUTO_COMPILE_FAMILIES = {("raster", "categorical"), ("next_scale", "categorical"), ("raster", "diffusion")}
 
 
 def resolve_compile(setting: bool | str, generator, device: torch.device, images: int) -> bool:
