@@ -1,4 +1,5 @@
-"""Go/no-go for a draft that reads the target's own features (EAGLE-style), before any of it joins the sampler.
+"""Train a draft that reads the target's own features (EAGLE-style, ``visgen.sampling.feature_draft``) and measure
+how often speculative decoding would accept its tokens.
 
 A token target's feature f_i (the backbone's output that predicts token i) and the embedding of the token drawn
 there go through one linear layer and a small causal transformer, trained with the target frozen to predict the
@@ -12,65 +13,34 @@ sum_x min(p(x), q(x)) (temperature 1, no guidance). Reported on held-out images,
 - ``tokens_per_pass_gamma{g}``: (1 - a^(g+1)) / (1 - a) at a = ``overlap_depth1``, the tokens a verifying pass would
   keep if every position were accepted as often as the first (an upper bound where depth lowers it).
 
-    python eval/feature_draft.py --data /path/to/cifar10 --train-images 10000 --steps 1500 --name feature-draft-cpu
+    python eval/feature_draft.py --data /path/to/cifar10 --train-images 10000 --steps 1500 --name feature-draft-cpu \
+        --out runs/feature-draft      # then: sample.py --speculative feature --draft runs/feature-draft
+
+The training here is one process on one device (no accelerate, no checkpoints along the way): a draft trains in
+minutes on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import shlex
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.nn import Transformer, TransformerConfig
+from visgen.model_card import write_card
 from visgen.results import metrics_line, write_result
+from visgen.sampling.feature_draft import draft_pass, target_pass, train_feature_draft
 from visgen.train.generator_task import TokenDataset
-
-
-class FeatureDraft(nn.Module):
-    """Predicts the target's next feature from its feature here and the token drawn here (B, L, d) -> (B, L, d)."""
-
-    def __init__(self, target, layers: int):
-        super().__init__()
-        cfg = target.backbone.cfg
-        self.fc = nn.Linear(2 * cfg.d_model, cfg.d_model)
-        self.body = Transformer(TransformerConfig(n_layer=layers, n_head=cfg.n_head, d_model=cfg.d_model,
-                                                  rope_axes=cfg.rope_axes, rope_theta=cfg.rope_theta))  # fmt: skip
-        self.register_buffer("positions", target.positions.clone(), persistent=False)
-
-    def forward(self, feats: torch.Tensor, token_emb: torch.Tensor, first: int) -> torch.Tensor:
-        """Predicted features of sequence positions ``first`` .. ``first + L - 1``."""
-        x = self.fc(torch.cat([feats, token_emb], -1))
-        return self.body(x, self.positions[first : first + x.shape[1]], is_causal=True)
-
-
-def target_pass(target, tokens: torch.Tensor, labels: torch.Tensor):
-    """(sequence, features (B, L, d), log p (B, L, V)) of the frozen target, teacher-forced."""
-    with torch.no_grad():
-        seq = target.schedule.to_sequence(tokens)
-        feats = target.features(seq, labels)
-        return seq, feats, target.head.logits(feats).float().log_softmax(-1)
 
 
 def overlap(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.minimum(logp.exp(), logq.exp()).sum(-1)
-
-
-def draft_pass(draft, target, seq, feats, depth2: bool = False):
-    """The draft's predicted features and log q at positions 1..L-1 (depth 1: it reads the target's features), and
-    with ``depth2`` its log q at 2..L-1 (it reads its own prediction of the feature before, as drafting further
-    does)."""
-    emb = target.input_emb(seq)
-    logq = lambda f: target.head.logits(f).float().log_softmax(-1)  # noqa: E731
-    pred1 = draft(feats[:, :-1], emb[:, :-1], first=1)
-    pred2 = draft(pred1[:, :-1], emb[:, 1:-1], first=2) if depth2 else None
-    return pred1, logq(pred1), logq(pred2) if depth2 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gammas", type=int, nargs="+", default=[4, 8])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="write results/NAME.json")
+    p.add_argument("--out", help="save the trained draft here (speculative='feature': sample.py --speculative "
+                   "feature --draft OUT)")  # fmt: skip
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
     try:
@@ -101,24 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, OSError) as e:
         print(f"error: {e}")
         return 2
-    torch.manual_seed(args.seed)
     train, val = (TokenDataset.encode(s, target.tokenizer) for s in sets)
-    draft = FeatureDraft(target, args.layers)
-    opt = torch.optim.AdamW(draft.parameters(), lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    for step in range(args.steps):
-        idx = torch.randint(0, len(train), (args.batch_size,), generator=gen)
-        seq, feats, logp = target_pass(target, train.tokens[idx], train.labels[idx])
-        pred, logq, _ = draft_pass(draft, target, seq, feats)
-        kl = F.kl_div(logq, logp[:, 1:], log_target=True, reduction="none").sum(-1).mean()
-        loss = kl + args.feature_weight * F.smooth_l1_loss(pred, feats[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        for g in opt.param_groups:  # cosine to zero
-            g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        opt.step()
+    draft = train_feature_draft(target, train.tokens, train.labels, args.steps, args.batch_size, args.lr, args.layers,
+                                args.feature_weight, args.seed)  # fmt: skip
     seconds = time.perf_counter() - t0
     freq = torch.bincount(train.tokens.flatten(), minlength=target.tokenizer.vocab_size).float() + 1
     log_unigram = (freq / freq.sum()).log()
@@ -139,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     for g in args.gammas:
         metrics[f"tokens_per_pass_gamma{g}"] = (1 - a1 ** (g + 1)) / (1 - a1) if a1 < 1 else g + 1.0
     print(metrics_line(metrics))
+    if args.out:
+        draft.save_pretrained(args.out)
+        write_card(args.out, training={"target": args.target, "command": shlex.join(["python", *sys.argv])},
+                   results={"held-out overlap": metrics})  # fmt: skip
     if args.name:
         print(write_result(f"{args.results_dir}/{args.name}.json", args.name, metrics))
     return 0

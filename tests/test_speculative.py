@@ -16,8 +16,21 @@ from tests.test_tokenizers import TINY_VQ
 from visgen.config import ConfigError
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig, speculative
+from visgen.sampling.feature_draft import FeatureDraft, draft_loss, train_feature_draft
 from visgen.tokenizers import VQTokenizer
 from visgen.tokenizers.vq import VQConfig
+
+
+def feature_draft(gen: Generator, seed: int, std: float = 0.5) -> FeatureDraft:
+    """An untrained feature draft for ``gen`` (exactness holds for any draft)."""
+    torch.manual_seed(seed)
+    draft = FeatureDraft.for_target(gen).eval()
+    torch.nn.init.normal_(draft.fc.weight, std=std)
+    return draft
+
+
+def draft_for(method: str, gen: Generator, seed: int, std: float = 0.5):
+    return feature_draft(gen, seed, std) if method == "feature" else sibling(gen, seed, std)
 
 
 def sibling(gen: Generator, seed: int, std: float = 0.5, **config) -> Generator:
@@ -71,11 +84,15 @@ def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
 
 def toy_samples(pair, method: str, n: int = 20000, **kw) -> torch.Tensor:
     target, draft = pair
+    if method == "feature":
+        draft = feature_draft(target, seed=1, std=1.0)
     cfg = SamplingConfig(**TOY, speculative=method, gamma=3, batch_size=n, seed=11, **kw)
     return Sampler(target, cfg, draft=draft).sample_tokens(torch.ones(n, dtype=torch.long))
 
 
-@pytest.mark.parametrize("method, init", [("draft", "above"), ("jacobi", "above"), ("jacobi", "uniform")])
+@pytest.mark.parametrize(
+    "method, init", [("draft", "above"), ("feature", "above"), ("jacobi", "above"), ("jacobi", "uniform")]
+)
 def test_speculative_samples_follow_the_targets_exact_distribution(toy_pair, method, init):
     """Jacobi's coupled draws and its token-above drafts (the toy's 2 x 2 grid has a row above) stay exact."""
     samples = toy_samples(toy_pair, method, jacobi_init=init)
@@ -87,19 +104,19 @@ def test_a_wrong_acceptance_rule_fails_the_same_test(toy_pair, monkeypatch):
     assert chi_square_p(toy_samples(toy_pair, "draft"), exact_joint(toy_pair[0], 1)) < 1e-6
 
 
-@pytest.mark.parametrize("method", ["draft", "jacobi"])
+@pytest.mark.parametrize("method", ["draft", "feature", "jacobi"])
 def test_temperature_zero_gives_the_targets_greedy_tokens(method):
     target = tiny_generator()
     labels = torch.tensor([0, 1, 2, 3, 1])
     plain = Sampler(target, SamplingConfig(cfg_scale=2.0, temperature=0.0)).sample_tokens(labels)
     cfg = SamplingConfig(cfg_scale=2.0, temperature=0.0, speculative=method, gamma=3)
-    assert torch.equal(Sampler(target, cfg, draft=sibling(target, 1)).sample_tokens(labels), plain)
+    assert torch.equal(Sampler(target, cfg, draft=draft_for(method, target, 1)).sample_tokens(labels), plain)
 
 
-@pytest.mark.parametrize("method", ["draft", "jacobi", "cspd"])
+@pytest.mark.parametrize("method", ["draft", "feature", "jacobi", "cspd"])
 def test_same_seed_same_images_at_any_batch_size(method):
     target = diffusion_generator() if method == "cspd" else tiny_generator()
-    draft = sibling(target, 3, std=0.1 if method == "cspd" else 0.5)
+    draft = draft_for(method, target, 3, std=0.1 if method == "cspd" else 0.5)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     gamma = 2 if method == "cspd" else 3  # cspd's rounds run a diffusion head per draft: keep the test to seconds
     runs = [
@@ -111,7 +128,7 @@ def test_same_seed_same_images_at_any_batch_size(method):
         torch.testing.assert_close(run, runs[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["draft", "cspd"])
+@pytest.mark.parametrize("method", ["draft", "feature", "cspd"])
 def test_compiled_rounds_give_the_eager_tokens(monkeypatch, method):
     """SamplingConfig(compile=True): a discrete round (drafting, the verifying pass, acceptance, commit) compiles as
     one graph (fullgraph: no break); cspd compiles the draft's blocks and denoising step. Either way the tokens and
@@ -120,7 +137,7 @@ def test_compiled_rounds_give_the_eager_tokens(monkeypatch, method):
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: compile_(fn, **{**kw, "backend": "eager"}))
     target = diffusion_generator() if method == "cspd" else tiny_generator()
-    draft = sibling(target, 3, std=0.1 if method == "cspd" else 0.5)
+    draft = draft_for(method, target, 3, std=0.1 if method == "cspd" else 0.5)
     cfg = dict(cfg_scale=2.0, speculative=method, gamma=2 if method == "cspd" else 3, seed=2)
     eager = Sampler(target, SamplingConfig(**cfg), draft=draft)
     compiled = Sampler(target, SamplingConfig(**cfg, compile=True), draft=draft)
@@ -169,6 +186,60 @@ def test_rollback_leaves_the_caches_of_the_accepted_tokens(method):
                 model.decode_unit(k, inputs, both, direct)
         torch.testing.assert_close(cache.k[:, :, :, :valid], direct.k[:, :, :, :valid], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cache.v[:, :, :, :valid], direct.v[:, :, :, :valid], atol=1e-5, rtol=1e-4)
+
+
+def test_feature_draft_cache_holds_what_the_targets_features_give_it():
+    """After sampling, the feature draft's cache at every committed position but the last equals the draft run over
+    the target's teacher-forced features of the final tokens: rejected drafts and the draft's own predictions left
+    nothing behind."""
+    target = tiny_generator()
+    draft = feature_draft(target, 4)
+    labels = torch.tensor([0, 3, 1])
+    s = Sampler(target, SamplingConfig(cfg_scale=2.0, speculative="feature", gamma=3), draft=draft)
+    seq = target.schedule.to_sequence(s.sample_tokens(labels))
+    st, L = s.speculative._states[3], target.schedule.seq_len
+    both = torch.cat([labels, torch.full_like(labels, target.null_class)])
+    with torch.no_grad():
+        feats = target.features(torch.cat([seq, seq]), both)
+        direct = draft.body.new_cache(6, L, torch.float32, "cpu")
+        _, cos, sin = target._decode_tables(seq.device)
+        at = torch.arange(L - 1).expand(6, -1)
+        draft.decode_rows(feats[:, : L - 1], target.input_emb(torch.cat([seq, seq])[:, : L - 1]), direct, at, cos, sin)
+    torch.testing.assert_close(st.dcache.k[:, :, :, : L - 1], direct.k[:, :, :, : L - 1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(st.dcache.v[:, :, :, : L - 1], direct.v[:, :, :, : L - 1], atol=1e-5, rtol=1e-4)
+
+
+def test_training_a_feature_draft_raises_its_acceptance(tmp_path):
+    """A feature draft trained a few steps on the bundled token model's tokens of real images: its loss falls, the
+    sampler accepts more of its tokens than of an untrained one's, and it saves, loads and checks its target."""
+    from visgen.checkpoint import load_model
+    from visgen.data import DataConfig, build_dataset
+    from visgen.train.generator_task import TokenDataset
+
+    target = load_model("visgen/assets/cifar10-token-ar", ema=True).float().eval()
+    data = TokenDataset.encode(build_dataset(DataConfig(path="tests/data/cifar10/train", limit=64)), target.tokenizer)
+    untrained = FeatureDraft.for_target(target)
+    with torch.no_grad():
+        before = draft_loss(untrained, target, data.tokens[:32], data.labels[:32]).item()
+    trained = train_feature_draft(target, data.tokens, data.labels, steps=40, batch_size=16, lr=3e-3)
+    with torch.no_grad():
+        after = draft_loss(trained, target, data.tokens[:32], data.labels[:32]).item()
+    assert after < 0.7 * before
+    trained.save_pretrained(tmp_path / "fd")
+    loaded = load_model(tmp_path / "fd")
+    assert isinstance(loaded, FeatureDraft)
+    labels = torch.arange(4)
+
+    def acceptance(draft) -> float:
+        s = Sampler(target, SamplingConfig(speculative="feature", gamma=3, seed=1), draft=draft)
+        s.sample_tokens(labels)
+        return s.speculative.stats["acceptance"]
+
+    assert acceptance(loaded) > acceptance(untrained) + 0.1
+    with pytest.raises(ConfigError, match="feature draft was made for"):
+        Sampler(tiny_generator(), SamplingConfig(speculative="feature"), draft=loaded)
+    with pytest.raises(ConfigError, match="needs a feature draft"):
+        Sampler(target, SamplingConfig(speculative="feature"), draft=target)
 
 
 # ---- continuous: CSpD -------------------------------------------------------------------------------------------

@@ -196,7 +196,11 @@ def read_config(directory: str | Path) -> dict:
 
 
 # model types whose modules load_model imports only when a folder holds one (each costs its import)
-_REGISTERED_IN = {"classifier": "visgen.metrics.classifier", "video-classifier": "visgen.metrics.video"}
+_REGISTERED_IN = {
+    "classifier": "visgen.metrics.classifier",
+    "video-classifier": "visgen.metrics.video",
+    "feature-draft": "visgen.sampling.feature_draft",
+}
 
 
 def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):

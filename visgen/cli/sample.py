@@ -27,6 +27,7 @@ from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.sampling.sampler import COMPILE_MODES, resolve_device, use_compile_cache
+from visgen.sampling.speculative import METHODS
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
@@ -121,9 +122,10 @@ def load_context(args, generator) -> torch.Tensor:
 
 def add_speculative_arguments(p: argparse.ArgumentParser):
     """The flags of ``SamplingConfig``'s speculative decoding (sample.py and eval/fid.py alike)."""
-    p.add_argument("--speculative", default="none", choices=["none", "draft", "jacobi", "cspd"],
-                   help="speculative decoding: a draft model, speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
-    p.add_argument("--draft", default="", help="the draft generator's checkpoint folder (draft, cspd)")
+    p.add_argument("--speculative", default="none", choices=["none", *METHODS],
+                   help="speculative decoding: a draft model, a draft on the target's features (EAGLE-style), "
+                   "speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
+    p.add_argument("--draft", default="", help="the draft's checkpoint folder (draft, feature, cspd)")
     p.add_argument("--gamma", type=int, default=4, help="tokens drafted per verifying pass")
     p.add_argument("--prefill", type=float, default=0.0, help="fraction of tokens drawn by the target alone first")
     p.add_argument("--cspd-rule", default="exact", choices=["exact", "reference"],

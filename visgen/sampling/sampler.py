@@ -37,9 +37,9 @@ class SamplingConfig:
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
         compiles (one per batch size for one-token units through the Triton kernel; otherwise shapes turn dynamic
-        after the second one; the decoder compiles once per batch size). With ``speculative`` ``draft`` or ``jacobi``,
-        each round (the drafting, the verifying pass, the acceptance and the commit) compiles as one graph too; with
-        ``cspd``, the draft's blocks and denoising step.
+        after the second one; the decoder compiles once per batch size). With ``speculative`` ``draft``,
+        ``feature`` or ``jacobi``, each round (the drafting, the verifying pass, the acceptance and the commit)
+        compiles as one graph too; with ``cspd``, the draft's blocks and denoising step.
         ``auto`` (the default): on where it was measured to repay its compile time within the job: a GPU, a job
         of at least ``AUTO_COMPILE_IMAGES`` images on this process (``Sampler(images=...)``; the CLIs pass theirs),
         a token or VAR model (``AUTO_COMPILE_FAMILIES``); off otherwise, and for a ``Sampler`` told no job size.
@@ -56,9 +56,11 @@ class SamplingConfig:
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     speculative: ``none``; ``draft`` (a draft model drafts, the target verifies: exactly the target's
-        distribution), ``jacobi`` (speculative Jacobi decoding, no draft model, exact) or ``cspd`` (continuous
-        speculative decoding for the diffusion head); see ``visgen.sampling.speculative``. One-token units only.
-    draft: the draft generator's checkpoint folder (``draft`` and ``cspd``; or pass ``draft=`` to ``Sampler``).
+        distribution), ``feature`` (a small draft reads the target's own features, EAGLE-style; exact as ``draft``),
+        ``jacobi`` (speculative Jacobi decoding, no draft model, exact) or ``cspd`` (continuous speculative decoding
+        for the diffusion head); see ``visgen.sampling.speculative``. One-token units only.
+    draft: the draft's checkpoint folder (``draft``, ``feature`` and ``cspd``; or pass ``draft=`` to ``Sampler``):
+        a generator, or for ``feature`` a ``FeatureDraft`` (``eval/feature_draft.py --out``).
     gamma: tokens drafted per round (one verifying pass of gamma + 1 positions).
     prefill: fraction of the tokens drawn by the target alone before speculating (CSpD's pre-filling; at least
         two tokens are).
@@ -227,7 +229,7 @@ class Sampler:
 
     def __init__(self, generator, cfg: SamplingConfig | None = None, device: str | torch.device | None = None,
                  draft=None, images: int = 0):  # fmt: skip
-        """``draft``: the draft generator for ``speculative`` ``draft`` / ``cspd`` (default: loaded from
+        """``draft``: the draft for ``speculative`` ``draft`` / ``feature`` / ``cspd`` (default: loaded from
         ``cfg.draft``). ``images``: how many images this sampler will draw, for ``compile="auto"`` (0: unknown)."""
         device = resolve_device(device)
         cfg = cfg or SamplingConfig()

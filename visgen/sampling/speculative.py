@@ -1,8 +1,12 @@
 """Speculative decoding inside the one sampler: several one-token AR steps verified in one pass of the target.
 
-Three ways to draft the next ``gamma`` tokens, one verification:
+Four ways to draft the next ``gamma`` tokens, one verification:
 
 - ``draft`` (Leviathan et al. 2023; Chen et al. 2023): a small generator over the same tokenizer drafts them.
+- ``feature`` (EAGLE, Li et al. 2024): a small transformer reads the target's own features (``FeatureDraft``):
+  each round it first reads the features the last verifying pass left at the committed positions, then drafts on its
+  own predicted features, the target's head turning each into a distribution. Its cache holds, at every committed
+  position, what the target's true feature there gave it.
 - ``jacobi`` (speculative Jacobi decoding, Teng et al. 2025): no draft model; the window of the next ``gamma``
   tokens is iterated, each round's drafts sampled from the target's own distributions of the round before (where the
   window is new: the committed token one row up in raster order, ``jacobi_init="above"``, or a random token). A
@@ -43,7 +47,7 @@ from visgen.config import ConfigError
 from visgen.sampling.noise import CounterNoise
 from visgen.schedules import RasterSchedule
 
-METHODS = ("draft", "jacobi", "cspd")
+METHODS = ("draft", "feature", "jacobi", "cspd")
 CSPD_RULES = ("exact", "reference")
 REFERENCE_TEMPERATURE = 42.0  # the reference code's temperature inside the CSpD ratio
 PROPOSALS = 128  # acceptance-rejection proposals per residual draw (cspd)
@@ -150,7 +154,7 @@ def check_models(target, draft, method: str, cfg) -> None:
             f"units hold {sorted(set(target.schedule.unit_sizes))} tokens (scale, frame or multi-token units)"
         )
     discrete = getattr(target.head, "discrete", False)
-    if method in ("draft", "jacobi") and not discrete:
+    if method in ("draft", "feature", "jacobi") and not discrete:
         raise ConfigError(f"speculative={method!r} verifies categorical tokens; for the diffusion head use 'cspd'")
     if method == "cspd":
         if type(target.head).__name__ != "DiffusionHead":
@@ -164,6 +168,14 @@ def check_models(target, draft, method: str, cfg) -> None:
         return
     if draft is None:
         raise ConfigError(f"speculative={method!r} needs a draft model: SamplingConfig.draft / --draft FOLDER")
+    if method == "feature":
+        if getattr(draft, "model_type", None) != "feature-draft":
+            raise ConfigError(
+                "speculative='feature' needs a feature draft (a 'feature-draft' checkpoint, eval/feature_draft.py "
+                f"--out); got a {getattr(draft, 'model_type', type(draft).__name__)!r}"
+            )
+        draft.check_target(target)
+        return
     if not hasattr(draft, "schedule"):
         raise ConfigError(f"the draft must be a generator checkpoint; got a {type(draft).__name__}")
     if draft.config.schedule != target.config.schedule or draft.config.head != target.config.head:
@@ -195,7 +207,7 @@ class _State:
         self.guided = s.guided
         rows = 2 * batch if self.guided else batch
         self.cache = sd.target.backbone.new_cache(rows, sd.slots, s.dtype, dev)
-        self.dcache = sd.draft.backbone.new_cache(rows, sd.slots, s.dtype, dev) if sd.draft is not None else None
+        self.dcache = sd.draft_body.new_cache(rows, sd.slots, s.dtype, dev) if sd.draft is not None else None
         self.labels = torch.zeros(rows, dtype=torch.long, device=dev)
         self.ids = torch.zeros(batch, dtype=torch.long, device=dev)
         self.noise = CounterNoise(0, self.ids)
@@ -207,6 +219,9 @@ class _State:
         V = sd.vocab
         self.window = torch.zeros(batch, sd.gamma, dtype=torch.long, device=dev) if sd.method == "jacobi" else None
         self.window_q = torch.zeros(batch, sd.gamma, V, device=dev) if sd.method == "jacobi" else None
+        if sd.method == "feature":  # the last verifying pass's features (both halves when guided), from position base
+            self.feats = torch.zeros(rows, sd.gamma + 1, sd.target.backbone.cfg.d_model, dtype=s.dtype, device=dev)
+            self.base = torch.zeros(batch, dtype=torch.long, device=dev)
         self.prefix_graph = self.round_graph = None
 
 
@@ -225,6 +240,7 @@ class SpeculativeDecoder:
         if draft is not None and self.method != "jacobi":
             self.draft = copy.deepcopy(draft).to(device=sampler.device, dtype=sampler.dtype).eval()
             self.draft.requires_grad_(False)
+            self.draft_body = self.draft.body if self.method == "feature" else self.draft.backbone
         L = self.L = m.schedule.seq_len
         self.prefix = min(L, max(2, math.ceil(cfg.prefill * L)))  # >= 2: a round reads the last two tokens
         self.slots = L + 2 * self.gamma + 2  # a finished row keeps running rounds past its end: room for them
@@ -241,7 +257,7 @@ class SpeculativeDecoder:
         if cfg.compile and self.vocab:
             options = {**sampler.compile_options, "dynamic": False}
             self._round_fn = torch.compile(self._round, fullgraph=True, **options)
-        elif cfg.compile and self.draft is not None:
+        elif cfg.compile and self.method == "cspd":
             self.draft.backbone.compile_blocks(**sampler.compile_options)
             self.draft.head.compile_step(**sampler.compile_options)
         self.totals = torch.zeros(5, dtype=torch.float64)
@@ -334,6 +350,30 @@ class SpeculativeDecoder:
             at = (pos + i + 1)[:, None]
         return torch.stack(drafts, 1), dists
 
+    def _feature_steps(self, st, pos):
+        """gamma draws of the feature draft from each row's position. It first reads the target's features of the
+        last verifying pass (positions base .. base + gamma, its cache rewritten there; those past a row's committed
+        tokens are overwritten before anything reads them) and takes its prediction at pos - 1, then reads its own."""
+        d, G, c, m = self.draft, self.gamma, self.sampler.cfg, self.target
+        _, cos, sin = m._decode_tables(pos.device)
+        at = st.base[:, None] + torch.arange(G + 1, device=pos.device)
+        tokens = st.tokens.gather(1, at.clamp(max=self.slots - 1))
+        f = d.decode_rows(st.feats, self._dup(st, m.input_emb(tokens)), st.dcache, self._dup(st, at), cos, sin)
+        last = (pos - 1 - st.base).clamp(min=0)  # a finished row stays put (pos == base): what it drafts is dropped
+        f = f.gather(1, self._dup(st, last)[:, None, None].expand(-1, 1, f.shape[-1]))
+        gumbel = st.noise.gumbel(pos, (G, self.vocab), stream=_DRAFT)
+        drafts, dists = [], []
+        for i in range(G):
+            q = m.head.probs(f, self.scale_table[pos + i][:, None, None], st.guided, c.temperature, c.top_k,
+                             c.top_p)[:, 0]  # fmt: skip
+            x = (q.log() + gumbel[:, i]).argmax(-1)
+            drafts.append(x)
+            dists.append(q)
+            if i + 1 < G:
+                emb = self._dup(st, m.input_emb(x[:, None]))
+                f = d.decode_rows(f, emb, st.dcache, self._dup(st, (pos + i)[:, None]), cos, sin)
+        return torch.stack(drafts, 1), dists
+
     def _expand(self, st, idx):
         return idx[..., None].expand(-1, -1, self.channels) if self.channels else idx
 
@@ -356,8 +396,11 @@ class SpeculativeDecoder:
             q_next = torch.where((src <= G)[..., None], q_next, self._window_prior(st, pos[:, None] + src))
             self._draw_window(st, q_next, pos[:, None] + src)
             return
-        drafts, dists = self._draft_steps(st, pos)
+        drafts, dists = self._feature_steps(st, pos) if self.method == "feature" else self._draft_steps(st, pos)
         h, at = self._verify_pass(st, pos, drafts)
+        if self.method == "feature":
+            st.feats.copy_(h)
+            st.base.copy_(pos)
         if self.vocab:
             p = self.target.head.probs(h, self.scale_table[at][..., None], st.guided, c.temperature, c.top_k, c.top_p)
             a, tokens = verify_tokens(
@@ -401,15 +444,35 @@ class SpeculativeDecoder:
         """The first tokens from the target alone (the plain loop's steps), the draft's cache filled with them,
         positions and statistics reset, the Jacobi window drawn at random."""
         s, m = self.sampler, self.target
-        units, state = [], None
+        units, state, feats = [], None, []
         for k in range(self.prefix):
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(s.dtype)
-            units.append(s._step(st, k, inputs))
+            if self.method == "feature":  # the plain step, keeping the target's feature for the draft
+                if inputs is not None and st.guided:
+                    inputs = torch.cat([inputs, inputs])
+                h = m.decode_unit(k, inputs, st.labels, st.cache, *s.reads[k])
+                feats.append(h)
+                units.append(s._head_sample(h, s._scales[k], st.noise, s._steps[k], guided=st.guided,
+                                            temperature=s.cfg.temperature, top_k=s.cfg.top_k, top_p=s.cfg.top_p))  # fmt: skip
+            else:
+                units.append(s._step(st, k, inputs))
         seq = torch.cat(units, 1)
         st.tokens[:, : self.prefix].copy_(seq)
-        if self.draft is not None:
+        if self.method == "feature":
+            # the draft's cache at positions 0 .. prefix - 2 from the target's features there; the first round reads
+            # position prefix - 1 (base), whose feature waits in st.feats
+            h = torch.cat(feats, 1)
+            P = self.prefix
+            at = torch.arange(P - 1, device=seq.device).expand(len(st.ids), -1)
+            _, cos, sin = m._decode_tables(seq.device)
+            emb = self._dup(st, m.input_emb(seq[:, : P - 1]))
+            self.draft.decode_rows(h[:, : P - 1], emb, st.dcache, self._dup(st, at), cos, sin)
+            st.feats.zero_()
+            st.feats[:, 0].copy_(h[:, P - 1])
+            st.base.fill_(P - 1)
+        elif self.draft is not None:
             self.draft.decode_unit(0, None, st.labels, st.dcache, self.L)
             if self.prefix > 2:  # slots 1 .. prefix - 2; a round writes prefix - 1 and on
                 at = torch.arange(1, self.prefix - 1, device=seq.device).expand(len(st.ids), -1)

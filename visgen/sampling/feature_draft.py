@@ -1,0 +1,141 @@
+"""A draft that reads the target's own features (EAGLE, Li et al. 2024): ``SamplingConfig(speculative="feature")``.
+
+The target's feature f_i (its backbone's output at sequence position i, which its head turns into token i's
+distribution) and the embedding of the token drawn there go through one linear layer and a small causal transformer
+that predicts f_(i+1); the target's own head turns the prediction into the draft's distribution q. Drafting further,
+the draft reads its own predicted feature (EAGLE sec. 3). It keeps no embedding and no head of its own, so it is a few
+percent of the target, and it fits only a target of the same width, sequence and vocabulary (``check_target``).
+
+Trained with the target frozen (``train_feature_draft``): KL(p || q) at every next position plus a smooth-L1 pull of
+the predicted features toward the target's (EAGLE sec. 4). Any draft keeps speculative decoding exact; a good one
+makes it fast (``eval/feature_draft.py`` measures the overlap sum(min(p, q)) that acceptance follows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visgen.checkpoint import PretrainedMixin, register_model
+from visgen.config import ConfigError
+from visgen.nn import Transformer, TransformerConfig
+
+
+@dataclass
+class FeatureDraftConfig:
+    """n_layer: the draft's transformer blocks (EAGLE uses one); n_head, d_model, rope_axes, rope_theta: the target's
+    backbone's, so the draft attends with the target's RoPE tables; seq_len, vocab_size: the target's sequence and
+    vocabulary (checked when the draft meets a target)."""
+
+    n_head: int
+    d_model: int
+    seq_len: int
+    vocab_size: int
+    n_layer: int = 1
+    rope_axes: int = 2
+    rope_theta: float = 10000.0
+
+
+@register_model("feature-draft")
+class FeatureDraft(PretrainedMixin, nn.Module):
+    """Predicts the target's next feature from its feature here and the token drawn here: (B, n, d) -> (B, n, d)."""
+
+    model_type = "feature-draft"
+    config_class = FeatureDraftConfig
+
+    def __init__(self, config: FeatureDraftConfig):
+        super().__init__()
+        c = self.config = config
+        self.fc = nn.Linear(2 * c.d_model, c.d_model)
+        self.body = Transformer(TransformerConfig(n_layer=c.n_layer, n_head=c.n_head, d_model=c.d_model,
+                                                  rope_axes=c.rope_axes, rope_theta=c.rope_theta))  # fmt: skip
+
+    @classmethod
+    def for_target(cls, target, n_layer: int = 1) -> FeatureDraft:
+        """An untrained draft shaped for ``target`` (a token generator of one-token units)."""
+        b = target.backbone.cfg
+        vocab = getattr(target.tokenizer, "vocab_size", 0)
+        return cls(FeatureDraftConfig(n_head=b.n_head, d_model=b.d_model, seq_len=target.schedule.seq_len,
+                                      vocab_size=vocab, n_layer=n_layer, rope_axes=b.rope_axes,
+                                      rope_theta=b.rope_theta))  # fmt: skip
+
+    def check_target(self, target) -> None:
+        """A clear error where this draft cannot read ``target``'s features."""
+        c, b = self.config, target.backbone.cfg
+        theirs = (b.d_model, b.n_head, b.rope_axes, target.schedule.seq_len, getattr(target.tokenizer, "vocab_size", 0))
+        ours = (c.d_model, c.n_head, c.rope_axes, c.seq_len, c.vocab_size)
+        if theirs != ours:
+            names = "width, heads, RoPE axes, sequence length, vocabulary"
+            raise ConfigError(f"this feature draft was made for a target of ({names}) {ours}; this target has {theirs}")
+
+    def forward(self, feats: torch.Tensor, token_emb: torch.Tensor, positions_LA: torch.Tensor) -> torch.Tensor:
+        """Training: predicted features of the positions after ``positions_LA``'s, causal over the sequence."""
+        return self.body(self.fc(torch.cat([feats, token_emb], -1)), positions_LA, is_causal=True)
+
+    def decode_rows(self, feats, token_emb, cache, pos_Bn: torch.Tensor, cos, sin) -> torch.Tensor:
+        """Decoding at per-row positions ``pos_Bn`` (B, n) against ``cache``, as ``Generator.decode_rows``: each
+        position writes its slot and reads every slot at or before it. ``cos``/``sin``: the target's RoPE tables at
+        every position (positions past the sequence take the last one's)."""
+        slots = cache.k.shape[3]
+        at = pos_Bn.clamp(max=self.config.seq_len - 1)
+        mask = torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
+        x = self.fc(torch.cat([feats, token_emb], -1))
+        return self.body(x, None, mask=mask, cache=cache, input_pos=pos_Bn, kv_len=slots,
+                         rope=(cos[at][:, None], sin[at][:, None]))  # fmt: skip
+
+
+def target_pass(target, tokens: torch.Tensor, labels: torch.Tensor):
+    """(sequence, features (B, L, d), log p (B, L, V)) of the frozen target, teacher-forced, no guidance."""
+    with torch.no_grad():
+        seq = target.schedule.to_sequence(tokens)
+        feats = target.features(seq, labels)
+        return seq, feats, target.head.logits(feats).float().log_softmax(-1)
+
+
+def draft_pass(draft: FeatureDraft, target, seq, feats, depth2: bool = False):
+    """The draft's predicted features and log q at positions 1..L-1 (depth 1: it reads the target's features), and
+    with ``depth2`` its log q at 2..L-1 (it reads its own prediction of the feature before, as drafting further
+    does)."""
+    emb, pos = target.input_emb(seq), target.positions
+    logq = lambda f: target.head.logits(f).float().log_softmax(-1)  # noqa: E731
+    pred1 = draft(feats[:, :-1], emb[:, :-1], pos[1:])
+    pred2 = draft(pred1[:, :-1], emb[:, 1:-1], pos[2:]) if depth2 else None
+    return pred1, logq(pred1), logq(pred2) if depth2 else None
+
+
+def draft_loss(draft: FeatureDraft, target, tokens, labels, feature_weight: float = 1.0) -> torch.Tensor:
+    """KL(p || q) at every next position plus ``feature_weight`` x smooth-L1 to the target's features."""
+    seq, feats, logp = target_pass(target, tokens, labels)
+    pred, logq, _ = draft_pass(draft, target, seq, feats)
+    kl = F.kl_div(logq, logp[:, 1:], log_target=True, reduction="none").sum(-1).mean()
+    return kl + feature_weight * F.smooth_l1_loss(pred.float(), feats[:, 1:].float())
+
+
+def train_feature_draft(target, tokens: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64,
+                        lr: float = 1e-3, n_layer: int = 1, feature_weight: float = 1.0, seed: int = 0,
+                        device: str | torch.device = "cpu") -> FeatureDraft:  # fmt: skip
+    """A draft for ``target`` (frozen) trained on token grids ``tokens`` (N, h, w) with class ``labels`` (N,):
+    AdamW, gradients clipped at 1, the learning rate on a cosine to zero, on ``device`` (bf16 autocast on a GPU)."""
+    target = target.to(device).eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    draft = FeatureDraft.for_target(target, n_layer).to(device)
+    opt = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=torch.device(device).type == "cuda")
+    for step in range(steps):
+        idx = torch.randint(0, len(tokens), (batch_size,), generator=gen)
+        with autocast:
+            loss = draft_loss(draft, target, tokens[idx].to(device), labels[idx].to(device), feature_weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the feature draft's loss is {loss.item()} at step {step}; lower the lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+    return draft.eval()
