@@ -2,7 +2,8 @@
 acceptance statistics, and FD with and without.
 
 Discrete: ``--target`` (a GPT-B-sized token model) with ``--draft`` (a small one over the same VQ tokenizer) for
-``draft``, and the target alone for ``jacobi``. Continuous: ``--cspd-target`` / ``--cspd-draft`` (two diffusion-head
+``draft``, with ``--feature-draft`` (a ``FeatureDraft`` trained on the target, eval/feature_draft.py --out) for
+``feature``, and the target alone for ``jacobi``. Continuous: ``--cspd-target`` / ``--cspd-draft`` (two diffusion-head
 models over the same KL tokenizer) for ``cspd`` under the exact rule and the reference's relaxation
 (``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain
 sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method}``, ``tokens_per_pass_{method}``,
@@ -31,6 +32,7 @@ from visgen.checkpoint import load_model
 from visgen.cli.fid import main as fid_main
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import SamplingConfig
+from visgen.sampling.feature_draft import FeatureDraft
 from visgen.sampling.sampler import COMPILE_MODES
 from visgen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
 
@@ -51,6 +53,9 @@ def tiny_checkpoints(folder: Path) -> dict[str, str]:
                 torch.nn.init.normal_(p, std=0.1)
             gen.save_pretrained(folder / role)
             out[role] = str(folder / role)
+            if role == "target":
+                FeatureDraft.for_target(gen).save_pretrained(folder / "feature_draft")
+                out["feature_draft"] = str(folder / "feature_draft")
     return out
 
 
@@ -70,6 +75,7 @@ def fd(args, checkpoint: str, n: int, seed: int = 0, **spec) -> float:
 def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, dict], fd_samples: int,
                  seeds: list[int]):  # fmt: skip
     gen, drafter = load_model(target, ema=True), load_model(draft, ema=True)
+    own = lambda spec: None if "draft" in spec else drafter  # noqa: E731  (a method naming its own draft loads it)
     key = methods_key(methods)
     rec.add(f"params_target_{key}", sum(p.numel() for p in gen.parameters()), ",d")
     rec.add(f"params_draft_{key}", sum(p.numel() for p in drafter.parameters()), ",d")
@@ -80,7 +86,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         plain = bench_sampling(gen, SamplingConfig(**base), repeats, decode=True)
         rec.add(f"images_per_s_plain_{key}_b{b}", plain["images_per_s"], ".2f")
         for name, spec in methods.items():
-            r = bench_sampling(gen, SamplingConfig(**base, **spec), repeats, decode=True, draft=drafter)
+            r = bench_sampling(gen, SamplingConfig(**base, **spec), repeats, decode=True, draft=own(spec))
             rec.add(f"images_per_s_{name}_b{b}", r["images_per_s"], ".2f")
             rec.add(f"speedup_{name}_b{b}", r["images_per_s"] / plain["images_per_s"], ".3f")
             pooled[name].append({**r, "images": repeats * b})
@@ -91,7 +97,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
     for b in args.profile_batches:  # what each method launches per token, where a round's time goes
         base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k, **compile_settings(args))
         for name, spec in {f"plain_{key}": {}, **methods}.items():
-            r = profile_sampling(gen, SamplingConfig(**base, **spec), drafter if spec else None, args.profile_table,
+            r = profile_sampling(gen, SamplingConfig(**base, **spec), own(spec) if spec else None, args.profile_table,
                                  f"{name} at batch {b}")  # fmt: skip
             rec.add(f"profile_{name}_b{b}_kernels_per_token", r["kernels"], ".1f")
             rec.add(f"profile_{name}_b{b}_device_ms_per_token", r["device_ms"], ".4f")
@@ -100,7 +106,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
     for s in seeds:
         rec.add(f"fd_cifar10cls_plain_{key}_seed{s}", fd(args, target, fd_samples, s), ".4f")
     for name, spec in methods.items():
-        rec.add(f"fd_cifar10cls_{name}", fd(args, target, fd_samples, seeds[0], **spec, draft=draft), ".4f")
+        rec.add(f"fd_cifar10cls_{name}", fd(args, target, fd_samples, seeds[0], **{"draft": draft, **spec}), ".4f")
 
 
 def compile_settings(args) -> dict:
@@ -117,6 +123,7 @@ def main():
     p.set_defaults(sample_batches=[1, 8, 64])
     p.add_argument("--target")
     p.add_argument("--draft")
+    p.add_argument("--feature-draft", help="a FeatureDraft of --target (adds the method 'feature')")
     p.add_argument("--cspd-target")
     p.add_argument("--cspd-draft")
     p.add_argument("--gamma", type=int, default=4)
@@ -150,6 +157,9 @@ def main():
         if target and draft:
             methods = {"draft": dict(speculative="draft", gamma=args.gamma), "jacobi": dict(speculative="jacobi",
                        gamma=args.gamma)}  # fmt: skip
+            feature = paths.get("feature_draft", args.feature_draft)
+            if feature:
+                methods["feature"] = dict(speculative="feature", gamma=args.gamma, draft=feature)
             bench_family(args, rec, target, draft, methods, args.fd_samples, args.seeds[:1])
         ct, cd = paths.get("cspd_target", args.cspd_target), paths.get("cspd_draft", args.cspd_draft)
         if ct and cd:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature regression beside KL")
     p.add_argument("--gammas", type=int, nargs="+", default=[4, 8])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="write results/NAME.json")
     p.add_argument("--out", help="save the trained draft here (speculative='feature': sample.py --speculative "
                    "feature --draft OUT)")  # fmt: skip
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     train, val = (TokenDataset.encode(s, target.tokenizer) for s in sets)
     t0 = time.perf_counter()
     draft = train_feature_draft(target, train.tokens, train.labels, args.steps, args.batch_size, args.lr, args.layers,
-                                args.feature_weight, args.seed)  # fmt: skip
+                                args.feature_weight, args.seed, args.device).cpu().float()  # fmt: skip
+    target = target.cpu()
     seconds = time.perf_counter() - t0
     freq = torch.bincount(train.tokens.flatten(), minlength=target.tokenizer.vocab_size).float() + 1
     log_unigram = (freq / freq.sum()).log()

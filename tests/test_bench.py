@@ -106,7 +106,7 @@ def test_memorisation_bench_times_both_searches(tmp_path):
 def test_speculative_bench_measures_each_method(tmp_path):
     m = run_bench(tmp_path, "bench/speculative.py", "--tiny", "--sample-batches", "2", "--images", "2", "--gamma", "2",
                   "--cspd-gamma", "2", name="s")  # fmt: skip
-    for method in ("draft", "jacobi", "cspd", "cspd_reference"):
+    for method in ("draft", "feature", "jacobi", "cspd", "cspd_reference"):
         assert m[f"speedup_{method}_b2"] > 0 and 0 <= m[f"acceptance_{method}"] <= 1
 
 
