@@ -408,9 +408,21 @@ def test_feature_draft_go_no_go_figure(tmp_path):
     sys.path.insert(0, str(Path("eval").resolve()))
     from feature_draft import main as feature_draft
 
+    from visgen.cli.sample import main as sample_main
+
+    out = tmp_path / "fd"
     assert feature_draft(["--data", "tests/data/cifar10", "--train-images", "32", "--val-images", "16", "--steps",
-                          "3", "--batch-size", "8", "--name", "f", "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+                          "3", "--batch-size", "8", "--name", "f", "--results-dir", str(tmp_path),
+                          "--out", str(out)]) == 0  # fmt: skip
     m = json.loads((tmp_path / "f.json").read_text())["metrics"]
     assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram"))
     assert 1 <= m["tokens_per_pass_gamma4"] <= 5 and m["draft_params"] < m["target_params"]
+    assert "overlap_depth1" in (out / "README.md").read_text()  # the card says what it measured
+    # the saved draft samples through the command (the bundled model is sample.py's default checkpoint)
+    args = ["--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "s"), "--speculative", "feature",
+            "--draft", str(out), "--gamma", "3"]  # fmt: skip
+    assert sample_main(args) == 0
+    (folder,) = (tmp_path / "s").iterdir()
+    assert "spec-feature-g3" in folder.name
+    assert 0 <= json.loads((folder / "settings.json").read_text())["speculative_stats"]["acceptance"] <= 1
     assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10"]) == 2
