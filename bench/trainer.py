@@ -9,8 +9,9 @@ compiled too. ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode ove
 would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
 
 ``--profile DIR`` also profiles ten steps of each at the recipe's size (``profile-bare.txt``,
-``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's table of the
-host's Python over 50 steps) and records kernels, device ms and wall ms per step.
+``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's tables of the
+host's Python over 50 steps of the bare loop and one 200-step fit of the trainer) and records kernels, device ms
+and wall ms per step.
 
     python bench/trainer.py --name bench-trainer --profile $OUT     # a GPU
     python bench/trainer.py --tiny --seconds 2                       # a check on the CPU
@@ -113,6 +114,8 @@ def host_profile(run, steps: int, table: Path, title: str):
     wall = time.perf_counter() - t0
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    text.write("\n== by cumulative time (what each function's callees add up to)\n")
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(60)
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(f"== {title}: {steps} steps, {1e3 * wall / steps:.2f} ms a step under cProfile\n{text.getvalue()}")
 
@@ -182,13 +185,13 @@ def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, devic
         if profile is not None:
             out_.update(profile_trainer(trainer, profile / "profile-trainer.txt"))
 
-            def fifty():
-                trainer.cfg.steps = trainer.step + 50
+            def steps():  # enough steps that the fit's own start and export weigh little per step
+                trainer.cfg.steps = trainer.step + 200
                 trainer.fit()
 
             host_profile(
-                fifty,
-                50,
+                steps,
+                200,
                 profile / "profile-trainer-host.txt",
                 "one Trainer.fit (its resume, last validation and export included)",
             )
