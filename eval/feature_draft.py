@@ -15,6 +15,8 @@ sum_x min(p(x), q(x)) (temperature 1, no guidance). Reported on held-out images,
 
     python eval/feature_draft.py --data /path/to/cifar10 --train-images 10000 --steps 1500 --name feature-draft-cpu \
         --out runs/feature-draft      # then: sample.py --speculative feature --draft runs/feature-draft
+    python eval/feature_draft.py --data /path/to/cifar10 --draft runs/feature-draft --sample-images 50 \
+        --name feature-draft-sampling-cpu    # a saved draft measured again, and as the sampler draws
 
 The training here is one process on one device (no accelerate, no checkpoints along the way): a draft trains in
 minutes on a CPU.
@@ -35,12 +37,30 @@ from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.model_card import write_card
 from visgen.results import metrics_line, write_result
+from visgen.sampling import Sampler, SamplingConfig
 from visgen.sampling.feature_draft import draft_pass, target_pass, train_feature_draft
 from visgen.train.generator_task import TokenDataset
 
 
 def overlap(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.minimum(logp.exp(), logq.exp()).sum(-1)
+
+
+def sampled(target, draft, args) -> dict:
+    """Acceptance and tokens per verifying pass as the sampler draws ``args.sample_images`` images (class-balanced,
+    guidance ``args.cfg_scale``, temperature 1) with the feature draft, and with Jacobi drafts beside it."""
+    labels = torch.arange(args.sample_images) % target.config.num_classes
+    out = {"sampler_images": args.sample_images, "sampler_cfg_scale": args.cfg_scale}
+    for g in args.gammas:
+        for method in ("feature", "jacobi"):
+            cfg = SamplingConfig(cfg_scale=args.cfg_scale, speculative=method, gamma=g, seed=args.seed,
+                                 batch_size=args.sample_images)  # fmt: skip
+            s = Sampler(target, cfg, device="cpu", draft=draft if method == "feature" else None)
+            s.sample_tokens(labels)
+            stats = s.speculative.stats
+            out[f"sampler_acceptance_{method}_gamma{g}"] = stats["acceptance"]
+            out[f"sampler_tokens_per_pass_{method}_gamma{g}"] = stats["tokens_per_pass"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="write results/NAME.json")
     p.add_argument("--out", help="save the trained draft here (speculative='feature': sample.py --speculative "
                    "feature --draft OUT)")  # fmt: skip
+    p.add_argument("--draft", help="measure this saved draft instead of training one")
+    p.add_argument("--sample-images", type=int, default=0,
+                   help="also sample this many images through the sampler with speculative 'feature' (and 'jacobi' "
+                   "beside it) at --cfg-scale and each of --gammas: acceptance and tokens per pass as sampled")  # fmt: skip
+    p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
     try:
@@ -76,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train, val = (TokenDataset.encode(s, target.tokenizer) for s in sets)
     t0 = time.perf_counter()
-    draft = train_feature_draft(target, train.tokens, train.labels, args.steps, args.batch_size, args.lr, args.layers,
-                                args.feature_weight, args.seed, args.device).cpu().float()  # fmt: skip
+    if args.draft:
+        draft = load_model(args.draft).float().eval()
+        draft.check_target(target)
+    else:
+        draft = train_feature_draft(target, train.tokens, train.labels, args.steps, args.batch_size, args.lr,
+                                    args.layers, args.feature_weight, args.seed, args.device).cpu().float()  # fmt: skip
     target = target.cpu()
     seconds = time.perf_counter() - t0
     freq = torch.bincount(train.tokens.flatten(), minlength=target.tokenizer.vocab_size).float() + 1
@@ -95,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"overlap_depth1": a1, "overlap_depth2": a2, "overlap_unigram": uni, "val_kl": kl,
                "draft_params": sum(q.numel() for q in draft.parameters()),
                "target_params": sum(q.numel() for q in target.parameters()), "train_images": len(train),
-               "val_images": len(val), "steps": args.steps, "train_seconds": seconds}  # fmt: skip
+               "val_images": len(val)}  # fmt: skip
+    metrics.update({"draft": args.draft} if args.draft else {"steps": args.steps, "train_seconds": seconds})
     for g in args.gammas:
         metrics[f"tokens_per_pass_gamma{g}"] = (1 - a1 ** (g + 1)) / (1 - a1) if a1 < 1 else g + 1.0
+    if args.sample_images:
+        metrics.update(sampled(target, draft, args))
     print(metrics_line(metrics))
     if args.out:
         draft.save_pretrained(args.out)

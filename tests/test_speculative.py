@@ -425,4 +425,9 @@ def test_feature_draft_go_no_go_figure(tmp_path):
     (folder,) = (tmp_path / "s").iterdir()
     assert "spec-feature-g3" in folder.name
     assert 0 <= json.loads((folder / "settings.json").read_text())["speculative_stats"]["acceptance"] <= 1
+    assert feature_draft(["--data", "tests/data/cifar10", "--val-images", "8", "--draft", str(out), "--sample-images",
+                          "2", "--gammas", "2", "--name", "g", "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "g.json").read_text())["metrics"]
+    assert m["draft"] == str(out) and 1 <= m["sampler_tokens_per_pass_feature_gamma2"] <= 3
+    assert 0 <= m["sampler_acceptance_jacobi_gamma2"] <= 1
     assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10"]) == 2
