@@ -10,8 +10,8 @@ would otherwise write); ``..._same_mode`` compares each mode with its own bare l
 
 ``--profile DIR`` also profiles ten steps of each at the recipe's size (``profile-bare.txt``,
 ``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's tables of the
-host's Python over 50 steps of the bare loop and one 200-step fit of the trainer) and records kernels, device ms
-and wall ms per step.
+host's Python over 50 steps of the bare loop and one 200-step fit of the trainer; ``profile-trainer-syncs.txt``:
+where a 20-step fit makes the host wait for the GPU) and records kernels, device ms and wall ms per step.
 
     python bench/trainer.py --name bench-trainer --profile $OUT     # a GPU
     python bench/trainer.py --tiny --seconds 2                       # a check on the CPU
@@ -189,6 +189,11 @@ def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, devic
                 trainer.cfg.steps = trainer.step + 200
                 trainer.fit()
 
+            def twenty():
+                trainer.cfg.steps = trainer.step + 20
+                trainer.fit()
+
+            sync_sites(twenty, profile / "profile-trainer-syncs.txt", "one 20-step Trainer.fit")
             host_profile(
                 steps,
                 200,
@@ -216,6 +221,36 @@ def trainer_throughput(gen: Generator, batch: int, steps: int, device) -> tuple[
         sync()
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     return summary["train_images_per_s"] * gen.schedule.seq_len, peak
+
+
+def sync_sites(run, table: Path, title: str):
+    """Where ``run`` makes the host wait for the GPU: every synchronizing CUDA call PyTorch flags under
+    ``torch.cuda.set_sync_debug_mode("warn")`` (item(), a pageable copy, nonzero, ...), counted by the visgen or
+    accelerate line that made it."""
+    import traceback
+    import warnings
+    from collections import Counter
+
+    sites: Counter = Counter()
+    cuda = torch.cuda.is_available()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "/visgen/" in f.filename or "accelerate" in f.filename]
+        where = f"{frames[-1].filename}:{frames[-1].lineno} {frames[-1].line}" if frames else f"{filename}:{lineno}"
+        sites[f"{where}  ({str(message)[:80]})"] += 1
+
+    with warnings.catch_warnings():  # restores warnings.showwarning on leaving
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+    lines = [f"{n:6d}  {site}" for site, n in sites.most_common()] or ["(none flagged)"]
+    table.write_text(f"== {title}: synchronizing CUDA calls by site\n" + "\n".join(lines) + "\n")
 
 
 def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
