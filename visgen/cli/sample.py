@@ -32,13 +32,13 @@ from visgen.sampling.speculative import METHODS
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
 
-def resolve_checkpoint(ref: str, kinds: tuple[str, ...] = (Generator.model_type,)) -> Path:
-    """A generator folder (or a folder of one of ``kinds``): ``asset:NAME``, a path, or a Hub id (``user/repo``)."""
+def resolve_checkpoint(ref: str, kind: str = Generator.model_type) -> Path:
+    """A generator folder (or one of model type ``kind``): ``asset:NAME``, a path, or a Hub id (``user/repo``)."""
     path = ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else hub.resolve(ref)
     meta = read_config(path)
-    if meta["model_type"] not in kinds:
-        raise CheckpointError(f"{path} holds a {meta['model_type']!r} model; sample.py needs a {' or '.join(kinds)!r} "
-                              "checkpoint here")  # fmt: skip
+    if meta["model_type"] != kind:
+        what = "generator" if kind == Generator.model_type else repr(kind)
+        raise CheckpointError(f"{path} holds a {meta['model_type']!r} model; sample.py needs a {what} checkpoint here")
     return path
 
 
@@ -96,8 +96,7 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
         if cfg.speculative == "cspd":
             parts.append(cfg.cspd_rule)
         if cfg.draft:
-            kinds = ("feature-draft",) if cfg.speculative == "feature" else (Generator.model_type,)
-            draft = resolve_checkpoint(cfg.draft, kinds)
+            draft = resolve_checkpoint(cfg.draft, "feature-draft" if cfg.speculative == "feature" else Generator.model_type)
             parts.append("draft-" + weights_id(draft, (draft / EMA_NAME).is_file()))
     if labels:
         parts.append("labels-" + hashlib.sha256(labels.encode()).hexdigest()[:6])
