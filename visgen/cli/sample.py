@@ -96,7 +96,9 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
         if cfg.speculative == "cspd":
             parts.append(cfg.cspd_rule)
         if cfg.draft:
-            draft = resolve_checkpoint(cfg.draft, "feature-draft" if cfg.speculative == "feature" else Generator.model_type)
+            draft = resolve_checkpoint(
+                cfg.draft, "feature-draft" if cfg.speculative == "feature" else Generator.model_type
+            )
             parts.append("draft-" + weights_id(draft, (draft / EMA_NAME).is_file()))
     if labels:
         parts.append("labels-" + hashlib.sha256(labels.encode()).hexdigest()[:6])
