@@ -158,3 +158,32 @@ def test_tokenizer_reconstruction_fd(tmp_path, cifar_test):
 
 def test_bits_per_dim():
     assert bits_per_dim(3072 * np.log(256), 3072) == pytest.approx(8.0)
+
+
+def test_sampling_sweep_compares_settings(tmp_path, cifar_train):
+    """eval/sweep.py: reports of one checkpoint at two sampling settings side by side, the lowest FD named, and the
+    model card's result keys keep settings that differ only in top-k apart."""
+    import importlib.util
+
+    from tests.test_engine import tiny_generator
+    from visgen.model_card import read_card
+
+    gen = tiny_generator()
+    gen.config.image_size = 16
+    gen.save_pretrained(tmp_path / "g")
+    base = ["--input", str(tmp_path / "g"), "--ref", cifar_train, "--num-samples", "8", "--no-kid", "--no-prc",
+            "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    for name, flags in (("plain", []), ("topk8", ["--top-k", "8"])):
+        assert fid_main([*base, *flags, "--report", str(tmp_path / f"{name}.json")]) == 0
+    results = read_card(tmp_path / "g")["visgen"]["results"]
+    assert len(results) == 2 and any("top-k 8" in key for key in results)
+    spec = importlib.util.spec_from_file_location("sweep", "eval/sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    reports = [str(tmp_path / "plain.json"), str(tmp_path / "topk8.json")]
+    assert sweep.main(["--reports", *reports, "--name", "s", "--results-dir", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "s.json").read_text())["metrics"]
+    fd = {k: v["fd_cifar10cls"] for k, v in m["settings"].items()}
+    assert set(fd) == {"plain", "topk8"} and m["best_fd"] == min(fd.values()) and fd[m["best_setting"]] == m["best_fd"]
+    assert m["settings"]["topk8"]["sampling"]["top_k"] == 8
+    assert sweep.main(["--reports", str(tmp_path / "none.json"), "--name", "x", "--results-dir", str(tmp_path)]) == 2
