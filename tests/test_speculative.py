@@ -431,3 +431,27 @@ def test_feature_draft_go_no_go_figure(tmp_path):
     assert m["draft"] == str(out) and 1 <= m["sampler_tokens_per_pass_feature_gamma2"] <= 3
     assert 0 <= m["sampler_acceptance_jacobi_gamma2"] <= 1
     assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10"]) == 2
+
+
+def test_train_py_trains_a_feature_draft(tmp_path, capsys):
+    """``train.py feature-draft``: the recipe trains a draft through the trainer on the bundled model's cached tokens;
+    validation reports the held-out acceptance, which rises, and final/ holds a draft the sampler takes."""
+    from visgen.checkpoint import load_model
+    from visgen.cli.train import main as train_main
+
+    out = tmp_path / "fd"
+    args = ["feature-draft", "--recipe", "generators/cifar10-feature-draft.yaml", "data.path=tests/data/cifar10/train",
+            "val.path=tests/data/cifar10/test", "data.limit=96", "val.limit=32", "train.steps=12", "train.batch_size=16",
+            "train.eval_every=6",
+            "train.num_workers=0", "train.val_images=32", "train.warmup_steps=2", f"train.out_dir={out}"]  # fmt: skip
+    assert train_main(args) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    acc = [r["val/acceptance"] for r in records if "val/acceptance" in r]
+    assert len(acc) >= 2 and acc[-1] > acc[0] and 0 < acc[-1] <= 1
+    draft = load_model(out / "final")
+    assert isinstance(draft, FeatureDraft) and draft.config.target == "asset:cifar10-token-ar"
+    target = load_model("visgen/assets/cifar10-token-ar")
+    Sampler(target, SamplingConfig(speculative="feature", gamma=2), draft=draft).sample_tokens(torch.arange(2))
+    capsys.readouterr()
+    assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'bad'}", "model.target=visgen/assets/cifar10-vq"]) == 2
+    assert "needs a token model" in capsys.readouterr().err

@@ -7,9 +7,9 @@
 #   STEP=distill: a draft of the bundled model's size (8 x 256) distilled from the token target (distill.weight 0.5,
 #               DRAFT_MIN minutes): its validation reports the held-out acceptance; STEP=discrete then uses it
 #               (DRAFT=visgen/assets/cifar10-token-ar for the undistilled draft);
-#   STEP=feature: a FeatureDraft of the token target (one block on its features, FEATURE_STEPS steps on the training
-#               images' tokens, eval/feature_draft.py: its held-out overlap in results/feature-draft-gpt-b.json);
-#               STEP=discrete adds the method 'feature' when runs/spec-feature-draft exists;
+#   STEP=feature: a FeatureDraft of the token target (one block on its features, generators/cifar10-feature-draft.yaml
+#               through the trainer for FEATURE_MIN minutes; its validation logs the held-out acceptance);
+#               STEP=discrete adds the method 'feature' when runs/spec-feature-draft/final exists;
 #   STEP=discrete / STEP=cspd: bench/speculative.py for the token pair / the diffusion pair (images/s at batch 1, 8,
 #               64 against the plain sampler in the same run, acceptance, FD with and without, and at batch 8 what
 #               each method launches per token, with the profiler's tables in $OUT/profile-*.txt); BENCH: flags for
@@ -50,13 +50,14 @@ if [ "$STEP" = distill ]; then
   cp runs/spec-token-draft/final/metrics.json $OUT/final-metrics-spec-token-draft.json || true
 fi
 if [ "$STEP" = feature ]; then
-  python eval/feature_draft.py --target runs/spec-token-target/final --data $DATA --train-images 50000 \
-    --steps ${FEATURE_STEPS:-3000} --batch-size 64 --name feature-draft-gpt-b --out runs/spec-feature-draft \
-    > $OUT/feature-draft.log 2>&1
+  python train.py feature-draft --recipe generators/cifar10-feature-draft.yaml $D model.target=runs/spec-token-target/final \
+    train.out_dir=runs/spec-feature-draft train.steps=100000 train.time_limit_minutes=${FEATURE_MIN:-3} $EXTRA \
+    > $OUT/train-feature-draft.log 2>&1
+  cp runs/spec-feature-draft/metrics.jsonl $OUT/metrics-spec-feature-draft.jsonl || true
 fi
 if [ "$STEP" = discrete ]; then
   feature=""
-  if [ -d runs/spec-feature-draft ]; then feature="--feature-draft runs/spec-feature-draft"; fi
+  if [ -d runs/spec-feature-draft/final ]; then feature="--feature-draft runs/spec-feature-draft/final"; fi
   python bench/speculative.py --target runs/spec-token-target/final --draft $DRAFT $feature \
     --ref $DATA/train --images 16 --name $NAME-discrete --profile-batches 8 --profile-table $OUT/profile-discrete.txt \
     $BENCH > $OUT/bench-discrete.log 2>&1

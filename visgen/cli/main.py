@@ -9,7 +9,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("visgen.cli.train", "train a tokenizer or a generator from a recipe"),
+    "train": ("visgen.cli.train", "train a tokenizer, a generator or a feature draft from a recipe"),
     "sample": ("visgen.cli.sample", "sample images from a generator checkpoint (default: the bundled CIFAR-10 model)"),
     "fid": ("visgen.cli.fid", "FD / IS / KID / precision-recall and the memorisation report"),
     "recon": ("visgen.cli.recon", "a tokenizer's reconstruction quality (PSNR, SSIM, usage, rFD)"),

@@ -1,4 +1,4 @@
-"""``train.py tokenizer|generator --recipe FILE [section.key=value ...]``: train from a recipe."""
+"""``train.py tokenizer|generator|feature-draft --recipe FILE [section.key=value ...]``: train from a recipe."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from visgen.train.trainer import (
 KNOWN_SECTIONS = {
     "tokenizer": {"model", "loss", "data", "val", "train"},
     "generator": {"model", "tokenizer", "data", "val", "train", "distill"},
+    "feature-draft": {"model", "tokenizer", "data", "val", "train"},
 }
 OPTIONAL_SECTIONS = {"generator": ("distill",)}  # an override may add them to a recipe without them
 
@@ -42,6 +43,10 @@ def build_task(kind: str, recipe: dict, train_set, val_set):
 
         loss = from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
         return TokenizerTask(build_tokenizer(recipe["model"]), loss), train_set, val_set
+    if kind == "feature-draft":
+        from visgen.train.feature_draft_task import build_feature_draft_task
+
+        return build_feature_draft_task(recipe, train_set, val_set)
     from visgen.train.generator_task import build_generator_task
 
     return build_generator_task(recipe, train_set, val_set)

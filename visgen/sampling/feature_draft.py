@@ -29,7 +29,8 @@ from visgen.nn import Transformer, TransformerConfig
 class FeatureDraftConfig:
     """n_layer: the draft's transformer blocks (EAGLE uses one); n_head, d_model, rope_axes, rope_theta: the target's
     backbone's, so the draft attends with the target's RoPE tables; seq_len, vocab_size: the target's sequence and
-    vocabulary (checked when the draft meets a target)."""
+    vocabulary (checked when the draft meets a target); target: where the target it was trained on came from (a
+    note for its users, not checked)."""
 
     n_head: int
     d_model: int
@@ -38,6 +39,7 @@ class FeatureDraftConfig:
     n_layer: int = 1
     rope_axes: int = 2
     rope_theta: float = 10000.0
+    target: str = ""
 
 
 @register_model("feature-draft")

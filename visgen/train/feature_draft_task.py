@@ -1,0 +1,106 @@
+"""Training a ``FeatureDraft`` (``speculative="feature"``) on a frozen target through the one trainer:
+``train.py feature-draft --recipe generators/cifar10-feature-draft.yaml``.
+
+The recipe's ``model`` section names the target and the draft's size (``FeatureDraftRecipe``); the training images'
+tokens are cached once with the target's tokenizer (the ``tokenizer`` section, as for generators). The loss is
+``draft_loss`` (KL(p || q) at every next position plus the feature pull); validation reports it as ``loss`` (what
+the kept model is chosen by) beside ``acceptance`` and ``acceptance_depth2``, the held-out overlap sum_x min(p, q)
+at the first and the second drafted token: the rate at which speculative decoding accepts them (temperature 1, no
+guidance). A preview is the target's samples drawn through this draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from visgen.config import ConfigError, from_dict
+from visgen.sampling import Sampler, SamplingConfig
+from visgen.sampling.feature_draft import FeatureDraft, draft_loss, draft_pass, target_pass
+
+
+@dataclass
+class FeatureDraftRecipe:
+    """The recipe's ``model`` section. target: the token generator the draft reads (a folder, ``asset:NAME`` or a
+    Hub id; its EMA weights where it has them); n_layer: the draft's transformer blocks; feature_weight: the
+    smooth-L1 feature term beside the KL."""
+
+    target: str = "asset:cifar10-token-ar"
+    n_layer: int = 1
+    feature_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.n_layer < 1 or self.feature_weight < 0:
+            raise ConfigError(f"model.n_layer must be >= 1 and model.feature_weight >= 0; got {self}")
+
+
+class FeatureDraftTask(nn.Module):
+    """Trains ``draft`` (``task.model``) with ``target`` frozen; see the module docstring."""
+
+    def __init__(self, draft: FeatureDraft, target, feature_weight: float = 1.0):
+        super().__init__()
+        draft.check_target(target)
+        self.model, self.feature_weight = draft, feature_weight
+        target.eval().requires_grad_(False)
+        self._target = [target]  # a list: not a submodule (not trained, not saved, not compiled)
+
+    def target_on(self, device: torch.device):
+        t = self._target[0]
+        if t.class_emb.weight.device != device:
+            t.to(device)
+        return t
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
+        loss = draft_loss(self.model, self.target_on(tokens.device), tokens, labels, self.feature_weight)
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def validate(self, model: FeatureDraft, batches, accelerator) -> dict[str, float]:
+        sums = torch.zeros(4, device=accelerator.device, dtype=torch.float64)
+        for batch in batches:
+            tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
+            target = self.target_on(tokens.device)
+            seq, feats, logp = target_pass(target, tokens, labels)
+            _, logq1, logq2 = draft_pass(model, target, seq, feats, depth2=True)
+            n = len(labels)
+            overlap = lambda lp, lq: torch.minimum(lp.exp(), lq.exp()).sum(-1).mean()  # noqa: E731
+            values = [draft_loss(model, target, tokens, labels, self.feature_weight), overlap(logp[:, 1:], logq1),
+                      overlap(logp[:, 2:], logq2)]  # fmt: skip
+            sums += torch.stack([*(v.double() * n for v in values), sums.new_tensor(float(n))])
+        sums = accelerator.reduce(sums, "sum").tolist()
+        n = max(sums[-1], 1)
+        return {"loss": sums[0] / n, "acceptance": sums[1] / n, "acceptance_depth2": sums[2] / n}
+
+    @torch.no_grad()
+    def preview(self, model: FeatureDraft, batch: dict) -> torch.Tensor:
+        """Two of the target's samples per class for the first eight classes, drawn through this draft (it decides
+        nothing of what they look like: this shows the draft samples, not how well)."""
+        target = self.target_on(batch["label"].device)
+        labels = torch.arange(min(8, target.config.num_classes)).repeat(2)
+        cfg = SamplingConfig(cfg_scale=2.0, batch_size=16, cuda_graph=False, speculative="feature", gamma=4)
+        return Sampler(target, cfg, device=batch["label"].device, draft=model).sample_images(labels)
+
+
+def build_feature_draft_task(recipe: dict, train_set, val_set=None) -> tuple:
+    """(task, training set, validation set) with both sets' tokens cached by the target's tokenizer."""
+    from visgen.checkpoint import load_model
+    from visgen.generator import ASSETS
+    from visgen.train.generator_task import TokenCacheConfig, TokenDataset
+
+    cfg = from_dict(FeatureDraftRecipe, recipe["model"], "model")
+    ref = cfg.target
+    target = load_model(ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else ref, ema=True).float()
+    token_model = target.model_type == "ar-generator" and set(target.schedule.unit_sizes) == {1}
+    if not (token_model and getattr(target.head, "discrete", False)):
+        raise ConfigError(f"model.target {ref}: a feature draft needs a token model (one-token units, categorical)")
+    tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
+    seed = recipe.get("train", {}).get("seed", 0)
+    train_set = TokenDataset.encode(train_set, target.tokenizer, tok_cfg.batch_size, seed)
+    if val_set is not None:
+        val_set = TokenDataset.encode(val_set, target.tokenizer, tok_cfg.batch_size, seed)
+    draft = FeatureDraft.for_target(target, cfg.n_layer)
+    draft.config.target = ref
+    return FeatureDraftTask(draft, target, cfg.feature_weight), train_set, val_set
