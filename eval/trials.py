@@ -1,5 +1,6 @@
 """Short training runs of one recipe compared at equal steps: ``results/NAME.json`` with each run's validation loss
-by step, its lowest and where, and the runs' validation losses at the last step all of them evaluated.
+by step (and every other validation metric it logged), its lowest and where, and the runs' validation losses at the
+last step all of them evaluated.
 
     python eval/trials.py --runs runs/trial-a runs/trial-b --name cifar10-token-ar-trials --command "how"
 
@@ -23,9 +24,16 @@ def run_metrics(run: Path) -> dict:
     train = [r for r in records if "loss" in r]
     final = json.loads((run / "final" / "metrics.json").read_text())
     best = min(val, key=val.get) if val else None
-    return {"val_loss_by_step": {str(k): v for k, v in sorted(val.items())}, "best_val_loss": val.get(best),
-            "best_step": best, "steps": final["step"], "final_train_loss": train[-1]["loss"] if train else None,
-            "train_images_per_s": final["train_images_per_s"]}  # fmt: skip
+    out = {"val_loss_by_step": {str(k): v for k, v in sorted(val.items())}, "best_val_loss": val.get(best),
+           "best_step": best, "steps": final["step"], "final_train_loss": train[-1]["loss"] if train else None,
+           "train_images_per_s": final["train_images_per_s"]}  # fmt: skip
+    others = sorted({k[len("val/") :] for r in records for k in r if k.startswith("val/") and k != "val/loss"})
+    for name in others:  # every other validation metric (a feature draft's acceptance, a tokenizer's PSNR, ...)
+        by_step = {str(r["step"]): r[f"val/{name}"] for r in records if f"val/{name}" in r}
+        out[f"val_{name}_by_step"] = by_step
+        if best is not None and str(best) in by_step:
+            out[f"{name}_at_best_step"] = by_step[str(best)]
+    return out
 
 
 def main(argv=None) -> int:

@@ -452,6 +452,16 @@ def test_train_py_trains_a_feature_draft(tmp_path, capsys):
     assert isinstance(draft, FeatureDraft) and draft.config.target == "asset:cifar10-token-ar"
     target = load_model("visgen/assets/cifar10-token-ar")
     Sampler(target, SamplingConfig(speculative="feature", gamma=2), draft=draft).sample_tokens(torch.arange(2))
+    # eval/trials.py summarises the run, every validation metric by step
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trials", "eval/trials.py")
+    trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trials)
+    assert trials.main(["--runs", str(out), "--name", "t", "--results-dir", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "t.json").read_text())["metrics"]["runs"]["fd"]
+    assert list(run["val_acceptance_by_step"].values()) == acc and run["steps"] == 12
+    assert run["acceptance_at_best_step"] == run["val_acceptance_by_step"][str(run["best_step"])]
     capsys.readouterr()
     assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'bad'}", "model.target=visgen/assets/cifar10-vq"]) == 2
     assert "needs a token model" in capsys.readouterr().err
