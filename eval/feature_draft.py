@@ -38,12 +38,8 @@ from visgen.data import DataConfig, DataError, build_dataset
 from visgen.model_card import write_card
 from visgen.results import metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.feature_draft import draft_pass, target_pass, train_feature_draft
+from visgen.sampling.feature_draft import check_token_target, draft_pass, overlap, target_pass, train_feature_draft
 from visgen.train.generator_task import TokenDataset
-
-
-def overlap(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    return torch.minimum(logp.exp(), logq.exp()).sum(-1)
 
 
 def sampled(target, draft, args) -> dict:
@@ -91,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.train_images, args.val_images, args.steps, args.batch_size) < 1:
             raise ConfigError("--train-images, --val-images, --steps and --batch-size must be at least 1")
         target = load_model(args.target, ema=True).eval().requires_grad_(False)
-        token_model = target.model_type == "ar-generator" and set(target.schedule.unit_sizes) == {1}
-        if not (token_model and getattr(target.head, "discrete", False)):
-            raise ConfigError(f"{args.target}: a feature draft needs a token model (one-token units, categorical)")
+        check_token_target(target, args.target)
         sets = [build_dataset(DataConfig(path=f"{args.data}/{split}", image_size=target.config.image_size, limit=n))
                 for split, n in (("train", args.train_images), ("test", args.val_images))]  # fmt: skip
     except (ConfigError, DataError, OSError) as e:

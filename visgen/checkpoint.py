@@ -204,7 +204,8 @@ _REGISTERED_IN = {
 
 
 def load_model(directory: str | Path, ema: bool = False, map_location: str = "cpu"):
-    """Load any registered visgen model from its folder, or from the Hugging Face Hub by ``user/repo`` id."""
+    """Load any registered visgen model from its folder, a bundled one by ``asset:NAME``, or one from the Hugging
+    Face Hub by ``user/repo`` id."""
     import visgen.generator  # noqa: F401  (registers the model types)
     import visgen.tokenizers  # noqa: F401
     from visgen.hub import resolve

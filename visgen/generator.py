@@ -17,13 +17,13 @@ from torch import nn
 from visgen.checkpoint import CONFIG_NAME, CheckpointError, PretrainedMixin, load_model, register_model
 from visgen.config import ConfigError, from_dict, to_dict
 from visgen.heads import CategoricalHead, DiffusionHead, DMoLHead, FlowHead, FlowMLPHead
+from visgen.hub import ASSETS
 from visgen.nn import Transformer, backbone_config
 from visgen.nn.transformer import rope_tables
 from visgen.schedules import build_schedule
 from visgen.tokenizers.base import Tokenizer
 from visgen.tokenizers.pixel import PixelConfig, PixelTokenizer, pixel_tokenizer_ref
 
-ASSETS = Path(__file__).parent / "assets"
 CONTINUOUS_HEADS = {"flow": FlowHead, "diffusion": DiffusionHead, "flow_mlp": FlowMLPHead}
 
 

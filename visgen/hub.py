@@ -11,6 +11,7 @@ from pathlib import Path
 from visgen.checkpoint import CheckpointError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ASSETS = Path(__file__).parent / "assets"  # the models bundled with the package: ``asset:NAME``
 
 
 def is_hub_id(ref: str) -> bool:
@@ -20,7 +21,9 @@ def is_hub_id(ref: str) -> bool:
 
 def resolve(ref: str | Path, revision: str | None = None) -> Path:
     """A local model folder for ``ref``: the path itself, or the Hub snapshot of a repo id (from the cache when it
-    is there, downloaded otherwise)."""
+    is there, downloaded otherwise), or for ``asset:NAME`` the bundled model's folder."""
+    if str(ref).startswith("asset:"):
+        return ASSETS / str(ref)[len("asset:") :]
     if not is_hub_id(str(ref)):
         return Path(ref).expanduser()
     from huggingface_hub import snapshot_download

@@ -22,7 +22,7 @@ from visgen import hub
 from visgen.checkpoint import EMA_NAME, WEIGHTS_NAME, CheckpointError, file_sha256, read_config
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.generator import ASSETS, Generator
+from visgen.generator import Generator
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
@@ -34,7 +34,7 @@ DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
 def resolve_checkpoint(ref: str, kind: str = Generator.model_type) -> Path:
     """A generator folder (or one of model type ``kind``): ``asset:NAME``, a path, or a Hub id (``user/repo``)."""
-    path = ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else hub.resolve(ref)
+    path = hub.resolve(ref)
     meta = read_config(path)
     if meta["model_type"] != kind:
         what = "generator" if kind == Generator.model_type else repr(kind)

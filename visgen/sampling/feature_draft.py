@@ -90,6 +90,18 @@ class FeatureDraft(PretrainedMixin, nn.Module):
                          rope=(cos[at][:, None], sin[at][:, None]))  # fmt: skip
 
 
+def check_token_target(target, name: str) -> None:
+    """A clear error where ``target`` (named ``name`` in it) is not a token model a feature draft can read."""
+    token_model = getattr(target, "model_type", None) == "ar-generator" and set(target.schedule.unit_sizes) == {1}
+    if not (token_model and getattr(target.head, "discrete", False)):
+        raise ConfigError(f"{name}: a feature draft needs a token model (one-token units, categorical)")
+
+
+def overlap(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """sum_x min(p(x), q(x)) per position: the probability that a token drafted from q is accepted under p."""
+    return torch.minimum(logp.exp(), logq.exp()).sum(-1)
+
+
 def target_pass(target, tokens: torch.Tensor, labels: torch.Tensor):
     """(sequence, features (B, L, d), log p (B, L, V)) of the frozen target, teacher-forced, no guidance."""
     with torch.no_grad():
@@ -113,6 +125,11 @@ def draft_loss(draft: FeatureDraft, target, tokens, labels, feature_weight: floa
     """KL(p || q) at every next position plus ``feature_weight`` x smooth-L1 to the target's features."""
     seq, feats, logp = target_pass(target, tokens, labels)
     pred, logq, _ = draft_pass(draft, target, seq, feats)
+    return loss_of(pred, logq, feats, logp, feature_weight)
+
+
+def loss_of(pred, logq, feats, logp, feature_weight: float) -> torch.Tensor:
+    """``draft_loss`` from the two passes' outputs (``target_pass``, ``draft_pass``)."""
     kl = F.kl_div(logq, logp[:, 1:], log_target=True, reduction="none").sum(-1).mean()
     return kl + feature_weight * F.smooth_l1_loss(pred.float(), feats[:, 1:].float())
 

@@ -294,13 +294,16 @@ class Sampler:
 
     # ---- one unit ------------------------------------------------------------------------------------------------
 
-    def _step(self, st: _BatchState, k: int, inputs):
-        """Sample unit ``k`` from ``inputs`` (None for unit 0)."""
+    def _step(self, st: _BatchState, k: int, inputs, features: list | None = None):
+        """Sample unit ``k`` from ``inputs`` (None for unit 0); ``features`` gets the backbone's output of the unit
+        (what a feature draft reads)."""
         m, c = self.model, self.cfg
         if inputs is not None and st.guided:
             inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
         kv_len, masked = self.reads[k]
         h = m.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
+        if features is not None:
+            features.append(h)
         return self._head_sample(
             h, self._scales[k], st.noise, self._steps[k], guided=st.guided,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,

@@ -449,15 +449,7 @@ class SpeculativeDecoder:
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(s.dtype)
-            if self.method == "feature":  # the plain step, keeping the target's feature for the draft
-                if inputs is not None and st.guided:
-                    inputs = torch.cat([inputs, inputs])
-                h = m.decode_unit(k, inputs, st.labels, st.cache, *s.reads[k])
-                feats.append(h)
-                units.append(s._head_sample(h, s._scales[k], st.noise, s._steps[k], guided=st.guided,
-                                            temperature=s.cfg.temperature, top_k=s.cfg.top_k, top_p=s.cfg.top_p))  # fmt: skip
-            else:
-                units.append(s._step(st, k, inputs))
+            units.append(s._step(st, k, inputs, feats if self.method == "feature" else None))
         seq = torch.cat(units, 1)
         st.tokens[:, : self.prefix].copy_(seq)
         if self.method == "feature":

@@ -18,7 +18,15 @@ from torch import nn
 
 from visgen.config import ConfigError, from_dict
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.feature_draft import FeatureDraft, draft_loss, draft_pass, target_pass
+from visgen.sampling.feature_draft import (
+    FeatureDraft,
+    check_token_target,
+    draft_loss,
+    draft_pass,
+    loss_of,
+    overlap,
+    target_pass,
+)
 
 
 @dataclass
@@ -64,11 +72,10 @@ class FeatureDraftTask(nn.Module):
             tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
             target = self.target_on(tokens.device)
             seq, feats, logp = target_pass(target, tokens, labels)
-            _, logq1, logq2 = draft_pass(model, target, seq, feats, depth2=True)
+            pred, logq1, logq2 = draft_pass(model, target, seq, feats, depth2=True)
             n = len(labels)
-            overlap = lambda lp, lq: torch.minimum(lp.exp(), lq.exp()).sum(-1).mean()  # noqa: E731
-            values = [draft_loss(model, target, tokens, labels, self.feature_weight), overlap(logp[:, 1:], logq1),
-                      overlap(logp[:, 2:], logq2)]  # fmt: skip
+            values = [loss_of(pred, logq1, feats, logp, self.feature_weight), overlap(logp[:, 1:], logq1).mean(),
+                      overlap(logp[:, 2:], logq2).mean()]  # fmt: skip
             sums += torch.stack([*(v.double() * n for v in values), sums.new_tensor(float(n))])
         sums = accelerator.reduce(sums, "sum").tolist()
         n = max(sums[-1], 1)
@@ -87,15 +94,12 @@ class FeatureDraftTask(nn.Module):
 def build_feature_draft_task(recipe: dict, train_set, val_set=None) -> tuple:
     """(task, training set, validation set) with both sets' tokens cached by the target's tokenizer."""
     from visgen.checkpoint import load_model
-    from visgen.generator import ASSETS
     from visgen.train.generator_task import TokenCacheConfig, TokenDataset
 
     cfg = from_dict(FeatureDraftRecipe, recipe["model"], "model")
     ref = cfg.target
-    target = load_model(ASSETS / ref[len("asset:") :] if ref.startswith("asset:") else ref, ema=True).float()
-    token_model = target.model_type == "ar-generator" and set(target.schedule.unit_sizes) == {1}
-    if not (token_model and getattr(target.head, "discrete", False)):
-        raise ConfigError(f"model.target {ref}: a feature draft needs a token model (one-token units, categorical)")
+    target = load_model(ref, ema=True).float()
+    check_token_target(target, f"model.target {ref}")
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     seed = recipe.get("train", {}).get("seed", 0)
     train_set = TokenDataset.encode(train_set, target.tokenizer, tok_cfg.batch_size, seed)
