@@ -2,7 +2,7 @@
 acceptance statistics, and FD with and without.
 
 Discrete: ``--target`` (a GPT-B-sized token model) with ``--draft`` (a small one over the same VQ tokenizer) for
-``draft``, with ``--feature-draft`` (a ``FeatureDraft`` trained on the target, eval/feature_draft.py --out) for
+``draft``, with ``--feature-draft`` (a ``FeatureDraft`` trained on the target by ``train.py feature-draft``) for
 ``feature``, and the target alone for ``jacobi``. Continuous: ``--cspd-target`` / ``--cspd-draft`` (two diffusion-head
 models over the same KL tokenizer) for ``cspd`` under the exact rule and the reference's relaxation
 (``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain

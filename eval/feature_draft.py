@@ -1,5 +1,5 @@
-"""Train a draft that reads the target's own features (EAGLE-style, ``visgen.sampling.feature_draft``) and measure
-how often speculative decoding would accept its tokens.
+"""How often speculative decoding would accept the tokens of a draft that reads the target's own features
+(EAGLE-style, ``visgen.sampling.feature_draft``), trained by ``train.py feature-draft``.
 
 A token target's feature f_i (the backbone's output that predicts token i) and the embedding of the token drawn
 there go through one linear layer and a small causal transformer, trained with the target frozen to predict the
@@ -11,23 +11,17 @@ sum_x min(p(x), q(x)) (temperature 1, no guidance). Reported on held-out images,
 - ``overlap_depth2``: the second (it reads its own predicted feature, as drafting further does);
 - ``overlap_unigram``: a draft that ignores the context (the training tokens' frequencies), the floor;
 - ``tokens_per_pass_gamma{g}``: (1 - a^(g+1)) / (1 - a) at a = ``overlap_depth1``, the tokens a verifying pass would
-  keep if every position were accepted as often as the first (an upper bound where depth lowers it).
+  keep if every position were accepted as often as the first (an upper bound where depth lowers it);
+- with ``--sample-images``: acceptance and tokens per pass as the sampler draws, Jacobi drafts beside.
 
-    python eval/feature_draft.py --data /path/to/cifar10 --train-images 10000 --steps 1500 --name feature-draft-cpu \
-        --out runs/feature-draft      # then: sample.py --speculative feature --draft runs/feature-draft
-    python eval/feature_draft.py --data /path/to/cifar10 --draft runs/feature-draft --sample-images 50 \
-        --name feature-draft-sampling-cpu    # a saved draft measured again, and as the sampler draws
-
-The training here is one process on one device (no accelerate, no checkpoints along the way): a draft trains in
-minutes on a CPU.
+    python train.py feature-draft --recipe generators/cifar10-feature-draft.yaml
+    python eval/feature_draft.py --data /path/to/cifar10 --draft runs/cifar10-feature-draft/final --sample-images 50 \
+        --name feature-draft-sampling-cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +29,9 @@ import torch.nn.functional as F
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.model_card import write_card
 from visgen.results import metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.feature_draft import check_token_target, draft_pass, overlap, target_pass, train_feature_draft
+from visgen.sampling.feature_draft import FeatureDraft, check_token_target, draft_pass, overlap, target_pass
 from visgen.train.generator_task import TokenDataset
 
 
@@ -63,20 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="visgen/assets/cifar10-token-ar", help="a token generator's folder")
     p.add_argument("--data", required=True, help="an image folder with train/ and test/ (CIFAR-10)")
-    p.add_argument("--train-images", type=int, default=10000)
+    p.add_argument("--draft", required=True, help="a feature draft's folder (train.py feature-draft's final/)")
+    p.add_argument("--train-images", type=int, default=10000, help="training images whose token frequencies make "
+                   "the context-free floor (overlap_unigram)")  # fmt: skip
     p.add_argument("--val-images", type=int, default=2000)
-    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--layers", type=int, default=1, help="transformer blocks of the draft")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the feature regression beside KL")
     p.add_argument("--gammas", type=int, nargs="+", default=[4, 8])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--name", help="write results/NAME.json")
-    p.add_argument("--out", help="save the trained draft here (speculative='feature': sample.py --speculative "
-                   "feature --draft OUT)")  # fmt: skip
-    p.add_argument("--draft", help="measure this saved draft instead of training one")
     p.add_argument("--sample-images", type=int, default=0,
                    help="also sample this many images through the sampler with speculative 'feature' (and 'jacobi' "
                    "beside it) at --cfg-scale and each of --gammas: acceptance and tokens per pass as sampled")  # fmt: skip
@@ -84,25 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default="results")
     args = p.parse_args(argv)
     try:
-        if min(args.train_images, args.val_images, args.steps, args.batch_size) < 1:
-            raise ConfigError("--train-images, --val-images, --steps and --batch-size must be at least 1")
+        if min(args.train_images, args.val_images, args.batch_size) < 1:
+            raise ConfigError("--train-images, --val-images and --batch-size must be at least 1")
         target = load_model(args.target, ema=True).eval().requires_grad_(False)
         check_token_target(target, args.target)
         sets = [build_dataset(DataConfig(path=f"{args.data}/{split}", image_size=target.config.image_size, limit=n))
                 for split, n in (("train", args.train_images), ("test", args.val_images))]  # fmt: skip
+        draft = load_model(args.draft).float().eval()
+        if not isinstance(draft, FeatureDraft):
+            raise ConfigError(f"--draft {args.draft} is a {type(draft).__name__}, not a feature draft (train one "
+                              "with train.py feature-draft)")  # fmt: skip
+        draft.check_target(target)
     except (ConfigError, DataError, OSError) as e:
         print(f"error: {e}")
         return 2
     train, val = (TokenDataset.encode(s, target.tokenizer) for s in sets)
-    t0 = time.perf_counter()
-    if args.draft:
-        draft = load_model(args.draft).float().eval()
-        draft.check_target(target)
-    else:
-        draft = train_feature_draft(target, train.tokens, train.labels, args.steps, args.batch_size, args.lr,
-                                    args.layers, args.feature_weight, args.seed, args.device).cpu().float()  # fmt: skip
     target = target.cpu()
-    seconds = time.perf_counter() - t0
     freq = torch.bincount(train.tokens.flatten(), minlength=target.tokenizer.vocab_size).float() + 1
     log_unigram = (freq / freq.sum()).log()
     sums, counts = torch.zeros(4), torch.zeros(4)
@@ -118,17 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"overlap_depth1": a1, "overlap_depth2": a2, "overlap_unigram": uni, "val_kl": kl,
                "draft_params": sum(q.numel() for q in draft.parameters()),
                "target_params": sum(q.numel() for q in target.parameters()), "train_images": len(train),
-               "val_images": len(val)}  # fmt: skip
-    metrics.update({"draft": args.draft} if args.draft else {"steps": args.steps, "train_seconds": seconds})
+               "val_images": len(val), "draft": args.draft}  # fmt: skip
     for g in args.gammas:
         metrics[f"tokens_per_pass_gamma{g}"] = (1 - a1 ** (g + 1)) / (1 - a1) if a1 < 1 else g + 1.0
     if args.sample_images:
         metrics.update(sampled(target, draft, args))
     print(metrics_line(metrics))
-    if args.out:
-        draft.save_pretrained(args.out)
-        write_card(args.out, training={"target": args.target, "command": shlex.join(["python", *sys.argv])},
-                   results={"held-out overlap": metrics})  # fmt: skip
     if args.name:
         print(write_result(f"{args.results_dir}/{args.name}.json", args.name, metrics))
     return 0

@@ -16,7 +16,7 @@ from tests.test_tokenizers import TINY_VQ
 from visgen.config import ConfigError
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig, speculative
-from visgen.sampling.feature_draft import FeatureDraft, draft_loss, train_feature_draft
+from visgen.sampling.feature_draft import FeatureDraft
 from visgen.tokenizers import VQTokenizer
 from visgen.tokenizers.vq import VQConfig
 
@@ -209,39 +209,6 @@ def test_feature_draft_cache_holds_what_the_targets_features_give_it():
     torch.testing.assert_close(st.dcache.v[:, :, :, : L - 1], direct.v[:, :, :, : L - 1], atol=1e-5, rtol=1e-4)
 
 
-def test_training_a_feature_draft_raises_its_acceptance(tmp_path):
-    """A feature draft trained a few steps on the bundled token model's tokens of real images: its loss falls, the
-    sampler accepts more of its tokens than of an untrained one's, and it saves, loads and checks its target."""
-    from visgen.checkpoint import load_model
-    from visgen.data import DataConfig, build_dataset
-    from visgen.train.generator_task import TokenDataset
-
-    target = load_model("visgen/assets/cifar10-token-ar", ema=True).float().eval()
-    data = TokenDataset.encode(build_dataset(DataConfig(path="tests/data/cifar10/train", limit=64)), target.tokenizer)
-    untrained = FeatureDraft.for_target(target)
-    with torch.no_grad():
-        before = draft_loss(untrained, target, data.tokens[:32], data.labels[:32]).item()
-    trained = train_feature_draft(target, data.tokens, data.labels, steps=40, batch_size=16, lr=3e-3)
-    with torch.no_grad():
-        after = draft_loss(trained, target, data.tokens[:32], data.labels[:32]).item()
-    assert after < 0.7 * before
-    trained.save_pretrained(tmp_path / "fd")
-    loaded = load_model(tmp_path / "fd")
-    assert isinstance(loaded, FeatureDraft)
-    labels = torch.arange(4)
-
-    def acceptance(draft) -> float:
-        s = Sampler(target, SamplingConfig(speculative="feature", gamma=3, seed=1), draft=draft)
-        s.sample_tokens(labels)
-        return s.speculative.stats["acceptance"]
-
-    assert acceptance(loaded) > acceptance(untrained) + 0.1
-    with pytest.raises(ConfigError, match="feature draft was made for"):
-        Sampler(tiny_generator(), SamplingConfig(speculative="feature"), draft=loaded)
-    with pytest.raises(ConfigError, match="needs a feature draft"):
-        Sampler(target, SamplingConfig(speculative="feature"), draft=target)
-
-
 # ---- continuous: CSpD -------------------------------------------------------------------------------------------
 
 
@@ -399,69 +366,71 @@ def test_a_draft_distils_from_the_bundled_model_through_the_recipe(tmp_path):
     assert train_main([*args[:5], *other]) == 2
 
 
-def test_feature_draft_go_no_go_figure(tmp_path):
-    """eval/feature_draft.py: an EAGLE-style draft on the bundled model's features, trained a few steps on the
-    committed CIFAR-10 cut, reports held-out overlaps (probabilities of acceptance) and refuses a non-token model."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path("eval").resolve()))
-    from feature_draft import main as feature_draft
-
-    from visgen.cli.sample import main as sample_main
-
-    out = tmp_path / "fd"
-    assert feature_draft(["--data", "tests/data/cifar10", "--train-images", "32", "--val-images", "16", "--steps",
-                          "3", "--batch-size", "8", "--name", "f", "--results-dir", str(tmp_path),
-                          "--out", str(out)]) == 0  # fmt: skip
-    m = json.loads((tmp_path / "f.json").read_text())["metrics"]
-    assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram"))
-    assert 1 <= m["tokens_per_pass_gamma4"] <= 5 and m["draft_params"] < m["target_params"]
-    assert "overlap_depth1" in (out / "README.md").read_text()  # the card says what it measured
-    # the saved draft samples through the command (the bundled model is sample.py's default checkpoint)
-    args = ["--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "s"), "--speculative", "feature",
-            "--draft", str(out), "--gamma", "3"]  # fmt: skip
-    assert sample_main(args) == 0
-    (folder,) = (tmp_path / "s").iterdir()
-    assert "spec-feature-g3" in folder.name
-    assert 0 <= json.loads((folder / "settings.json").read_text())["speculative_stats"]["acceptance"] <= 1
-    assert feature_draft(["--data", "tests/data/cifar10", "--val-images", "8", "--draft", str(out), "--sample-images",
-                          "2", "--gammas", "2", "--name", "g", "--results-dir", str(tmp_path)]) == 0  # fmt: skip
-    m = json.loads((tmp_path / "g.json").read_text())["metrics"]
-    assert m["draft"] == str(out) and 1 <= m["sampler_tokens_per_pass_feature_gamma2"] <= 3
-    assert 0 <= m["sampler_acceptance_jacobi_gamma2"] <= 1
-    assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10"]) == 2
-
-
 def test_train_py_trains_a_feature_draft(tmp_path, capsys):
-    """``train.py feature-draft``: the recipe trains a draft through the trainer on the bundled model's cached tokens;
-    validation reports the held-out acceptance, which rises, and final/ holds a draft the sampler takes."""
+    """``train.py feature-draft``: the recipe trains a draft through the trainer on the bundled model's cached tokens
+    of real images; the held-out loss falls and acceptance rises, the sampler accepts more of its tokens than of an
+    untrained draft's, eval/trials.py and eval/feature_draft.py report it, and sample.py draws through it."""
+    import importlib.util
+
     from visgen.checkpoint import load_model
+    from visgen.cli.sample import main as sample_main
     from visgen.cli.train import main as train_main
+
+    def script(name: str):
+        spec = importlib.util.spec_from_file_location(name, f"eval/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
 
     out = tmp_path / "fd"
     args = ["feature-draft", "--recipe", "generators/cifar10-feature-draft.yaml", "data.path=tests/data/cifar10/train",
-            "val.path=tests/data/cifar10/test", "data.limit=96", "val.limit=32", "train.steps=12", "train.batch_size=16",
-            "train.eval_every=6",
-            "train.num_workers=0", "train.val_images=32", "train.warmup_steps=2", f"train.out_dir={out}"]  # fmt: skip
+            "val.path=tests/data/cifar10/test", "data.limit=96", "val.limit=32", "train.steps=40", "train.batch_size=16",
+            "train.lr=3e-3", "train.eval_every=20", "train.log_every=20", "train.num_workers=0",
+            "train.val_images=32", "train.warmup_steps=2", f"train.out_dir={out}"]  # fmt: skip
     assert train_main(args) == 0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     acc = [r["val/acceptance"] for r in records if "val/acceptance" in r]
-    assert len(acc) >= 2 and acc[-1] > acc[0] and 0 < acc[-1] <= 1
+    loss = [r["val/loss"] for r in records if "val/loss" in r]
+    assert len(acc) >= 2 and acc[-1] > acc[0] and 0 < acc[-1] <= 1 and loss[-1] < loss[0]
     draft = load_model(out / "final")
     assert isinstance(draft, FeatureDraft) and draft.config.target == "asset:cifar10-token-ar"
-    target = load_model("visgen/assets/cifar10-token-ar")
-    Sampler(target, SamplingConfig(speculative="feature", gamma=2), draft=draft).sample_tokens(torch.arange(2))
-    # eval/trials.py summarises the run, every validation metric by step
-    import importlib.util
+    target = load_model("visgen/assets/cifar10-token-ar", ema=True).float().eval()
 
-    spec = importlib.util.spec_from_file_location("trials", "eval/trials.py")
-    trials = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trials)
-    assert trials.main(["--runs", str(out), "--name", "t", "--results-dir", str(tmp_path)]) == 0
+    def acceptance(d) -> float:
+        s = Sampler(target, SamplingConfig(speculative="feature", gamma=3, seed=1), draft=d)
+        s.sample_tokens(torch.arange(4))
+        return s.speculative.stats["acceptance"]
+
+    assert acceptance(draft) > acceptance(FeatureDraft.for_target(target)) + 0.1
+    with pytest.raises(ConfigError, match="feature draft was made for"):
+        Sampler(tiny_generator(), SamplingConfig(speculative="feature"), draft=draft)
+    with pytest.raises(ConfigError, match="needs a feature draft"):
+        Sampler(target, SamplingConfig(speculative="feature"), draft=target)
+    # eval/trials.py summarises the run, every validation metric by step
+    assert script("trials")(["--runs", str(out), "--name", "t", "--results-dir", str(tmp_path)]) == 0
     run = json.loads((tmp_path / "t.json").read_text())["metrics"]["runs"]["fd"]
-    assert list(run["val_acceptance_by_step"].values()) == acc and run["steps"] == 12
+    assert list(run["val_acceptance_by_step"].values()) == acc and run["steps"] == 40
     assert run["acceptance_at_best_step"] == run["val_acceptance_by_step"][str(run["best_step"])]
+    # eval/feature_draft.py: held-out overlaps per drafted position and as the sampler draws
+    feature_draft = script("feature_draft")
+    assert feature_draft(["--data", "tests/data/cifar10", "--draft", str(out / "final"), "--train-images", "32",
+                          "--val-images", "16", "--sample-images", "2", "--gammas", "2", "--name", "g",
+                          "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    m = json.loads((tmp_path / "g.json").read_text())["metrics"]
+    assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram"))
+    assert m["overlap_depth1"] > m["overlap_unigram"] and m["draft_params"] < m["target_params"]
+    assert 1 <= m["tokens_per_pass_gamma2"] <= 3 and 1 <= m["sampler_tokens_per_pass_feature_gamma2"] <= 3
+    assert 0 <= m["sampler_acceptance_jacobi_gamma2"] <= 1
+    assert feature_draft(["--data", "tests/data/cifar10", "--draft", "visgen/assets/cifar10-token-ar"]) == 2
+    assert feature_draft(["--target", "visgen/assets/cifar10-vq", "--data", "tests/data/cifar10", "--draft",
+                          str(out / "final")]) == 2  # fmt: skip
+    # the saved draft samples through the command (the bundled model is sample.py's default checkpoint)
+    sargs = ["--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "s"), "--speculative", "feature",
+             "--draft", str(out / "final"), "--gamma", "3"]  # fmt: skip
+    assert sample_main(sargs) == 0
+    (folder,) = (tmp_path / "s").iterdir()
+    assert "spec-feature-g3" in folder.name
+    assert 0 <= json.loads((folder / "settings.json").read_text())["speculative_stats"]["acceptance"] <= 1
     capsys.readouterr()
     assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'bad'}", "model.target=visgen/assets/cifar10-vq"]) == 2
     assert "needs a token model" in capsys.readouterr().err

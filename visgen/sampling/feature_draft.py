@@ -6,14 +6,14 @@ that predicts f_(i+1); the target's own head turns the prediction into the draft
 the draft reads its own predicted feature (EAGLE sec. 3). It keeps no embedding and no head of its own, so it is a few
 percent of the target, and it fits only a target of the same width, sequence and vocabulary (``check_target``).
 
-Trained with the target frozen (``train_feature_draft``): KL(p || q) at every next position plus a smooth-L1 pull of
-the predicted features toward the target's (EAGLE sec. 4). Any draft keeps speculative decoding exact; a good one
-makes it fast (``eval/feature_draft.py`` measures the overlap sum(min(p, q)) that acceptance follows).
+Trained with the target frozen (``draft_loss``, through the trainer: ``train.py feature-draft``,
+``visgen.train.feature_draft_task``): KL(p || q) at every next position plus a smooth-L1 pull of the predicted
+features toward the target's (EAGLE sec. 4). Any draft keeps speculative decoding exact; a good one makes it fast
+(``eval/feature_draft.py`` measures the overlap sum(min(p, q)) that acceptance follows).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -132,29 +132,3 @@ def loss_of(pred, logq, feats, logp, feature_weight: float) -> torch.Tensor:
     """``draft_loss`` from the two passes' outputs (``target_pass``, ``draft_pass``)."""
     kl = F.kl_div(logq, logp[:, 1:], log_target=True, reduction="none").sum(-1).mean()
     return kl + feature_weight * F.smooth_l1_loss(pred.float(), feats[:, 1:].float())
-
-
-def train_feature_draft(target, tokens: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64,
-                        lr: float = 1e-3, n_layer: int = 1, feature_weight: float = 1.0, seed: int = 0,
-                        device: str | torch.device = "cpu") -> FeatureDraft:  # fmt: skip
-    """A draft for ``target`` (frozen) trained on token grids ``tokens`` (N, h, w) with class ``labels`` (N,):
-    AdamW, gradients clipped at 1, the learning rate on a cosine to zero, on ``device`` (bf16 autocast on a GPU)."""
-    target = target.to(device).eval().requires_grad_(False)
-    torch.manual_seed(seed)
-    draft = FeatureDraft.for_target(target, n_layer).to(device)
-    opt = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=torch.device(device).type == "cuda")
-    for step in range(steps):
-        idx = torch.randint(0, len(tokens), (batch_size,), generator=gen)
-        with autocast:
-            loss = draft_loss(draft, target, tokens[idx].to(device), labels[idx].to(device), feature_weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the feature draft's loss is {loss.item()} at step {step}; lower the lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.step()
-    return draft.eval()
