@@ -8,7 +8,7 @@ dropout) and ``gptb`` (GPT-B, 256 tokens, vocab 16384). The bare loop is what a 
 compiled too. ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager bare loop (what a user
 would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
 
-``--profile DIR`` also profiles ten steps of each at the recipe's size (``profile-bare.txt``,
+``--profile DIR`` also profiles ten steps of each at the recipe's size, after every timing (``profile-bare.txt``,
 ``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's tables of the
 host's Python over 50 steps of the bare loop and one 200-step fit of the trainer; ``profile-trainer-syncs.txt``:
 where a 20-step fit makes the host wait for the GPU) and records kernels, device ms and wall ms per step.
@@ -291,27 +291,38 @@ def main():
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
-    p.add_argument("--profile", type=Path, help="profile the recipe's size into this folder")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each row this many times, bare loop and trainer alternating, keeping each one's best",
+    )
+    p.add_argument("--profile", type=Path, help="profile the recipe's size into this folder (after every timing)")
     p.set_defaults(train_batches=None)
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rec = Record(args.name)
+    gens = {}
     for size in args.sizes:
         torch.manual_seed(0)
-        gen = build(size, args.tiny)
+        gens[size] = gen = build(size, args.tiny)
         rec.add(f"{size}_params", sum(p.numel() for p in gen.parameters()), ",d")
         for bs in args.train_batches or SIZES[size]:
-            key, best = f"{size}_b{bs}", ("", 0.0)
-            profile = args.profile if args.profile and size == "cifar" else None
+            key, best, bare_eager = f"{size}_b{bs}", ("", 0.0), None
             for mode in args.modes:
+                compiled = mode == "compiled"
                 try:
-                    b = bare(gen, bs, args.seconds, mode == "compiled", device, profile if mode == "eager" else None)
-                    t = trainer_run(gen, bs, args.seconds, mode == "compiled", device,
-                                    profile if mode == "eager" else None)  # fmt: skip
+                    runs = {"bare": [], "trainer": []}
+                    for r in range(args.rounds):  # alternating, so a drift of the machine weighs on both
+                        order = ("bare", "trainer") if r % 2 == 0 else ("trainer", "bare")
+                        for who in order:
+                            run = bare if who == "bare" else trainer_run
+                            runs[who].append(run(gen, bs, args.seconds, compiled, device))
                 except Exception as e:  # one mode failing (a compile on this machine) leaves the others measured
                     print(f"{key} {mode}: failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
                     continue
+                b, t = (max(runs[who], key=lambda r: r["images_per_s"]) for who in ("bare", "trainer"))
                 for who, r in (("bare", b), ("trainer", t)):
                     for k, v in r.items():
                         rec.add(f"{who}_{mode}_{key}_{k}", v, ".3f" if isinstance(v, float) else "d")
@@ -320,9 +331,17 @@ def main():
                     bare_eager = b["images_per_s"]
                 if t["images_per_s"] > best[1]:
                     best = (mode, t["images_per_s"])
-            if best[0] and "eager" in args.modes:
+            if best[0] and bare_eager:
                 rec.add(f"trainer_over_bare_{key}", best[1] / bare_eager, ".3f")
                 rec.add(f"trainer_best_mode_{key}", best[0])
+    if args.profile and "cifar" in gens:
+        # last: the profiler's CUDA tracing can stay attached to the process and slow every later kernel launch, so
+        # no timing above runs after it; its own figures come from the profiled steps alone
+        bs = (args.train_batches or SIZES["cifar"])[0]
+        for who, run in (("bare", bare), ("trainer", trainer_run)):
+            r = run(gens["cifar"], bs, 1.0, False, device, args.profile)
+            for k in ("kernels_per_step", "device_ms_per_step", "wall_ms_per_step", "host_syncs_per_step"):
+                rec.add(f"{who}_eager_cifar_b{bs}_{k}", r[k], ".3f")
 
 
 if __name__ == "__main__":
