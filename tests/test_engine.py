@@ -305,8 +305,9 @@ def test_compiled_sampling_equals_eager():
 
 
 def test_triton_decode_kernel_equals_sdpa():
-    """SamplingConfig(decode_kernel="triton"): the kernel (run by Triton's interpreter on the CPU) == SDPA on the prefix,
-    and sampling through it gives the same tokens; on a CPU without the interpreter it is a clear error."""
+    """SamplingConfig(decode_kernel="triton"): the kernels (run by Triton's interpreter on the CPU) == SDPA on the
+    prefix, for one-token steps and for speculative windows at per-row positions, and sampling through them gives the
+    same tokens; on a CPU without the interpreter it is a clear error."""
     pytest.importorskip("triton")
     out = subprocess.run([sys.executable, "tests/triton_decode_check.py"], capture_output=True, text=True,
                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path.cwd())})  # fmt: skip

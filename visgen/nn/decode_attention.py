@@ -93,6 +93,84 @@ if triton is not None:
         wrapped = torch.library.wrap_triton(_decode_kernel)
         return _launch(wrapped, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
 
+    @triton.jit
+    def _rope_rows(x, cos, sin, NQ: tl.constexpr, D: tl.constexpr):
+        """``_rope`` on (NQ, D) head vectors, each with its own angles (cos, sin: (NQ, D / 2))."""
+        x1, x2 = tl.split(tl.reshape(x, (NQ, D // 2, 2)))
+        return tl.interleave(x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+
+    @triton.jit
+    def _rows_kernel(
+        QKV, Cos, Sin, KC, VC, Pos, Out, H, N,
+        s_r, s_l, s_t, s_h, sc_r, sc_l, ss_r, ss_l, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, sp_r, so_r, so_l, so_h,
+        SCALE: tl.constexpr, D: tl.constexpr, NQ: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        r, h = (pid // H).to(tl.int64), pid % H
+        offs_q, offs_d, offs_half = tl.arange(0, NQ), tl.arange(0, D), tl.arange(0, D // 2)
+        live = offs_q < N
+        pos = tl.load(Pos + r * sp_r + offs_q, mask=live, other=0)
+        first = tl.min(tl.where(live, pos, 2**62), axis=0)  # the window's first slot: the cache holds those before
+        cos = tl.load(Cos + r * sc_r + offs_q[:, None] * sc_l + offs_half[None, :], mask=live[:, None], other=1.0)
+        sin = tl.load(Sin + r * ss_r + offs_q[:, None] * ss_l + offs_half[None, :], mask=live[:, None], other=0.0)
+        at = QKV + r * s_r + h * s_h + offs_q[:, None] * s_l + offs_d[None, :]
+        q = _rope_rows(tl.load(at, mask=live[:, None], other=0.0).to(tl.float32), cos, sin, NQ, D)
+        k = _rope_rows(tl.load(at + s_t, mask=live[:, None], other=0.0).to(tl.float32), cos, sin, NQ, D)
+        q, k = q.to(QKV.dtype.element_ty), k.to(KC.dtype.element_ty)  # rounded as SDPA would read them
+        v = tl.load(at + 2 * s_t, mask=live[:, None], other=0.0).to(VC.dtype.element_ty)
+        k_row, v_row = KC + r * sk_r + h * sk_h, VC + r * sv_r + h * sv_h
+        tl.store(k_row + pos[:, None] * sk_n + offs_d[None, :], k, mask=live[:, None])  # the window's slots
+        tl.store(v_row + pos[:, None] * sv_n + offs_d[None, :], v, mask=live[:, None])
+        q = q.to(KC.dtype.element_ty)
+        # the window itself, from registers: query i reads window token j where pos_j <= pos_i (a padded query reads
+        # itself, a zero, so no row of scores is empty)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee" if IEEE else None).to(tl.float32) * SCALE
+        sees = (live[None, :] & (pos[None, :] <= pos[:, None])) | (offs_q[None, :] == offs_q[:, None])
+        s = tl.where(sees, s, float("-inf"))
+        m_i = tl.max(s, axis=1)
+        p = tl.exp(s - m_i[:, None])
+        l_i = tl.sum(p, axis=1)
+        acc = tl.dot(p.to(VC.dtype.element_ty), v, input_precision="ieee" if IEEE else None).to(tl.float32)
+        # then the cache's slots 0..first-1, which every query of the window reads, with an online softmax
+        for start in range(0, first, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            valid = offs_n < first
+            kb = tl.load(k_row + offs_n[:, None] * sk_n + offs_d[None, :], mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(kb), input_precision="ieee" if IEEE else None).to(tl.float32) * SCALE
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            vb = tl.load(v_row + offs_n[:, None] * sv_n + offs_d[None, :], mask=valid[:, None], other=0.0)
+            pv = tl.dot(p.to(VC.dtype.element_ty), vb, input_precision="ieee" if IEEE else None).to(tl.float32)
+            acc = acc * alpha[:, None] + pv
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            m_i = m_new
+        out = Out + r * so_r + h * so_h + offs_q[:, None] * so_l + offs_d[None, :]
+        tl.store(out, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=live[:, None])
+
+    def _launch_rows(kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n: int, num_warps: int) -> torch.Tensor:
+        R, N, _, H, D = qkv.shape
+        out = torch.empty((R, N, H, D), dtype=qkv.dtype, device=qkv.device)
+        kernel[(R * H,)](
+            qkv, cos, sin, k_cache, v_cache, pos, out, H, N,
+            qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), cos.stride(0), cos.stride(1),
+            sin.stride(0), sin.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), pos.stride(0),
+            out.stride(0), out.stride(1), out.stride(2),
+            SCALE=D**-0.5, D=D, NQ=max(16, triton.next_power_of_2(N)), BLOCK_N=block_n,
+            IEEE=k_cache.dtype == torch.float32, num_warps=num_warps,
+        )  # fmt: skip
+        return out
+
+    @torch.library.triton_op("visgen::decode_rows_attention", mutates_args={"k_cache", "v_cache"})
+    def _rows_op(
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        pos: torch.Tensor, block_n: int, num_warps: int,
+    ) -> torch.Tensor:  # fmt: skip
+        wrapped = torch.library.wrap_triton(_rows_kernel)
+        return _launch_rows(wrapped, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
+
 
 def decode_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -121,3 +199,34 @@ def decode_attention(
     # eager: the kernel itself, without the custom op's dispatch (most of a call's host time, which a sampling loop
     # pays once per layer and step when it runs or captures the loop)
     return _launch(_decode_kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
+
+
+def decode_rows_attention(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    pos: torch.Tensor, block_n: int = 32, num_warps: int = 4,
+) -> torch.Tensor:  # fmt: skip
+    """A window of one-token units per row at positions of the row's own (speculative decoding's verifying pass and
+    draft steps), in one kernel: rotate each token's query and key, write its key and value at its slot, and attend
+    each query to the cache's slots before the window and to the window's tokens at or before it.
+
+    qkv (R, n, 3, H, d): the window's unrotated queries, keys and values (the qkv projection's view); cos, sin
+    (R, n, d / 2) fp32: each token's RoPE angles; k_cache, v_cache (R, H, slots, d), written in place; ``pos``
+    (R, n) int64 on the device: each token's slot, a row's slots consecutive (as ``Generator.decode_rows`` gives
+    them; where the cache holds slots at or past the window's first from an earlier round, they are never read).
+    Returns (R, n, H, d) in qkv's dtype: what SDPA over slots <= each token's own gives, reading nothing else. One
+    program per (row, head) holds the whole window (n <= 64), so the bytes read follow each row's own prefix."""
+    if triton is None:
+        raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
+    D = qkv.shape[-1]
+    if qkv.dim() != 5 or qkv.shape[2] != 3 or pos.shape != qkv.shape[:2] or cos.shape != (*pos.shape, D // 2):
+        raise ValueError(f"expected qkv (R, n, 3, H, d), pos (R, n), cos (R, n, d/2); got {tuple(qkv.shape)}, "
+                         f"{tuple(pos.shape)}, {tuple(cos.shape)}")  # fmt: skip
+    if qkv.shape[1] > 64:
+        raise ValueError(f"the rows kernel holds a window of at most 64 tokens, got {qkv.shape[1]}")
+    if any(t.stride(-1) != 1 for t in (qkv, cos, sin, k_cache, v_cache, pos)) or cos.stride() != sin.stride():
+        raise ValueError("the Triton rows kernel needs unit-stride last dims (and cos, sin alike)")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head dim must be a power of two >= 16 for the Triton rows kernel, got {D}")
+    if torch.compiler.is_compiling():
+        return _rows_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
+    return _launch_rows(_rows_kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)

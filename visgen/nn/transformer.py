@@ -83,6 +83,7 @@ class KVCache(nn.Module):
 
 class Attention(nn.Module):
     decode_fn = None  # one-token decoding steps through this instead of SDPA (``Transformer.set_decode_kernel``)
+    rows_fn = None  # and windows at per-row positions (speculative decoding) through this
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -97,6 +98,10 @@ class Attention(nn.Module):
         if self.decode_fn is not None and kv is not None and L == 1 and input_pos.dim() == 1:
             # rotate, append to the cache and attend to exactly slots 0..input_pos in one kernel; no mask
             return self.proj(self.decode_fn(qkv[:, 0], *rope, *kv, input_pos).view(B, 1, -1))
+        if self.rows_fn is not None and kv is not None and input_pos.dim() == 2:
+            # each row's window at its own slots: written and attended in one kernel, reading each row's prefix only
+            cos, sin = rope  # (B, 1, n, d / 2)
+            return self.proj(self.rows_fn(qkv, cos[:, 0], sin[:, 0], *kv, input_pos).view(B, L, -1))
         qkv = qkv.permute(2, 0, 3, 1, 4)
         q, k = apply_rope(qkv[:2], *rope).unbind(0)  # queries and keys rotated together
         v = qkv[2]
@@ -209,15 +214,16 @@ class Transformer(nn.Module):
         ``kv_len`` and the mask no longer matter; GPUs)."""
         if name not in ("sdpa", "triton"):
             raise ValueError(f"decode kernel must be sdpa or triton, got {name!r}")
-        fn = None
+        fn = rows = None
         if name == "triton":
             from visgen.nn import decode_attention  # imports Triton: only when asked for
 
             if not decode_attention.available():
                 raise ValueError("decode kernel 'triton' needs Triton (pip install triton); use 'sdpa'")
             fn = decode_attention.decode_attention
+            rows = decode_attention.decode_rows_attention if self.head_dim >= 16 else None
         for block in self.blocks:
-            block.attn.decode_fn = fn
+            block.attn.decode_fn, block.attn.rows_fn = fn, rows
 
     def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
         c = self.cfg
