@@ -7,7 +7,10 @@ Discrete: ``--target`` (a GPT-B-sized token model) with ``--draft`` (a small one
 models over the same KL tokenizer) for ``cspd`` under the exact rule and the reference's relaxation
 (``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain
 sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method}``, ``tokens_per_pass_{method}``,
-``target_passes_per_image_{method}`` (pooled over the timed batches), and with ``--ref``
+``target_passes_per_image_{method}`` (pooled over the timed batches), ``rounds_per_batch_{method}_b{batch}`` (the
+rounds a batch runs: its slowest row's) beside ``rounds_per_row_{method}_b{batch}`` (the mean row's),
+``round_cost_plain_steps_{method}_b{batch}`` (a round's time over a plain step's, both timed on tokens only, the
+rounds' share of a batch being its time less its prefix of plain steps), and with ``--ref``
 ``fd_cifar10cls_{method}`` of ``--fd-samples`` samples (``--cspd-fd-samples`` for the continuous models, whose plain
 FD is taken at each of ``--seeds`` for the seed-to-seed spread). ``--profile-batches 8`` adds, for the plain sampler
 and each method, what one batch launches per token (``profile_{method}_b8_kernels_per_token``) and its device time
@@ -85,11 +88,22 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k)
         plain = bench_sampling(gen, SamplingConfig(**base), repeats, decode=True)
         rec.add(f"images_per_s_plain_{key}_b{b}", plain["images_per_s"], ".2f")
+        step_s = None
+        if args.round_images:  # tokens only: what a round costs in plain steps (the decoder left out of both)
+            tok_repeats = max(2, args.round_images // b)
+            tok = bench_sampling(gen, SamplingConfig(**base), tok_repeats, decode=False)
+            step_s = b / tok["images_per_s"] / gen.schedule.seq_len  # one plain step of a batch
         for name, spec in methods.items():
             r = bench_sampling(gen, SamplingConfig(**base, **spec), repeats, decode=True, draft=own(spec))
             rec.add(f"images_per_s_{name}_b{b}", r["images_per_s"], ".2f")
             rec.add(f"speedup_{name}_b{b}", r["images_per_s"] / plain["images_per_s"], ".3f")
+            rec.add(f"rounds_per_batch_{name}_b{b}", r["rounds_per_batch"], ".2f")  # the slowest row's
+            rec.add(f"rounds_per_row_{name}_b{b}", r["rounds_per_row"], ".2f")  # the mean row's
             pooled[name].append({**r, "images": repeats * b})
+            if step_s:
+                t = bench_sampling(gen, SamplingConfig(**base, **spec), tok_repeats, decode=False, draft=own(spec))
+                rounds_s = b / t["images_per_s"] - t["prefix_units"] * step_s  # the batch's time past its prefix
+                rec.add(f"round_cost_plain_steps_{name}_b{b}", rounds_s / t["rounds_per_batch"] / step_s, ".3f")
     for name, runs in pooled.items():
         n = sum(r["images"] for r in runs)
         for stat in ("acceptance", "tokens_per_pass", "target_passes_per_image"):
@@ -132,6 +146,9 @@ def main():
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--top-k", type=int, default=0, help="top-k of both models' distributions (0: all tokens)")
     p.add_argument("--images", type=int, default=64, help="images timed per batch size (at least two batches)")
+    p.add_argument("--round-images", type=int, default=16,
+                   help="images of tokens only (no decoder) per batch size and method, timed to give what a round "
+                   "costs in plain steps (round_cost_plain_steps_{method}_b{batch}); 0: not timed")  # fmt: skip
     p.add_argument("--ref", help="training images for FD (skipped without)")
     p.add_argument("--fd-samples", type=int, default=10000)
     p.add_argument("--cspd-fd-samples", type=int, default=2000)

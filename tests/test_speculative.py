@@ -164,6 +164,9 @@ def test_a_draft_equal_to_the_target_is_always_accepted():
     stats = s.speculative.stats
     assert stats["acceptance"] == 1.0 and stats["tokens_per_pass"] > 3.5  # 4 tokens a pass but for the last ones
     assert stats["target_passes_per_image"] < 20  # of 64 tokens
+    # every row accepts all: the batch runs its rows' rounds, and at most sync_every - 1 more before the host looks
+    assert stats["rounds_per_row"] == stats["target_passes_per_image"] - stats["prefix_units"]
+    assert stats["rounds_per_row"] <= stats["rounds_per_batch"] < stats["rounds_per_row"] + s.cfg.sync_every
 
 
 @pytest.mark.parametrize("method", ["draft", "cspd"])

@@ -263,11 +263,11 @@ class SpeculativeDecoder:
             self.draft.backbone.compile_blocks(**sampler.compile_options)
             self.draft.head.compile_step(**sampler.compile_options)
         self.totals = torch.zeros(5, dtype=torch.float64)
-        self.images = 0
+        self.images = self.batches = self.rounds = 0
 
     def reset_stats(self):
         self.totals.zero_()
-        self.images = 0
+        self.images = self.batches = self.rounds = 0
 
     @property
     def stats(self) -> dict:
@@ -278,6 +278,9 @@ class SpeculativeDecoder:
             "tokens_per_pass": committed / max(passes, 1),
             "target_passes_per_image": passes / n + self.prefix,
             "residual_fallbacks": int(fallbacks),
+            "rounds_per_row": passes / n,  # the rounds a row needed, on average
+            "rounds_per_batch": self.rounds / max(self.batches, 1),  # the rounds a batch ran: its slowest row's
+            "prefix_units": self.prefix,  # the plain steps before the rounds
         }
 
     # ---- pieces of a round ---------------------------------------------------------------------------------------
@@ -507,14 +510,17 @@ class SpeculativeDecoder:
         st.ids.copy_(ids)
         st.noise.key.copy_(CounterNoise(self.sampler.cfg.seed, ids).key)
         self._run(st, "prefix_graph", self._prefix)  # at the first batch of a size: run eagerly, then captured
-        every = self.sampler.cfg.sync_every
+        every, rounds = self.sampler.cfg.sync_every, 0
         for r in range(self.L - self.prefix + 1):  # a round commits at least one token per row
             self._run(st, "round_graph", self._round_fn)
+            rounds += 1
             if (r + 1) % every == 0 and bool((st.pos >= self.L).all()):
                 break
         # a graph's capture interrupts the loop once (nothing ran in it): finish what is left
         while not bool((st.pos >= self.L).all()):
             self._run(st, "round_graph", self._round_fn)
+            rounds += 1
         self.totals += st.stats.sum(1).double().cpu()
         self.images += B
+        self.batches, self.rounds = self.batches + 1, self.rounds + rounds
         return m.schedule.from_sequence(st.tokens[:, : self.L].clone())  # the buffer is the next batch's
