@@ -194,3 +194,53 @@ def test_restart_dead_codes_moves_only_dead_codes():
     before = weight.detach().clone()
     restart_dead_codes(weight, usage, torch.zeros(8), vectors, threshold=0.5, decay=1.0, max_codes=2)
     assert (weight.detach() != before).any(1).tolist() == [i in (1, 4) for i in range(8)]
+
+
+def test_decoder_finetune_keeps_every_token(tmp_path, capsys):
+    """``model.from_trained`` + ``model.finetune: decoder`` (tokenizers/cifar10-vq-decoder.yaml): the bundled VQ's
+    decoder trains on its own tokens, adversarial term on; the encoder and codebook stay as they were, so the tokens
+    of real images do too, while what they decode to changes. Bad settings are clear errors."""
+    from visgen.cli.train import main as train_main
+
+    out = tmp_path / "dec"
+    args = ["tokenizer", "--recipe", "tokenizers/cifar10-vq-decoder.yaml", "data.path=tests/data/cifar10/train",
+            "val.path=tests/data/cifar10/test", "data.limit=32", "train.steps=3", "train.batch_size=8",
+            "train.lr=1e-3", "train.warmup_steps=0", "train.num_workers=0", "train.val_images=8", "train.eval_every=0",
+            "train.sample_every=0", f"train.out_dir={out}"]  # fmt: skip
+    assert train_main(args) == 0
+    before, after = load_model("visgen/assets/cifar10-vq"), load_model(out / "final")
+    x = collate([build_dataset(DataConfig(path="tests/data/cifar10/test", limit=8))[i] for i in range(8)])["image"]
+    with torch.no_grad():
+        tokens = before.encode(x)
+        assert torch.equal(after.encode(x), tokens)
+        assert not torch.allclose(after.decode(tokens), before.decode(tokens))
+    b, a = before.state_dict(), after.state_dict()
+    changed = {k.split(".")[0] for k in b if not torch.equal(b[k], a[k])}
+    assert changed == {"decoder", "post_quant_conv"}
+    # eval/swap_decoder.py: the bundled generator decoding through it, its tokens as they were
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("swap_decoder", "eval/swap_decoder.py")
+    swap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(swap)
+    gen_out = tmp_path / "gen"
+    assert (
+        swap.main(["--generator", "asset:cifar10-token-ar", "--tokenizer", str(out / "final"), "--out", str(gen_out)])
+        == 0
+    )
+    gen = load_model(gen_out)
+    assert torch.equal(gen.tokenizer.decoder.net[12].weight, after.decoder.net[12].weight)
+    assert torch.equal(gen.head.proj.weight, load_model("visgen/assets/cifar10-token-ar").head.proj.weight)
+    other = tmp_path / "other"
+    VQTokenizer(TINY_VQ).save_pretrained(other)
+    assert (
+        swap.main(["--generator", "asset:cifar10-token-ar", "--tokenizer", str(other), "--out", str(tmp_path / "g2")])
+        == 2
+    )
+    assert "does not read" in capsys.readouterr().out
+    assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'x'}", "model.codebook_size=16"]) == 2
+    assert "model.from_trained loads a trained tokenizer" in capsys.readouterr().err
+    assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'y'}", "model.finetune=encoder"]) == 2
+    assert "model.finetune must be one of all, decoder" in capsys.readouterr().err
+    assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'z'}", "model.from_trained=asset:cifar10-token-ar"]) == 2
+    assert "not a tokenizer" in capsys.readouterr().err

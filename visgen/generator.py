@@ -117,7 +117,13 @@ class Generator(PretrainedMixin, nn.Module):
             tokenizer = build_tokenizer_ref(config.tokenizer, config.image_size)
         object.__setattr__(self, "tokenizer", tokenizer.eval().requires_grad_(False))  # referenced, not owned
         self.schedule = build_schedule(
-            config.schedule, tokenizer, config.image_size, config.scales, config.unit_size, config.unit, config.frames,
+            config.schedule,
+            tokenizer,
+            config.image_size,
+            config.scales,
+            config.unit_size,
+            config.unit,
+            config.frames,
             config.regions,
         )
         if not config.context_noise >= 0:

@@ -42,7 +42,10 @@ def build_task(kind: str, recipe: dict, train_set, val_set):
         from visgen.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
 
         loss = from_dict(TokenizerLossConfig, recipe.get("loss"), "loss")
-        return TokenizerTask(build_tokenizer(recipe["model"]), loss), train_set, val_set
+        model = dict(recipe["model"])
+        finetune, source = model.pop("finetune", "all"), model.pop("from_trained", "")
+        tokenizer = trained_tokenizer(source, model) if source else build_tokenizer(model)
+        return TokenizerTask(tokenizer, loss, finetune), train_set, val_set
     if kind == "feature-draft":
         from visgen.train.feature_draft_task import build_feature_draft_task
 
@@ -50,6 +53,20 @@ def build_task(kind: str, recipe: dict, train_set, val_set):
     from visgen.train.generator_task import build_generator_task
 
     return build_generator_task(recipe, train_set, val_set)
+
+
+def trained_tokenizer(ref: str, rest: dict):
+    """A trained tokenizer (``model.from_trained``: a folder, ``asset:NAME`` or a Hub id), whole: its own config."""
+    from visgen import hub
+    from visgen.checkpoint import load_model
+    from visgen.tokenizers.base import Tokenizer
+
+    if rest:
+        raise ConfigError(f"model.from_trained loads a trained tokenizer with its own settings; drop {sorted(rest)}")
+    model = load_model(hub.resolve(ref))
+    if not isinstance(model, Tokenizer):
+        raise ConfigError(f"model.from_trained {ref!r} is a {type(model).__name__}, not a tokenizer")
+    return model
 
 
 def run(kind: str, recipe: dict, command: str | None = None) -> dict:

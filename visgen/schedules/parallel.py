@@ -75,4 +75,4 @@ class ParallelSchedule(Schedule):
 
     def teacher_inputs(self, seq: torch.Tensor) -> torch.Tensor:
         k = self.regions  # group 0's first k - 1 tokens one by one, then each group from the one before
-        return torch.cat([seq[:, : k - 1], seq[:, : -k]], dim=1)
+        return torch.cat([seq[:, : k - 1], seq[:, :-k]], dim=1)

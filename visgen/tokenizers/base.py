@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -36,6 +38,16 @@ class Tokenizer(PretrainedMixin, nn.Module):
             dec.compile(dynamic=False)
         else:
             self.decode = torch.compile(self.decode, dynamic=False)
+
+    decoder_parts: tuple[str, ...] = ("post_quant_conv", "decoder")  # the modules only decoding runs
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the modules only ``decode`` runs (``decoder_parts``): what a decoder fine-tune trains,
+        leaving every token the encoder gives as it was."""
+        parts = [
+            functools.reduce(lambda m, a: getattr(m, a, None), name.split("."), self) for name in self.decoder_parts
+        ]
+        return [p for m in parts if isinstance(m, nn.Module) for p in m.parameters()]
 
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """The token grid (h, w) for square images of side ``image_size``."""

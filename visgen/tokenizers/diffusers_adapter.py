@@ -56,6 +56,7 @@ def _load_diffusers(cls, cfg: DiffusersVAEConfig):
 
 class _DiffusersTokenizer(Tokenizer):
     config_class = DiffusersVAEConfig
+    decoder_parts = ("vae.post_quant_conv", "vae.decoder")
     diffusers_class: type
 
     def __init__(self, config: DiffusersVAEConfig, load_pretrained: bool = True):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from visgen.config import ConfigError
 from visgen.losses import PatchDiscriminator, PerceptualLoss, hinge_d_loss
 from visgen.metrics import psnr, ssim
 from visgen.tokenizers.base import Tokenizer
@@ -43,12 +44,28 @@ class TokenizerLossConfig:
     disc_layers: int = 2
 
 
-class TokenizerTask(nn.Module):
-    """Trains a ``Tokenizer``; the discriminator trains in the same backward pass (see ``forward``)."""
+FINETUNE = ("all", "decoder")
 
-    def __init__(self, model: Tokenizer, loss: TokenizerLossConfig):
+
+class TokenizerTask(nn.Module):
+    """Trains a ``Tokenizer``; the discriminator trains in the same backward pass (see ``forward``).
+
+    ``finetune="decoder"``: only the modules decoding runs train (``Tokenizer.decoder_parameters``), on what the
+    frozen encoder's tokens decode to, so every token stays as it was and generators trained on them keep working
+    with the sharper decoder."""
+
+    def __init__(self, model: Tokenizer, loss: TokenizerLossConfig, finetune: str = "all"):
         super().__init__()
-        self.model, self.loss_cfg = model, loss
+        if finetune not in FINETUNE:
+            raise ConfigError(f"model.finetune must be one of {', '.join(FINETUNE)}; got {finetune!r}")
+        self.model, self.loss_cfg, self.decoder_only = model, loss, finetune == "decoder"
+        if self.decoder_only:
+            decoder = model.decoder_parameters()
+            if not decoder:
+                raise ConfigError(f"a {type(model).__name__} has no decoder modules to fine-tune (model.finetune)")
+            model.requires_grad_(False)
+            for p in decoder:
+                p.requires_grad_(True)
         self.perceptual = PerceptualLoss(loss.perceptual_weights) if loss.perceptual_weight > 0 else None
         self.disc = (
             PatchDiscriminator(model.image_channels, loss.disc_channels, loss.disc_layers)
@@ -59,7 +76,12 @@ class TokenizerTask(nn.Module):
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, c = _frames(batch["image"]), self.loss_cfg
-        recon, terms = self.model.training_losses(x)
+        if self.decoder_only:  # the tokens generators read, decoded
+            with torch.no_grad():
+                tokens = self.model.encode(x)
+            recon, terms = self.model.decode(tokens), {}
+        else:
+            recon, terms = self.model.training_losses(x)
         recon = recon.float()
         loss = c.l1_weight * F.l1_loss(recon, x) + c.l2_weight * F.mse_loss(recon, x)
         logs = {"rec_loss": loss.detach()}
