@@ -85,7 +85,7 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
     pooled: dict[str, list[dict]] = {m: [] for m in methods}
     for b in args.sample_batches:
         repeats = max(2, args.images // b)
-        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k)
+        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k, decode_kernel=args.decode_kernel)
         plain = bench_sampling(gen, SamplingConfig(**base), repeats, decode=True)
         rec.add(f"images_per_s_plain_{key}_b{b}", plain["images_per_s"], ".2f")
         step_s = None
@@ -109,7 +109,13 @@ def bench_family(args, rec: Record, target: str, draft: str, methods: dict[str, 
         for stat in ("acceptance", "tokens_per_pass", "target_passes_per_image"):
             rec.add(f"{stat}_{name}", sum(r[stat] * r["images"] for r in runs) / n, ".3f")
     for b in args.profile_batches:  # what each method launches per token, where a round's time goes
-        base = dict(cfg_scale=args.cfg_scale, batch_size=b, top_k=args.top_k, **compile_settings(args))
+        base = dict(
+            cfg_scale=args.cfg_scale,
+            batch_size=b,
+            top_k=args.top_k,
+            decode_kernel=args.decode_kernel,
+            **compile_settings(args),
+        )
         for name, spec in {f"plain_{key}": {}, **methods}.items():
             r = profile_sampling(gen, SamplingConfig(**base, **spec), own(spec) if spec else None, args.profile_table,
                                  f"{name} at batch {b}")  # fmt: skip
@@ -164,10 +170,17 @@ def main():
     p.add_argument("--profile-table", help="a text file the profiler's top operators of each profiled batch go to")
     p.add_argument("--compile", action="store_true", help="compiled sampling for the plain sampler and every method")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    p.add_argument(
+        "--decode-kernel",
+        default="auto",
+        choices=["auto", "sdpa", "triton"],
+        help="triton: speculative windows through the rows kernel as well (auto leaves them to SDPA)",
+    )
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     rec = Record(args.name)
     rec.add("compiled", int(args.compile), "d")  # 1: every figure of this run comes from compiled sampling
+    rec.add("decode_kernel", args.decode_kernel)
     with tempfile.TemporaryDirectory() as tmp:
         paths = tiny_checkpoints(Path(tmp)) if args.tiny else {}
         target, draft = paths.get("target", args.target), paths.get("draft", args.draft)

@@ -4,6 +4,8 @@ the cache writes and SDPA (called directly and through their registered ops): th
 and draft steps) over each token's slots <= its own; samplers that decode through them give the SDPA samplers'
 tokens."""
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -91,6 +93,9 @@ triton = Sampler(gen, SamplingConfig(**cfg, decode_kernel="triton"))
 assert torch.equal(triton.sample_tokens([0, 1]), sdpa)
 assert triton.model.backbone.blocks[0].attn.rows_fn is decode_rows_attention
 assert gen.backbone.blocks[0].attn.rows_fn is None  # the caller's model is left as it was
+backbone = copy.deepcopy(gen.backbone)
+backbone.set_decode_kernel("triton")  # what decode_kernel="auto" picks on a GPU: windows stay with SDPA
+assert backbone.blocks[0].attn.decode_fn is decode_attention and backbone.blocks[0].attn.rows_fn is None
 cfg = SamplingConfig(speculative="feature", decode_kernel="triton")
 feature = Sampler(gen, cfg, draft=draft_for("feature", gen, 3))  # a draft's steps go through the kernels too
 assert feature.speculative.draft_body.blocks[0].attn.rows_fn is decode_rows_attention

@@ -14,7 +14,8 @@
 #               64 against the plain sampler in the same run, acceptance, FD with and without, and at batch 8 what
 #               each method launches per token, with the profiler's tables in $OUT/profile-*.txt); BENCH: flags for
 #               bench/speculative.py, by default --compile (the plain sampler and every method compiled alike, a
-#               round one compiled graph; BENCH= times them eager).
+#               round one compiled graph; BENCH= times them eager; BENCH="--compile --decode-kernel triton" sends
+#               the verifying passes and draft steps through the Triton rows kernel, NAME=... keeps both runs).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
 # (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0" ...).
 set -euo pipefail

@@ -207,23 +207,26 @@ class Transformer(nn.Module):
 
         return "triton" if decode_attention.available() else "sdpa"
 
-    def set_decode_kernel(self, name: str):
+    def set_decode_kernel(self, name: str, rows: bool = False):
         """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels over the ``kv_len`` slots
         offered, under the mask, any device) or ``triton`` (``visgen.nn.decode_attention``: RoPE, the cache append
         and attention to exactly the slots up to the token's own position, read on the device, in one kernel, so
-        ``kv_len`` and the mask no longer matter; GPUs)."""
+        ``kv_len`` and the mask no longer matter; GPUs). With ``rows``, ``triton`` also takes windows at per-row
+        positions (``Generator.decode_rows``: speculative decoding's verifying passes and draft steps) through its
+        rows kernel."""
         if name not in ("sdpa", "triton"):
             raise ValueError(f"decode kernel must be sdpa or triton, got {name!r}")
-        fn = rows = None
+        fn = rows_fn = None
         if name == "triton":
             from visgen.nn import decode_attention  # imports Triton: only when asked for
 
             if not decode_attention.available():
                 raise ValueError("decode kernel 'triton' needs Triton (pip install triton); use 'sdpa'")
             fn = decode_attention.decode_attention
-            rows = decode_attention.decode_rows_attention if self.head_dim >= 16 else None
+            if rows and self.head_dim >= 16:
+                rows_fn = decode_attention.decode_rows_attention
         for block in self.blocks:
-            block.attn.decode_fn, block.attn.rows_fn = fn, rows
+            block.attn.decode_fn, block.attn.rows_fn = fn, rows_fn
 
     def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
         c = self.cfg

@@ -53,6 +53,8 @@ class SamplingConfig:
         then PyTorch's fused attention over a masked prefix bucket of 64 slots, a compiled shape per bucket),
         ``triton`` (``visgen.nn.decode_attention``: all of that in one kernel reading exactly the unit's prefix, one
         shape for all one-token units; GPUs) or ``auto`` (``triton`` on GPUs where it applies, else ``sdpa``).
+        ``triton`` named as such also sends speculative decoding's windows at per-row positions (verifying passes,
+        draft steps) through its rows kernel; ``auto`` leaves them to SDPA until that kernel has GPU figures.
     dtype: ``auto`` (bf16 on a GPU, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``: weights, cache,
         continuous inputs and the tokenizer's decoder while sampling.
     speculative: ``none``; ``draft`` (a draft model drafts, the target verifies: exactly the target's
@@ -257,6 +259,7 @@ class Sampler:
         kernel = self.cfg.decode_kernel
         self.decode_kernel = model.backbone.auto_decode_kernel(device) if kernel == "auto" else kernel
         prefix_kernel = self.decode_kernel != "sdpa"
+        self.rows_kernel = kernel == "triton"  # speculative windows too: only where asked for by name
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
         if (self.cfg.compile or prefix_kernel) and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
@@ -264,7 +267,7 @@ class Sampler:
             model.requires_grad_(False)  # our copy: with no tensor asking for gradients, compiled blocks trace alike
         if prefix_kernel:
             try:
-                model.backbone.set_decode_kernel(self.decode_kernel)  # checks the name and that Triton is there
+                model.backbone.set_decode_kernel(self.decode_kernel, rows=self.rows_kernel)  # checks Triton is there
             except ValueError as e:
                 raise ConfigError(str(e)) from None
             if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):

@@ -242,7 +242,7 @@ class SpeculativeDecoder:
             self.draft.requires_grad_(False)
             self.draft_body = self.draft.body if self.method == "feature" else self.draft.backbone
             if sampler.decode_kernel != "sdpa":  # its steps through the target's kernels too (a copy: ours)
-                self.draft_body.set_decode_kernel(sampler.decode_kernel)
+                self.draft_body.set_decode_kernel(sampler.decode_kernel, rows=sampler.rows_kernel)
         L = self.L = m.schedule.seq_len
         self.prefix = min(L, max(2, math.ceil(cfg.prefill * L)))  # >= 2: a round reads the last two tokens
         self.slots = L + 2 * self.gamma + 2  # a finished row keeps running rounds past its end: room for them
