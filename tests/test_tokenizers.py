@@ -244,3 +244,22 @@ def test_decoder_finetune_keeps_every_token(tmp_path, capsys):
     assert "model.finetune must be one of all, decoder" in capsys.readouterr().err
     assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'z'}", "model.from_trained=asset:cifar10-token-ar"]) == 2
     assert "not a tokenizer" in capsys.readouterr().err
+
+
+def test_disc_warmup_trains_only_the_discriminator_first():
+    """``loss.disc_warmup``: from ``adv_start`` the discriminator learns alone for that many steps, then the
+    tokenizer's adversarial term joins."""
+    torch.manual_seed(0)
+    task = TokenizerTask(VQTokenizer(TINY_VQ), TokenizerLossConfig(adv_weight=0.1, adv_start=2, disc_warmup=3))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+
+    def grads(step: int) -> tuple[bool, bool]:
+        task.zero_grad(set_to_none=True)
+        loss, logs = task({"image": x}, step)
+        loss.backward()
+        moved = lambda m: any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())  # noqa: E731
+        return moved(task.model), moved(task.disc)
+
+    assert grads(1) == (True, False)  # before adv_start: the tokenizer alone
+    assert grads(3) == (False, True)  # the warm-up: the discriminator alone
+    assert grads(5) == (True, True)

@@ -31,6 +31,8 @@ class TokenizerLossConfig:
     adv_weight: hinge-GAN generator term from a patch discriminator (VQGAN, Esser et al. 2021); 0 turns it off.
     adv_start: optimizer step at which the adversarial terms start (VQGAN delays them until reconstructions are
         reasonable, or the discriminator wins at once).
+    disc_warmup: steps from ``adv_start`` in which only the discriminator learns (the tokenizer waits, its losses
+        logged): a fresh discriminator on an already trained decoder (a decoder fine-tune) would push it at random.
     disc_channels, disc_layers: patch discriminator size.
     """
 
@@ -40,6 +42,7 @@ class TokenizerLossConfig:
     perceptual_weights: str = ""
     adv_weight: float = 0.0
     adv_start: int = 2000
+    disc_warmup: int = 0
     disc_channels: int = 64
     disc_layers: int = 2
 
@@ -101,7 +104,10 @@ class TokenizerTask(nn.Module):
             frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
             g_loss = -functional_call(self.disc, frozen, (recon,)).mean()
             d_loss = hinge_d_loss(self.disc(x), self.disc(recon.detach()))
-            loss = loss + c.adv_weight * g_loss + d_loss
+            if step < c.adv_start + c.disc_warmup:  # the discriminator's warm-up: the tokenizer waits
+                loss = loss.detach() + g_loss.detach() + d_loss
+            else:
+                loss = loss + c.adv_weight * g_loss + d_loss
             logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach())
         logs["loss"] = loss.detach()
         return loss, logs
