@@ -206,7 +206,7 @@ def test_decoder_finetune_keeps_every_token(tmp_path, capsys):
     args = ["tokenizer", "--recipe", "tokenizers/cifar10-vq-decoder.yaml", "data.path=tests/data/cifar10/train",
             "val.path=tests/data/cifar10/test", "data.limit=32", "train.steps=3", "train.batch_size=8",
             "train.lr=1e-3", "train.warmup_steps=0", "train.num_workers=0", "train.val_images=8", "train.eval_every=0",
-            "train.sample_every=0", f"train.out_dir={out}"]  # fmt: skip
+            "train.sample_every=0", "loss.disc_warmup=0", f"train.out_dir={out}"]  # fmt: skip
     assert train_main(args) == 0
     before, after = load_model("visgen/assets/cifar10-vq"), load_model(out / "final")
     x = collate([build_dataset(DataConfig(path="tests/data/cifar10/test", limit=8))[i] for i in range(8)])["image"]
