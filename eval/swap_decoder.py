@@ -26,10 +26,9 @@ def same_tokens(old: Tokenizer, new: Tokenizer) -> str | None:
     """Why ``new`` would not read ``old``'s tokens alike (None where it does)."""
     if type(old) is not type(new) or old.config != new.config:
         return f"a {type(new).__name__} of other settings than the generator's {type(old).__name__}"
-    decoder = {id(p) for p in new.decoder_parameters()}
-    names = {n for n, p in new.named_parameters() if id(p) in decoder}
+    decoder = tuple(f"{part}." for part in new.decoder_parts)
     a, b = old.state_dict(), new.state_dict()
-    differ = [k for k in a if k not in names and not torch.equal(a[k], b[k])]
+    differ = [k for k in a if not k.startswith(decoder) and not torch.equal(a[k], b[k])]
     return f"weights outside the decoder differ ({', '.join(differ[:4])}...)" if differ else None
 
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = hub.resolve(args.generator)
         gen = load_model(folder)
-        tok = load_model(hub.resolve(args.tokenizer))
+        tok = load_model(args.tokenizer)
         if not isinstance(gen, Generator) or not isinstance(tok, Tokenizer):
             raise ConfigError("--generator must be a generator and --tokenizer a tokenizer")
         why = same_tokens(gen.tokenizer, tok)

@@ -57,13 +57,12 @@ def build_task(kind: str, recipe: dict, train_set, val_set):
 
 def trained_tokenizer(ref: str, rest: dict):
     """A trained tokenizer (``model.from_trained``: a folder, ``asset:NAME`` or a Hub id), whole: its own config."""
-    from visgen import hub
     from visgen.checkpoint import load_model
     from visgen.tokenizers.base import Tokenizer
 
     if rest:
         raise ConfigError(f"model.from_trained loads a trained tokenizer with its own settings; drop {sorted(rest)}")
-    model = load_model(hub.resolve(ref))
+    model = load_model(ref)  # a folder, asset:NAME or a Hub id
     if not isinstance(model, Tokenizer):
         raise ConfigError(f"model.from_trained {ref!r} is a {type(model).__name__}, not a tokenizer")
     return model

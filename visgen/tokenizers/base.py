@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -44,10 +42,8 @@ class Tokenizer(PretrainedMixin, nn.Module):
     def decoder_parameters(self) -> list[nn.Parameter]:
         """The parameters of the modules only ``decode`` runs (``decoder_parts``): what a decoder fine-tune trains,
         leaving every token the encoder gives as it was."""
-        parts = [
-            functools.reduce(lambda m, a: getattr(m, a, None), name.split("."), self) for name in self.decoder_parts
-        ]
-        return [p for m in parts if isinstance(m, nn.Module) for p in m.parameters()]
+        names = [n for n, _ in self.named_modules()]
+        return [p for name in self.decoder_parts if name in names for p in self.get_submodule(name).parameters()]
 
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """The token grid (h, w) for square images of side ``image_size``."""
