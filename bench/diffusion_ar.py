@@ -8,7 +8,8 @@ head's denoising step compiled (``SamplingConfig(compile=True)``; its figures ca
 ``sample_``), with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``),
 and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
 ``..._compiled`` says what it chose; ``default_``). ``--cold MODE``: that mode's first batch also timed in fresh
-processes, cold and warm compile caches (as bench/token_ar.py does).
+processes, cold and warm compile caches (as bench/token_ar.py does). ``--head-steps 0 50 25``: each mode also with
+fewer denoising steps (``SamplingConfig.head_steps``; ``hs{N}_`` after the mode).
 Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
 where a denoising step's time goes, from one batch of the same model at 64 px (16 tokens, so the profiler holds
 every kernel) in each ``--modes`` mode: kernels launched and their summed device time per denoising step
@@ -48,13 +49,14 @@ MODES = {
 JOB_IMAGES = 10_000
 
 
-def sampling_config(mode: str, batch: int) -> tuple[SamplingConfig, int]:
+def sampling_config(mode: str, batch: int, head_steps: int = 0) -> tuple[SamplingConfig, int]:
     """The sampling settings of ``mode`` and the job size the sampler is told (``compile="auto"`` decides by it)."""
-    return SamplingConfig(cfg_scale=3.0, batch_size=batch, **MODES[mode]), JOB_IMAGES if mode == "default" else 0
+    cfg = SamplingConfig(cfg_scale=3.0, batch_size=batch, head_steps=head_steps, **MODES[mode])
+    return cfg, JOB_IMAGES if mode == "default" else 0
 
 
-def probe_args(mode: str, batch: int, unit: int, tiny: bool) -> list[str]:
-    return [mode, str(batch), str(unit)] + (["--tiny"] if tiny else [])
+def probe_args(mode: str, batch: int, unit: int, tiny: bool, head_steps: int = 0) -> list[str]:
+    return [mode, str(batch), str(unit), str(head_steps)] + (["--tiny"] if tiny else [])
 
 
 def build(tiny: bool, unit_size: int = 1, image_size: int = 256) -> Generator:
@@ -77,11 +79,13 @@ def main():
     p.add_argument("--profile-table", default=None, help="a file for the profiler's top operators ('-': print)")
     p.add_argument("--cold", nargs="*", default=[], choices=list(MODES),
                    help="also time these modes' first batch in fresh processes, cold and warm")  # fmt: skip
-    p.add_argument("--probe", nargs=3, metavar=("MODE", "BATCH", "UNIT"), help=argparse.SUPPRESS)
+    p.add_argument("--head-steps", type=int, nargs="+", default=[0],
+                   help="denoising steps of the head when sampling (0: its 100); figures of others carry hs{N}_")
+    p.add_argument("--probe", nargs=4, metavar=("MODE", "BATCH", "UNIT", "HEAD_STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
-        mode, batch, unit = args.probe[0], int(args.probe[1]), int(args.probe[2])
-        return probe_first_batch(build(args.tiny, unit), *sampling_config(mode, batch), decode=True)
+        mode, (batch, unit, head_steps) = args.probe[0], map(int, args.probe[1:])
+        return probe_first_batch(build(args.tiny, unit), *sampling_config(mode, batch, head_steps), decode=True)
     pycache = bytecode_cache(__file__, [probe_args(m, 2, 1, True) for m in args.cold]) if args.cold else None
     gen, rec = setup(args, build)
     rec.add("head_params", sum(p.numel() for p in gen.head.parameters()), ",d")
@@ -90,10 +94,10 @@ def main():
         model = gen if k == 1 else build(args.tiny, k)
         if k != 1:
             model.load_state_dict(gen.state_dict())
-        for mode in args.modes:
-            tag = "" if mode == "eager" else f"{mode}_"
+        for mode, hs in ((mode, hs) for mode in args.modes for hs in args.head_steps):
+            tag = ("" if mode == "eager" else f"{mode}_") + (f"hs{hs}_" if hs else "")
             for bs in args.sample_batches:
-                cfg, images = sampling_config(mode, bs)
+                cfg, images = sampling_config(mode, bs, hs)
                 r = bench_sampling(model, cfg, repeats=2, decode=True, images=images)
                 rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
@@ -101,7 +105,7 @@ def main():
                     rec.add(f"sample_{tag}unit{k}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
                 if mode in args.cold:
                     key = f"sample_{tag}unit{k}_b{bs}"
-                    record_cold(rec, key, __file__, probe_args(mode, bs, k, args.tiny), pycache)
+                    record_cold(rec, key, __file__, probe_args(mode, bs, k, args.tiny, hs), pycache)
         del model
     for k in args.unit_sizes if args.profile_batches else []:
         small = build(args.tiny, k, image_size=16 if args.tiny else 64)

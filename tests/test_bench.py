@@ -70,7 +70,8 @@ def test_attention_bench_times_each_variant(tmp_path):
 def test_diffusion_ar_and_trainer_benches_run(tmp_path):
     repo = Path.cwd()
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    for script, args in (("bench/diffusion_ar.py", ["--sample-batches", "2", "--train-batches", "2", "--name", "d"]),
+    for script, args in (("bench/diffusion_ar.py", ["--sample-batches", "2", "--train-batches", "2", "--head-steps", "0", "2",
+                                                    "--name", "d"]),
                          ("bench/trainer.py", ["--train-batches", "4", "--sizes", "cifar", "--modes", "eager",
                                                "--seconds", "0.5", "--profile", "prof", "--name", "t"]),
                          ("bench/parallel.py", ["--sample-batches", "2", "--kinds", "token", "--name", "p"]),
@@ -82,6 +83,7 @@ def test_diffusion_ar_and_trainer_benches_run(tmp_path):
         assert out.returncode == 0, out.stderr
     d = json.loads((tmp_path / "results" / "d.json").read_text())["metrics"]
     assert d["sample_unit1_b2_images_per_s"] > 0 and d["sample_unit4_b2_images_per_s"] > 0
+    assert d["sample_hs2_unit1_b2_images_per_s"] > 0
     assert d["train_b2_tokens_per_s"] > 0
     t = json.loads((tmp_path / "results" / "t.json").read_text())["metrics"]
     assert 0 < t["trainer_over_bare_cifar_b4"] and t["trainer_best_mode_cifar_b4"] == "eager"

@@ -1,5 +1,6 @@
 """Continuous tokens one at a time: MAR's diffusion head, a per-token flow head, units of several raster tokens."""
 
+import copy
 import json
 import math
 
@@ -64,6 +65,10 @@ def test_diffusion_head_learns_a_two_mode_mixture(toy_diffusion):
     fast = DiffusionHead(8, 2, width=64, depth=2, steps=25)
     fast.load_state_dict(head.state_dict())
     check_mixture(draw(fast, z))
+    # the trained head told to sample with 25 steps is that head, step for step
+    resampled = copy.deepcopy(head)
+    resampled.set_sampling_steps(25)
+    assert torch.equal(draw(resampled, z, n=64), draw(fast, z, n=64))
 
 
 def test_without_x0_clipping_a_briefly_trained_head_diverges(toy_diffusion):
@@ -170,6 +175,27 @@ def test_same_seed_same_images_at_any_batch_size(head):
     assert not torch.allclose(Sampler(gen, SamplingConfig(seed=6)).sample_tokens(labels), runs[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("head", ["diffusion", "flow_mlp"])
+def test_head_steps_override_the_recipes_on_the_samplers_copy(head):
+    """SamplingConfig(head_steps=N) samples as the same weights with N head steps in their recipe would; the caller's
+    model keeps its own; other settings are clear errors."""
+    gen = diffusion_generator(head=head)
+    cfg = dict(cfg_scale=2.0, seed=2)
+    fast = Sampler(gen, SamplingConfig(**cfg, head_steps=2)).sample_tokens([0, 1, 2])
+    assert gen.head.steps == 4
+    built = copy.deepcopy(gen)
+    built.head.set_sampling_steps(2)
+    assert torch.equal(fast, Sampler(built, SamplingConfig(**cfg)).sample_tokens([0, 1, 2]))
+    assert not torch.allclose(fast, Sampler(gen, SamplingConfig(**cfg)).sample_tokens([0, 1, 2]), atol=1e-3)
+    with pytest.raises(ConfigError, match="head_steps must be an integer >= 0"):
+        SamplingConfig(head_steps=-1)
+    if head == "diffusion":
+        with pytest.raises(ConfigError, match="between 1 and the head's train_steps"):
+            Sampler(gen, SamplingConfig(head_steps=5000))
+    with pytest.raises(ConfigError, match="the categorical head draws a token in one step"):
+        Sampler(load_model("asset:cifar10-token-ar"), SamplingConfig(head_steps=8), device="cpu")
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="needs a continuous tokenizer"):
         Generator(GeneratorConfig(tokenizer="-", image_size=16, head="diffusion", backbone="tiny"),
@@ -205,6 +231,10 @@ def test_cifar_cut_trains_and_samples_end_to_end(tmp_path, head, unit_size):
     assert sample_main(["--checkpoint", str(out / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
     grid = next((tmp_path / "s").iterdir()) / "grid.png"
     assert grid.is_file()
+    # fewer head steps: another folder, named by them
+    argv = ["--checkpoint", str(out / "final"), "--num-images", "4", "--out", str(tmp_path / "s"), "--head-steps", "2"]
+    assert sample_main(argv) == 0
+    assert (next((tmp_path / "s").glob("*-hs2")) / "grid.png").is_file()
     # save / load round trip: the same weights, the same samples
     gen = load_model(out / "final")
     gen.save_pretrained(tmp_path / "again")

@@ -26,7 +26,7 @@ import torch
 
 from visgen import hub
 from visgen.checkpoint import CheckpointError, read_config
-from visgen.cli.sample import add_compile_arguments, add_speculative_arguments, speculative_settings
+from visgen.cli.sample import add_compile_arguments, add_sampler_arguments, sampler_settings
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.data.images import detect_format
@@ -120,7 +120,7 @@ def sampling_config(args) -> SamplingConfig:
         cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, compile=args.compile,
         compile_mode=args.compile_mode,
-        **speculative_settings(args),
+        **sampler_settings(args),
     )  # fmt: skip
 
 
@@ -211,7 +211,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     add_compile_arguments(p)
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="SamplingConfig.compile_mode")
-    add_speculative_arguments(p)
+    add_sampler_arguments(p)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-kid", action="store_true")
     p.add_argument("--no-prc", action="store_true")
@@ -317,7 +317,8 @@ def main(argv=None, prog: str | None = None) -> int:
 def add_to_card(ckpt: Path, metrics: dict, extractor: Extractor, args, n: int):
     """The checkpoint's model card gets these results (a read-only folder keeps its card, with a note)."""
     drawn = "".join(f", {name} {value:g}" for name, value, plain in (("temperature", args.temperature, 1.0),
-                    ("top-k", args.top_k, 0), ("top-p", args.top_p, 1.0)) if value != plain)  # fmt: skip
+                    ("top-k", args.top_k, 0), ("top-p", args.top_p, 1.0), ("head steps", args.head_steps, 0))
+                    if value != plain)  # fmt: skip
     key = f"{extractor.name}, cfg {args.cfg_scale:g} {args.cfg_schedule}{drawn}, seed {args.seed}, {n} samples vs {args.ref}"
     keep = {k: float(v) for k, v in metrics.items() if not k.endswith("_std") and not k.startswith("copy_threshold")}
     try:

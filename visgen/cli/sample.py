@@ -91,6 +91,8 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
     ]  # fmt: skip
     if cfg.cfg_schedule == "interval":
         parts.insert(5, f"{cfg.cfg_interval[0]:g}-{cfg.cfg_interval[1]:g}")
+    if cfg.head_steps:
+        parts.append(f"hs{cfg.head_steps}")
     if cfg.speculative != "none":  # exact methods draw other images than the plain loop under one seed
         parts.append(f"spec-{cfg.speculative}-g{cfg.gamma}-pre{cfg.prefill:g}")
         if cfg.speculative == "cspd":
@@ -123,8 +125,11 @@ def load_context(args, generator) -> torch.Tensor:
     return torch.stack(clips)
 
 
-def add_speculative_arguments(p: argparse.ArgumentParser):
-    """The flags of ``SamplingConfig``'s speculative decoding (sample.py and eval/fid.py alike)."""
+def add_sampler_arguments(p: argparse.ArgumentParser):
+    """The flags of ``SamplingConfig`` that sample.py and eval/fid.py share beyond guidance and filtering: a
+    continuous head's steps and speculative decoding."""
+    p.add_argument("--head-steps", type=int, default=0,
+                   help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
     p.add_argument("--speculative", default="none", choices=["none", *METHODS],
                    help="speculative decoding: a draft model, a draft on the target's features (EAGLE-style), "
                    "speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
@@ -135,9 +140,9 @@ def add_speculative_arguments(p: argparse.ArgumentParser):
                    help="exact: the paper's rule; reference: the reference code's relaxation (not exact)")  # fmt: skip
 
 
-def speculative_settings(args) -> dict:
-    return dict(speculative=args.speculative, draft=args.draft, gamma=args.gamma, prefill=args.prefill,
-                cspd_rule=args.cspd_rule)  # fmt: skip
+def sampler_settings(args) -> dict:
+    return dict(head_steps=args.head_steps, speculative=args.speculative, draft=args.draft, gamma=args.gamma,
+                prefill=args.prefill, cspd_rule=args.cspd_rule)  # fmt: skip
 
 
 def default_threads() -> int:
@@ -174,7 +179,7 @@ def build_parser(prog: str = "sample.py") -> argparse.ArgumentParser:
         choices=["auto", "sdpa", "triton"],
         help="attention of one-token decoding steps (triton: GPUs; auto: triton where it applies, else sdpa)",
     )
-    add_speculative_arguments(p)
+    add_sampler_arguments(p)
     p.add_argument("--context", help="video data whose first clips give each sample its first frames (prediction)")
     p.add_argument("--context-frames", type=int, default=0, help="how many frames of each --context clip to keep")
     p.add_argument("--context-split", default="test", help="split of --context (arrays: train.npz / test.npz)")
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None, prog: str = "sample.py") -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             batch_size=args.batch_size, compile=args.compile, compile_mode=args.compile_mode,
             decode_kernel=args.decode_kernel,
-            **speculative_settings(args),
+            **sampler_settings(args),
         )  # fmt: skip
         label = args.checkpoint.replace("/", "--") if hub.is_hub_id(args.checkpoint) else None  # a Hub id names it
         weights = weights_id(ckpt, use_ema)

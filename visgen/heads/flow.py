@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visgen.config import ConfigError
 from visgen.sampling.noise import CounterNoise
 
 
@@ -62,6 +63,12 @@ class FlowHead(nn.Module):
         self.t_in = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(_AdaBlock(width, heads) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, channels))
+
+    def set_sampling_steps(self, steps: int):
+        """Sample with ``steps`` Euler steps instead of the recipe's (fewer: faster, coarser)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"head steps must be at least 1, got {steps}")
+        self.steps = steps
 
     def velocity(self, x_BnC: torch.Tensor, t_B: torch.Tensor, h_BnD: torch.Tensor) -> torch.Tensor:
         c = self.c_in(h_BnD) + self.t_in(timestep_embedding(t_B, self.width).to(h_BnD.dtype))[:, None]

@@ -32,6 +32,12 @@ class FlowMLPHead(nn.Module):
         self.channels, self.steps, self.batch_mul = channels, steps, batch_mul
         self.net = MLPDenoiser(channels, d_model, width, depth, out_channels=channels, time_scale=1000.0)
 
+    def set_sampling_steps(self, steps: int):
+        """Sample with ``steps`` Euler steps instead of the recipe's (fewer: faster, coarser)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"head steps must be at least 1, got {steps}")
+        self.steps = steps
+
     def loss(self, target_BLC: torch.Tensor, h_BLD: torch.Tensor, unit_sizes: list[int] | None = None) -> torch.Tensor:
         """Mean squared velocity error per token."""
         x = target_BLC.reshape(-1, self.channels).float().repeat(self.batch_mul, 1)

@@ -73,6 +73,9 @@ class SamplingConfig:
         ``reference`` (the reference code's relaxation: standard deviations x 42 inside the ratio, tokens after a
         rejection kept; not exact).
     sync_every: speculative rounds between the host's checks for finished rows (each check is one host sync).
+    head_steps: denoising steps of a diffusion or flow head per token (0: the recipe's, ``head_options.steps``).
+        Each step is one pass of the head, most of a continuous token's sampling time: fewer are faster and draw
+        other images (a diffusion head respaces its schedule to them, a flow head takes longer Euler steps).
     """
 
     cfg_scale: float = 1.0
@@ -95,6 +98,7 @@ class SamplingConfig:
     cspd_rule: str = "exact"
     sync_every: int = 4
     jacobi_init: str = "above"
+    head_steps: int = 0
 
     def __post_init__(self):
         # every entry point (sample.py, eval/fid.py, Python) gets these checks: NaN guidance draws garbage silently
@@ -117,6 +121,8 @@ class SamplingConfig:
         check(isinstance(self.gamma, int) and self.gamma >= 1, "gamma", "an integer >= 1", self.gamma)
         check(finite(self.prefill) and 0 <= self.prefill < 1, "prefill", "in [0, 1)", self.prefill)
         check(self.cspd_rule in CSPD_RULES, "cspd_rule", " or ".join(CSPD_RULES), self.cspd_rule)
+        check(isinstance(self.head_steps, int) and self.head_steps >= 0, "head_steps", "an integer >= 0 (0: the "
+              "recipe's)", self.head_steps)  # fmt: skip
         check(self.jacobi_init in ("above", "uniform"), "jacobi_init", "above or uniform", self.jacobi_init)
         check(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "an integer >= 1",
               self.sync_every)  # fmt: skip
@@ -261,8 +267,13 @@ class Sampler:
         prefix_kernel = self.decode_kernel != "sdpa"
         self.rows_kernel = kernel == "triton"  # speculative windows too: only where asked for by name
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
-        if (self.cfg.compile or prefix_kernel) and model is generator:
+        if (self.cfg.compile or prefix_kernel or self.cfg.head_steps) and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
+        if self.cfg.head_steps:
+            if not hasattr(model.head, "set_sampling_steps"):
+                raise ConfigError(f"head_steps: the {model.config.head} head draws a token in one step; it is for "
+                                  "diffusion and flow heads")  # fmt: skip
+            model.head.set_sampling_steps(self.cfg.head_steps)
         if model is not generator:
             model.requires_grad_(False)  # our copy: with no tensor asking for gradients, compiled blocks trace alike
         if prefix_kernel:

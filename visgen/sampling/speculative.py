@@ -240,6 +240,8 @@ class SpeculativeDecoder:
         if draft is not None and self.method != "jacobi":
             self.draft = copy.deepcopy(draft).to(device=sampler.device, dtype=sampler.dtype).eval()
             self.draft.requires_grad_(False)
+            if cfg.head_steps and hasattr(self.draft.head, "set_sampling_steps"):
+                self.draft.head.set_sampling_steps(cfg.head_steps)  # a CSpD pair follows one path: same steps
             self.draft_body = self.draft.body if self.method == "feature" else self.draft.backbone
             if sampler.decode_kernel != "sdpa":  # its steps through the target's kernels too (a copy: ours)
                 self.draft_body.set_decode_kernel(sampler.decode_kernel, rows=sampler.rows_kernel)
