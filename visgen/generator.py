@@ -286,7 +286,7 @@ class Generator(PretrainedMixin, nn.Module):
         _, cos, sin = self._decode_tables(labels_B.device)
         slots = cache.k.shape[3]
         at = pos_Bn.clamp(max=self.schedule.seq_len - 1)
-        mask = torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
+        mask = None if self.backbone.rows_kernel else torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
         return self.backbone(
             self.input_emb(inputs), None, self.cond(labels_B), mask=mask, cache=cache, input_pos=pos_Bn,
             kv_len=slots, rope=(cos[at][:, None], sin[at][:, None]),

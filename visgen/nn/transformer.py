@@ -207,6 +207,8 @@ class Transformer(nn.Module):
 
         return "triton" if decode_attention.available() else "sdpa"
 
+    rows_kernel = False  # whether windows at per-row positions go through the rows kernel (set_decode_kernel)
+
     def set_decode_kernel(self, name: str, rows: bool = False):
         """How one-token units attend while decoding: ``sdpa`` (PyTorch's fused kernels over the ``kv_len`` slots
         offered, under the mask, any device) or ``triton`` (``visgen.nn.decode_attention``: RoPE, the cache append
@@ -227,6 +229,7 @@ class Transformer(nn.Module):
                 rows_fn = decode_attention.decode_rows_attention
         for block in self.blocks:
             block.attn.decode_fn, block.attn.rows_fn = fn, rows_fn
+        self.rows_kernel = rows_fn is not None  # windows read their prefixes themselves: callers build no mask
 
     def new_cache(self, batch: int, max_len: int, dtype, device) -> KVCache:
         c = self.cfg

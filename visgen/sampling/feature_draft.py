@@ -84,7 +84,7 @@ class FeatureDraft(PretrainedMixin, nn.Module):
         every position (positions past the sequence take the last one's)."""
         slots = cache.k.shape[3]
         at = pos_Bn.clamp(max=self.config.seq_len - 1)
-        mask = torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
+        mask = None if self.body.rows_kernel else torch.arange(slots, device=pos_Bn.device) <= pos_Bn[:, None, :, None]
         x = self.fc(torch.cat([feats, token_emb], -1))
         return self.body(x, None, mask=mask, cache=cache, input_pos=pos_Bn, kv_len=slots,
                          rope=(cos[at][:, None], sin[at][:, None]))  # fmt: skip
