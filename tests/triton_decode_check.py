@@ -14,6 +14,7 @@ from tests.test_speculative import draft_for
 from visgen.nn.decode_attention import _decode_op, _rows_op, decode_attention, decode_rows_attention
 from visgen.nn.transformer import apply_rope, rope_tables
 from visgen.sampling import Sampler, SamplingConfig
+from visgen.sampling.sampler import _BatchState
 
 torch.manual_seed(0)
 R, H, D, S = 3, 2, 16, 256
@@ -43,6 +44,11 @@ triton = Sampler(gen, SamplingConfig(**cfg, decode_kernel="triton"))
 assert torch.equal(triton.sample_tokens([0, 1, 2]), sdpa)
 assert triton.model.backbone.blocks[0].attn.decode_fn is decode_attention
 assert gen.backbone.blocks[0].attn.decode_fn is None  # the caller's model is left as it was
+# units replayed by a device counter (cuda_graph "unit", run eagerly): the kernel reads positions from the counter
+assert triton.unit_replay
+st = _BatchState(triton.model, 3, triton.guided, triton.dtype, triton.device)
+triton._start(st, torch.tensor([0, 1, 2]), torch.arange(3))
+assert torch.equal(triton._unit_by_unit(st), sdpa)
 
 # ---- windows at per-row positions (speculative decoding): the rows kernel
 R, H, D, S = 3, 2, 16, 160

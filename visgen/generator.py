@@ -274,6 +274,18 @@ class Generator(PretrainedMixin, nn.Module):
             rope=(cos[off : off + n], sin[off : off + n]),
         )  # fmt: skip
 
+    def decode_unit_at(self, pos_n: torch.Tensor, inputs, labels_B: torch.Tensor, cache, masked: bool = True):
+        """``decode_unit`` for a unit after the first named by its positions on the device (``pos_n`` (n,)), not
+        by a Python index: what a CUDA graph captured once and replayed for every unit runs (the unit comes from a
+        counter on the device). It reads the whole cache; ``masked=False`` where the backbone's decode kernel reads
+        exactly the prefix."""
+        _, cos, sin = self._decode_tables(labels_B.device)
+        mask = self.unit_ids[None, :] <= self.unit_ids[pos_n][:, None] if masked else None
+        return self.backbone(
+            self.input_emb(inputs), None, self.cond(labels_B), mask=mask, cache=cache, input_pos=pos_n,
+            kv_len=self.schedule.seq_len, rope=(cos[pos_n], sin[pos_n]),
+        )  # fmt: skip
+
     def decode_rows(self, inputs, labels_B: torch.Tensor, cache, pos_Bn: torch.Tensor) -> torch.Tensor:
         """Features (B, n, d) of one-token units at positions of each row's own, ``pos_Bn`` (B, n): rows of a batch
         at different points of their sequences (speculative decoding accepts different lengths per row). Each

@@ -31,8 +31,14 @@ class SamplingConfig:
     temperature, top_k, top_p: categorical sampling (temperature 0 is greedy; top_k 0 and top_p 1 keep all).
     seed: with the sample index, fixes each sample's randomness.
     batch_size: samples per forward pass (doubled internally when guiding).
-    cuda_graph: capture the whole loop over units in one CUDA graph at a batch size's first batch and replay it for
-        every later batch of that size (GPU only): no host work and no launch gaps between decoding steps.
+    cuda_graph: capture the loop over units in CUDA graphs at a batch size's first batch and replay them for every
+        later batch of that size (GPU only): no host work and no launch gaps between decoding steps. ``True``
+        (``unit`` where it applies, else ``loop``), ``loop`` (the whole loop in one graph), ``unit`` (where every
+        unit after the first is the same computation at another position: raster units of one size whose
+        attention reads the same slots, i.e. one-token units through the Triton kernel; the first unit and one
+        later unit captured, the later one replayed per unit with the unit read from a counter on the device, so
+        capture costs two units instead of hundreds: a diffusion head's 100 steps a token make a whole-loop graph
+        of a million kernels) or ``False``.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
@@ -86,7 +92,7 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
-    cuda_graph: bool = True
+    cuda_graph: bool | str = True
     compile: bool | str = "auto"
     compile_mode: str = "default"
     decode_kernel: str = "auto"
@@ -112,6 +118,8 @@ class SamplingConfig:
         check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "an integer >= 0 (0: off)", self.top_k)
         check(finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        check(self.cuda_graph in (True, False, "loop", "unit"), "cuda_graph", "true, false, loop or unit",
+              self.cuda_graph)  # fmt: skip
         check(self.compile in (True, False, "auto"), "compile", "true, false or auto", self.compile)
         check(self.compile_mode in COMPILE_MODES, "compile_mode", " or ".join(COMPILE_MODES), self.compile_mode)
         check(self.decode_kernel in ("auto", "sdpa", "triton"), "decode_kernel", "auto, sdpa or triton",
@@ -181,6 +189,15 @@ def cache_reads(
     return reads
 
 
+def replays_units(schedule, reads: list[tuple[int, bool]]) -> bool:
+    """Whether every unit after the first is one computation at another position (``SamplingConfig.cuda_graph``
+    ``unit``): its input is the unit just drawn, all units are one size and read the same cache slots."""
+    return (
+        schedule.input_is_previous_unit and schedule.num_units > 2 and len(set(schedule.unit_sizes)) == 1
+        and len(set(reads[1:])) == 1
+    )  # fmt: skip
+
+
 def warm_up_units(unit_sizes: list[int], reads: list[tuple[int, bool]]) -> int:
     """How many units to run before capturing the loop: up to the last one of a kind (size, cache read, the first
     unit or not) that no unit before it has."""
@@ -198,8 +215,14 @@ class _BatchState:
         self.labels = torch.zeros(rows, dtype=torch.long, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.noise = CounterNoise(0, self.ids)
-        self.graph: torch.cuda.CUDAGraph | None = None  # the whole loop over units, captured at the first batch
+        self.graph: torch.cuda.CUDAGraph | None = None  # the whole loop over units, or the first unit
         self.out: torch.Tensor | None = None  # what the graph writes: this batch's token grids
+        # cuda_graph "unit": the later units' graph, replayed once per unit; the unit it runs (a counter on the
+        # device), the last unit drawn (its input) and the sequence so far
+        self.unit_graph: torch.cuda.CUDAGraph | None = None
+        self.k = torch.zeros((), dtype=torch.long, device=device)
+        self.last: torch.Tensor | None = None
+        self.seq: torch.Tensor | None = None
 
 
 # compile="auto": the job size from which compiling repays itself, and the families where that was measured. On an
@@ -297,6 +320,16 @@ class Sampler:
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
             model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
+        graph = self.cfg.cuda_graph
+        self.unit_replay = replays_units(model.schedule, self.reads) and graph in (True, "unit")
+        if graph == "unit" and not self.unit_replay and self.use_graph:
+            raise ConfigError("cuda_graph='unit' needs raster units of one size that read the same cache slots "
+                              "(one-token units through decode_kernel='triton'); use true or 'loop'")  # fmt: skip
+        # what a unit replayed by its counter reads (_next_unit): its positions and guidance scale
+        sched = model.schedule
+        same_units = sched.input_is_previous_unit and len(set(sched.unit_sizes)) == 1
+        self._position_table = torch.stack(model._decode_tables(device)[0]) if same_units else None  # (K, n)
+        self._scale_table = torch.cat(self._scales)  # (K,)
         self._states: dict[int, _BatchState] = {}
         self.speculative = None
         if self.cfg.speculative != "none":
@@ -341,6 +374,58 @@ class Sampler:
             units.append(given[k].to(drawn.dtype) if given is not None and k < len(given) else drawn)
         return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else units
 
+    def _first_unit(self, st: _BatchState):
+        """Unit 0, unit by unit (``cuda_graph`` ``unit``): it starts the sequence and the next unit's input, and sets
+        the counter to 1."""
+        drawn = self._step(st, 0, None)
+        if st.seq is None:  # allocated at the warm-up, outside any graph
+            st.seq = drawn.new_empty((drawn.shape[0], self.model.schedule.seq_len, *drawn.shape[2:]))
+            st.last = torch.empty_like(drawn)
+        st.seq[:, : drawn.shape[1]].copy_(drawn)
+        st.last.copy_(drawn)
+        st.k.fill_(1)
+
+    def _next_unit(self, st: _BatchState):
+        """The unit the counter names, from the last unit drawn; then the counter moves on. Every unit after the
+        first is this same computation (``replays_units``), so one captured graph replayed per unit runs them all.
+        It reads the whole cache, masked unless the decode kernel reads exactly the prefix."""
+        m, c = self.model, self.cfg
+        pos = self._position_table[st.k]
+        inputs = st.last.to(self.dtype) if st.last.is_floating_point() else st.last
+        if st.guided:
+            inputs = torch.cat([inputs, inputs])
+        h = m.decode_unit_at(pos, inputs, st.labels, st.cache, masked=any(masked for _, masked in self.reads[1:]))
+        drawn = self._head_sample(
+            h, self._scale_table[st.k].view(1), st.noise, st.k, guided=st.guided,
+            temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+        )  # fmt: skip
+        st.seq.index_copy_(1, pos, drawn)
+        st.last.copy_(drawn)
+        st.k.add_(1)
+
+    def _unit_by_unit(self, st: _BatchState) -> torch.Tensor:
+        """The token grids of ``_loop``, by ``_first_unit`` then ``_next_unit`` per unit (what the graphs of
+        ``cuda_graph`` ``unit`` replay, here eagerly)."""
+        self._first_unit(st)
+        for _ in range(self.model.schedule.num_units - 1):
+            self._next_unit(st)
+        return self.model.schedule.from_sequence(st.seq)
+
+    def _capture_units(self, st: _BatchState):
+        """Capture unit 0 and one later unit in graphs of their own, after running each once outside a graph (the
+        compiles, kernel choices and buffers; what they write is overwritten before it is read)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._first_unit(st)
+            self._next_unit(st)
+        torch.cuda.current_stream().wait_stream(side)
+        st.graph, st.unit_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(st.graph):
+            self._first_unit(st)
+        with torch.cuda.graph(st.unit_graph):
+            self._next_unit(st)
+
     def _warm_up(self, st: _BatchState):
         """Run units in order until every kind of unit (``warm_up_units``) has run once outside a graph, so compiles,
         kernel choices and lazy initialisation happen before the capture: for one-token units through the Triton
@@ -373,6 +458,13 @@ class Sampler:
         self._start(st, labels, ids, round_)
         if not self.use_graph or given is not None:  # a given prefix runs eagerly (its length would fix a graph)
             return self._loop(st, given=given)
+        if self.unit_replay:
+            if st.graph is None:
+                self._capture_units(st)
+            st.graph.replay()
+            for _ in range(m.schedule.num_units - 1):
+                st.unit_graph.replay()
+            return m.schedule.from_sequence(st.seq).clone()
         if st.graph is None:
             self._warm_up(st)
             st.graph = torch.cuda.CUDAGraph()

@@ -19,6 +19,9 @@ class Schedule:
     positions: torch.Tensor  # (L, axes) integer coordinates for RoPE
     input_kind: str = "tokens"  # "tokens": next_input gives indices; "features": (B, n, input_dim) vectors
     input_dim: int = 0
+    # True where next_input is the last unit as drawn (raster): with units of one size, every unit after the first
+    # runs the same computation at another position, so a sampler can capture one unit and replay it
+    input_is_previous_unit: bool = False
 
     @property
     def seq_len(self) -> int:

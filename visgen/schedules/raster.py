@@ -16,6 +16,8 @@ class RasterSchedule(Schedule):
     for 2-axis RoPE.
     """
 
+    input_is_previous_unit = True
+
     def __init__(self, grid: tuple[int, int], continuous: bool = False, channels: int = 0, unit_size: int = 1):
         self.grid, self.continuous, self.unit_size = tuple(grid), continuous, unit_size
         h, w = self.grid
