@@ -7,7 +7,8 @@ the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--mode
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
 ``sample_``), with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``),
 and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
-``..._compiled`` says what it chose; ``default_``). ``--cold MODE``: that mode's first batch also timed in fresh
+``..._compiled`` says what it chose; ``default_``), ``default_loop`` the same with the whole loop in one CUDA graph
+(``cuda_graph="loop"``) instead of one unit replayed per unit. ``--cold MODE``: that mode's first batch also timed in fresh
 processes, cold and warm compile caches (as bench/token_ar.py does). ``--head-steps 0 50 25``: each mode also with
 fewer denoising steps (``SamplingConfig.head_steps``; ``hs{N}_`` after the mode).
 Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
@@ -42,6 +43,7 @@ from visgen.tokenizers import KLConfig, KLTokenizer
 # --modes: how sampling runs; a mode's figures carry its name after ``sample_`` / ``profile_`` (eager's none)
 MODES = {
     "default": {},  # the sampler's defaults as sample.py / eval/fid.py run them for a job of JOB_IMAGES
+    "default_loop": dict(cuda_graph="loop"),  # the same, the whole loop in one CUDA graph, not one unit replayed
     "eager": dict(compile=False),
     "compiled": dict(compile=True),
     "autotuned": dict(compile=True, compile_mode="max-autotune-no-cudagraphs"),
@@ -52,7 +54,7 @@ JOB_IMAGES = 10_000
 def sampling_config(mode: str, batch: int, head_steps: int = 0) -> tuple[SamplingConfig, int]:
     """The sampling settings of ``mode`` and the job size the sampler is told (``compile="auto"`` decides by it)."""
     cfg = SamplingConfig(cfg_scale=3.0, batch_size=batch, head_steps=head_steps, **MODES[mode])
-    return cfg, JOB_IMAGES if mode == "default" else 0
+    return cfg, JOB_IMAGES if mode.startswith("default") else 0
 
 
 def probe_args(mode: str, batch: int, unit: int, tiny: bool, head_steps: int = 0) -> list[str]:
@@ -101,7 +103,7 @@ def main():
                 r = bench_sampling(model, cfg, repeats=2, decode=True, images=images)
                 rec.add(f"sample_{tag}unit{k}_b{bs}_images_per_s", r["images_per_s"], ".2f", "images/s")
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
-                if mode == "default":
+                if mode.startswith("default"):
                     rec.add(f"sample_{tag}unit{k}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
                 if mode in args.cold:
                     key = f"sample_{tag}unit{k}_b{bs}"

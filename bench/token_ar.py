@@ -8,6 +8,8 @@ each optionally with one-token steps attending through visgen's Triton kernel (m
 ``compiled_triton``: GPU only; the sampler's default there), the others through SDPA; training eager and compiled.
 Mode ``default`` is the sampler's defaults as the CLIs run them for a job of 10k images (``compile`` and
 ``decode_kernel`` ``auto``; ``..._compiled`` says what ``auto`` chose); the timed batches are one call, as a user's.
+``default_loop``: the same with the whole loop captured in one CUDA graph (``cuda_graph="loop"``) instead of one
+unit replayed per unit (the default's ``unit``, where the Triton kernel applies).
 A first batch is timed in the running process (``first_batch_s``: compile caches warm from the modes before it) and,
 for the modes given to ``--cold``, in fresh processes, sampler construction included: ``first_batch_cold_s`` with
 empty Inductor and Triton caches and Python's bytecode compiled (as pip leaves an install), ``first_batch_warm_s`` in
@@ -32,7 +34,7 @@ from visgen.tokenizers import VQConfig, VQTokenizer
 SAMPLING = dict(cfg_scale=2.0)  # guidance on: every step runs a doubled batch
 # sampling; training takes eager / compiled. ``default``: the sampler's defaults as sample.py / eval/fid.py run them
 # for a job of JOB_IMAGES (compile and decode kernel ``auto``)
-MODES = ["default", "eager", "compiled", "eager_triton", "compiled_triton"]
+MODES = ["default", "default_loop", "eager", "compiled", "eager_triton", "compiled_triton"]
 JOB_IMAGES = 10_000
 
 
@@ -47,14 +49,14 @@ def build(tiny: bool) -> Generator:
 
 
 def sampling_config(mode: str, batch: int) -> SamplingConfig:
-    if mode == "default":
-        return SamplingConfig(**SAMPLING, batch_size=batch)
+    if mode.startswith("default"):  # default_loop: the whole loop in one CUDA graph instead of one unit replayed
+        return SamplingConfig(**SAMPLING, batch_size=batch, cuda_graph="loop" if mode == "default_loop" else True)
     return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode.startswith("compiled"),
                           decode_kernel="triton" if mode.endswith("triton") else "sdpa")  # fmt: skip
 
 
 def job_images(mode: str) -> int:
-    return JOB_IMAGES if mode == "default" else 0
+    return JOB_IMAGES if mode.startswith("default") else 0
 
 
 def probe_args(mode: str, batch: int, tiny: bool) -> list[str]:
@@ -75,13 +77,14 @@ def main():
     if torch.cuda.is_available():  # the CUDA-graph path must give the eager path's tokens exactly
         labels = torch.arange(8)
 
-        def tokens(graph: bool, kernel: str) -> torch.Tensor:
+        def tokens(graph: bool | str, kernel: str) -> torch.Tensor:
             cfg = SamplingConfig(**SAMPLING, batch_size=8, cuda_graph=graph, decode_kernel=kernel)
             return Sampler(gen, cfg).sample_tokens(labels)
 
-        a, b, t = tokens(True, "sdpa"), tokens(False, "sdpa"), tokens(True, "triton")
+        a, b, t = tokens(True, "sdpa"), tokens(False, "sdpa"), tokens("loop", "triton")
         rec.add("graph_matches_eager", float((a == b).float().mean()), ".4f")
         rec.add("triton_tokens_match_sdpa", float((a == t).float().mean()), ".4f")  # bf16 sums in another order
+        rec.add("unit_graph_matches_loop_graph", float((tokens("unit", "triton") == t).float().mean()), ".4f")
     for mode in args.modes:
         for bs in args.sample_batches:
             for decode in (False, True):
@@ -94,7 +97,7 @@ def main():
                 key = f"sample_{mode}_b{bs}_{'with_decode' if decode else 'tokens_only'}"
                 rec.add(f"{key}_images_per_s", r["images_per_s"], unit="images/s")
                 rec.add(f"{key}_first_batch_s", r["first_batch_s"], ".2f", "s")
-                if mode == "default":
+                if mode.startswith("default"):
                     rec.add(f"{key}_compiled", r["compiled"], "d")  # what compile="auto" chose for the job
             if mode in args.cold:
                 record_cold(rec, f"sample_{mode}_b{bs}_tokens_only", __file__, probe_args(mode, bs, args.tiny), pycache)

@@ -390,13 +390,14 @@ class Sampler:
         first is this same computation (``replays_units``), so one captured graph replayed per unit runs them all.
         It reads the whole cache, masked unless the decode kernel reads exactly the prefix."""
         m, c = self.model, self.cfg
-        pos = self._position_table[st.k]
+        at = st.k.view(1)  # index_select by a device tensor: no host read (a 0-d index may be read back as an int)
+        pos = self._position_table.index_select(0, at)[0]
         inputs = st.last.to(self.dtype) if st.last.is_floating_point() else st.last
         if st.guided:
             inputs = torch.cat([inputs, inputs])
         h = m.decode_unit_at(pos, inputs, st.labels, st.cache, masked=any(masked for _, masked in self.reads[1:]))
         drawn = self._head_sample(
-            h, self._scale_table[st.k].view(1), st.noise, st.k, guided=st.guided,
+            h, self._scale_table.index_select(0, at), st.noise, st.k, guided=st.guided,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
         )  # fmt: skip
         st.seq.index_copy_(1, pos, drawn)
