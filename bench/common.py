@@ -43,7 +43,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
     p.add_argument("--name", help="write results/NAME.json (after every figure)")
     p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
-    p.add_argument("--train-batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--train-batches", type=int, nargs="*", default=[64, 256], help="none: no training figures")
     return p
 
 

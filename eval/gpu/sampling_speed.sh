@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sampling speed as users get it (the default settings, as sample.py / eval/fid.py run a 10k-image job), in one call:
+#   token AR at GPT-B size (bench/token_ar.py): the default mode beside the whole-loop CUDA graph (default_loop) and
+#     compiled_triton, tokens only and with decode, batch 8 / 64 / 256, the default's first batch also in fresh
+#     processes (cold and warm compile caches) -> results/$TOKEN.json;
+#   continuous tokens at MAR-B size (bench/diffusion_ar.py), unit 1, batch 64 / 256: the default mode with the head's
+#     100 steps and with 50, beside default_loop -> results/$DIFF.json.
+# EXTRA: flags for both benches (a CPU dry run: EXTRA="--tiny --sample-batches 2").
+# Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
+set -euo pipefail
+TOKEN=${TOKEN:-bench-token-ar} DIFF=${DIFF:-bench-diffusion-ar} EXTRA=${EXTRA:-}
+python bench/token_ar.py --name $TOKEN --modes default default_loop compiled_triton --cold default --train-batches \
+  $EXTRA > $OUT/token-ar.log 2>&1
+python bench/diffusion_ar.py --name $DIFF --modes default default_loop --head-steps 0 50 --unit-sizes 1 \
+  --sample-batches 64 256 --train-batches $EXTRA > $OUT/diffusion-ar.log 2>&1
