@@ -5,8 +5,7 @@
 #     processes (cold and warm compile caches) -> results/$TOKEN.json;
 #   continuous tokens at MAR-B size (bench/diffusion_ar.py), unit 1, batch 64 / 256: the default mode with the head's
 #     100 steps and with 50 -> results/$DIFF.json, default_loop -> results/$DIFF-loop.json; then, last (it compiles
-#     longest), the same
-#     with compile_mode max-autotune-no-cudagraphs (autotuned: the head's narrow products tuned per shape)
+#     longest), compile_mode max-autotune-no-cudagraphs (the head's narrow products tuned per shape)
 #     -> results/$DIFF-autotuned.json.
 # EXTRA: flags for both benches (a CPU dry run: EXTRA="--tiny --sample-batches 2").
 # Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
