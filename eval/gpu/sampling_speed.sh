@@ -6,7 +6,7 @@
 #   continuous tokens at MAR-B size (bench/diffusion_ar.py), unit 1, batch 64 / 256: the default mode with the head's
 #     100 steps and with 50 -> results/$DIFF.json, default_loop -> results/$DIFF-loop.json; then, last (it compiles
 #     longest), compile_mode max-autotune-no-cudagraphs (the head's narrow products tuned per shape)
-#     -> results/$DIFF-autotuned.json.
+#     -> results/$DIFF-autotuned.json, and token AR's compiled_triton autotuned at batch 8 / 64 -> $TOKEN-autotuned.
 # EXTRA: flags for both benches (a CPU dry run: EXTRA="--tiny --sample-batches 2").
 # Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
 set -euo pipefail
@@ -19,3 +19,5 @@ python bench/diffusion_ar.py --name $DIFF-loop --modes default_loop --unit-sizes
   --train-batches $EXTRA > $OUT/diffusion-ar-loop.log 2>&1
 python bench/diffusion_ar.py --name $DIFF-autotuned --modes autotuned --unit-sizes 1 --sample-batches 64 256 \
   --train-batches $EXTRA > $OUT/diffusion-ar-autotuned.log 2>&1
+python bench/token_ar.py --name $TOKEN-autotuned --modes autotuned_triton --sample-batches 8 64 --train-batches \
+  $EXTRA > $OUT/token-ar-autotuned.log 2>&1
