@@ -28,6 +28,8 @@ class Record:
     """Metrics printed as they come and written to ``results/NAME.json`` after each one (when a name is given)."""
 
     def __init__(self, name: str | None):
+        if name and ("/" in name or name.endswith(".json")):  # --name /tmp/x once wrote results/tmp/x.json
+            raise SystemExit(f"--name {name!r}: a result's name (written to results/NAME.json), not a path")
         self.name, self.metrics = name, {}
 
     def add(self, key: str, value, fmt: str = ".1f", unit: str = ""):
