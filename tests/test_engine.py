@@ -257,32 +257,27 @@ def test_prefix_cache_reads_equal_full_cache_reads():
 
 
 def test_units_replayed_by_a_device_counter_equal_the_loop():
-    """cuda_graph "unit" captures unit 0 and one later unit and replays the later one per unit, the unit read from a
-    counter on the device (positions, guidance scale, noise key). Run eagerly here, that unit-by-unit path gives the
-    loop's tokens (guidance ramped per unit, top-k and top-p on); only raster units of one size with one cache read
-    qualify."""
+    """cuda_graph "unit" captures unit 0 and a later unit per cache read and replays those per unit, the unit read
+    from a counter on the device (positions, guidance scale, noise key). Run eagerly here, that unit-by-unit path
+    gives the loop's tokens (guidance ramped per unit, top-k and top-p on; the cache read in growing masked buckets);
+    only schedules whose units are one size and read the unit before qualify."""
     from tests.test_diffusion_ar import diffusion_generator
     from tests.test_scale import var_generator
     from visgen.sampling.sampler import _BatchState, cache_reads, replays_units
 
     cfg = dict(cfg_scale=3.0, cfg_schedule="linear", seed=3, top_k=50, top_p=0.9)
-    for gen in (tiny_generator(adaln=True), diffusion_generator()):
+    for gen in (tiny_generator(adaln=True), diffusion_generator(), diffusion_generator(unit_size=4)):
         sampler = Sampler(gen, SamplingConfig(**cfg))
+        s = gen.schedule
+        sampler.reads = cache_reads(s.unit_sizes, s.seq_len, bucket=16)  # several reads: several graphs on a GPU
         labels = torch.tensor([0, 1, 2])
         st = _BatchState(sampler.model, 3, sampler.guided, sampler.dtype, sampler.device)
         sampler._start(st, labels, torch.arange(3))
         by_unit = sampler._unit_by_unit(st).clone()
-        assert int(st.k) == gen.schedule.num_units
+        assert int(st.k) == s.num_units and replays_units(s)
         sampler._start(st, labels, torch.arange(3))
         assert torch.equal(by_unit, sampler._loop(st))
-    s = tiny_generator().schedule
-    assert replays_units(s, cache_reads(s.unit_sizes, s.seq_len, prefix_kernel=True))  # one-token units, Triton
-    assert not replays_units(s, cache_reads(s.unit_sizes, s.seq_len, bucket=16))  # growing buckets: other shapes
-    four = diffusion_generator(unit_size=4).schedule
-    assert replays_units(four, cache_reads(four.unit_sizes, four.seq_len, prefix_kernel=True))  # one bucket
-    assert not replays_units(four, cache_reads(four.unit_sizes, four.seq_len, bucket=16, prefix_kernel=True))
-    var = var_generator().schedule
-    assert not replays_units(var, cache_reads(var.unit_sizes, var.seq_len, prefix_kernel=True))
+    assert not replays_units(var_generator().schedule)  # scales: other sizes, inputs from the running f_hat
     with pytest.raises(ConfigError, match="cuda_graph must be true, false, loop or unit"):
         SamplingConfig(cuda_graph="yes")
 

@@ -274,16 +274,17 @@ class Generator(PretrainedMixin, nn.Module):
             rope=(cos[off : off + n], sin[off : off + n]),
         )  # fmt: skip
 
-    def decode_unit_at(self, pos_n: torch.Tensor, inputs, labels_B: torch.Tensor, cache, masked: bool = True):
+    def decode_unit_at(self, pos_n: torch.Tensor, inputs, labels_B: torch.Tensor, cache, kv_len: int,
+                       masked: bool = True) -> torch.Tensor:  # fmt: skip
         """``decode_unit`` for a unit after the first named by its positions on the device (``pos_n`` (n,)), not
-        by a Python index: what a CUDA graph captured once and replayed for every unit runs (the unit comes from a
-        counter on the device). It reads the whole cache; ``masked=False`` where the backbone's decode kernel reads
-        exactly the prefix."""
+        by a Python index: what a CUDA graph captured once and replayed for every unit of one cache read runs (the
+        unit comes from a counter on the device). ``kv_len`` and ``masked`` as ``decode_unit``'s, which the sampler
+        gives every unit it replays with this graph."""
         _, cos, sin = self._decode_tables(labels_B.device)
-        mask = self.unit_ids[None, :] <= self.unit_ids[pos_n][:, None] if masked else None
+        mask = self.unit_ids[None, :kv_len] <= self.unit_ids[pos_n][:, None] if masked else None
         return self.backbone(
             self.input_emb(inputs), None, self.cond(labels_B), mask=mask, cache=cache, input_pos=pos_n,
-            kv_len=self.schedule.seq_len, rope=(cos[pos_n], sin[pos_n]),
+            kv_len=kv_len, rope=(cos[pos_n], sin[pos_n]),
         )  # fmt: skip
 
     def decode_rows(self, inputs, labels_B: torch.Tensor, cache, pos_Bn: torch.Tensor) -> torch.Tensor:

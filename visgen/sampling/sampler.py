@@ -34,11 +34,11 @@ class SamplingConfig:
     cuda_graph: capture the loop over units in CUDA graphs at a batch size's first batch and replay them for every
         later batch of that size (GPU only): no host work and no launch gaps between decoding steps. ``True``
         (``unit`` where it applies, else ``loop``), ``loop`` (the whole loop in one graph), ``unit`` (where every
-        unit after the first is the same computation at another position: raster units of one size whose
-        attention reads the same slots, i.e. one-token units through the Triton kernel; the first unit and one
-        later unit captured, the later one replayed per unit with the unit read from a counter on the device, so
-        capture costs two units instead of hundreds: a diffusion head's 100 steps a token make a whole-loop graph
-        of a million kernels) or ``False``.
+        unit after the first is the same computation at another position: raster units of one size; the first
+        unit and one later unit per cache read (``cache_reads``: one with the Triton kernel, a few buckets with
+        SDPA) captured, each later one replayed for the units of its read with the unit read from a counter on the
+        device, so capture costs a few units instead of hundreds: a diffusion head's 100 steps a token make a
+        whole-loop graph of a million kernels) or ``False``.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
@@ -189,13 +189,10 @@ def cache_reads(
     return reads
 
 
-def replays_units(schedule, reads: list[tuple[int, bool]]) -> bool:
-    """Whether every unit after the first is one computation at another position (``SamplingConfig.cuda_graph``
-    ``unit``): its input is the unit just drawn, all units are one size and read the same cache slots."""
-    return (
-        schedule.input_is_previous_unit and schedule.num_units > 2 and len(set(schedule.unit_sizes)) == 1
-        and len(set(reads[1:])) == 1
-    )  # fmt: skip
+def replays_units(schedule) -> bool:
+    """Whether every unit after the first is one computation at another position for each cache read it is offered
+    (``SamplingConfig.cuda_graph`` ``unit``): its input is the unit just drawn and all units are one size."""
+    return schedule.input_is_previous_unit and schedule.num_units > 2 and len(set(schedule.unit_sizes)) == 1
 
 
 def warm_up_units(unit_sizes: list[int], reads: list[tuple[int, bool]]) -> int:
@@ -217,9 +214,9 @@ class _BatchState:
         self.noise = CounterNoise(0, self.ids)
         self.graph: torch.cuda.CUDAGraph | None = None  # the whole loop over units, or the first unit
         self.out: torch.Tensor | None = None  # what the graph writes: this batch's token grids
-        # cuda_graph "unit": the later units' graph, replayed once per unit; the unit it runs (a counter on the
-        # device), the last unit drawn (its input) and the sequence so far
-        self.unit_graph: torch.cuda.CUDAGraph | None = None
+        # cuda_graph "unit": the later units' graphs (one per cache read), each replayed for the units of its read;
+        # the unit it runs (a counter on the device), the last unit drawn (its input) and the sequence so far
+        self.unit_graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         self.k = torch.zeros((), dtype=torch.long, device=device)
         self.last: torch.Tensor | None = None
         self.seq: torch.Tensor | None = None
@@ -321,10 +318,10 @@ class Sampler:
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
             model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
         graph = self.cfg.cuda_graph
-        self.unit_replay = replays_units(model.schedule, self.reads) and graph in (True, "unit")
+        self.unit_replay = replays_units(model.schedule) and graph in (True, "unit")
         if graph == "unit" and not self.unit_replay and self.use_graph:
-            raise ConfigError("cuda_graph='unit' needs raster units of one size that read the same cache slots "
-                              "(one-token units through decode_kernel='triton'); use true or 'loop'")  # fmt: skip
+            raise ConfigError("cuda_graph='unit' needs a schedule whose units are one size and read the unit drawn "
+                              "before (raster); use true or 'loop'")  # fmt: skip
         # what a unit replayed by its counter reads (_next_unit): its positions and guidance scale
         sched = model.schedule
         same_units = sched.input_is_previous_unit and len(set(sched.unit_sizes)) == 1
@@ -385,17 +382,17 @@ class Sampler:
         st.last.copy_(drawn)
         st.k.fill_(1)
 
-    def _next_unit(self, st: _BatchState):
-        """The unit the counter names, from the last unit drawn; then the counter moves on. Every unit after the
-        first is this same computation (``replays_units``), so one captured graph replayed per unit runs them all.
-        It reads the whole cache, masked unless the decode kernel reads exactly the prefix."""
+    def _next_unit(self, st: _BatchState, read: tuple[int, bool]):
+        """The unit the counter names, from the last unit drawn, offered the cache slots of ``read`` (``reads``: its
+        kv_len and mask); then the counter moves on. Every unit after the first is this same computation for its
+        read (``replays_units``), so one captured graph per read, replayed per unit, runs them all."""
         m, c = self.model, self.cfg
         at = st.k.view(1)  # index_select by a device tensor: no host read (a 0-d index may be read back as an int)
         pos = self._position_table.index_select(0, at)[0]
         inputs = st.last.to(self.dtype) if st.last.is_floating_point() else st.last
         if st.guided:
             inputs = torch.cat([inputs, inputs])
-        h = m.decode_unit_at(pos, inputs, st.labels, st.cache, masked=any(masked for _, masked in self.reads[1:]))
+        h = m.decode_unit_at(pos, inputs, st.labels, st.cache, *read)
         drawn = self._head_sample(
             h, self._scale_table.index_select(0, at), st.noise, st.k, guided=st.guided,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
@@ -408,24 +405,29 @@ class Sampler:
         """The token grids of ``_loop``, by ``_first_unit`` then ``_next_unit`` per unit (what the graphs of
         ``cuda_graph`` ``unit`` replay, here eagerly)."""
         self._first_unit(st)
-        for _ in range(self.model.schedule.num_units - 1):
-            self._next_unit(st)
+        for read in self.reads[1:]:
+            self._next_unit(st, read)
         return self.model.schedule.from_sequence(st.seq)
 
     def _capture_units(self, st: _BatchState):
-        """Capture unit 0 and one later unit in graphs of their own, after running each once outside a graph (the
-        compiles, kernel choices and buffers; what they write is overwritten before it is read)."""
+        """Capture unit 0 and a later unit for each cache read in graphs of their own, after running each once
+        outside a graph (the compiles, kernel choices and buffers; what they write is overwritten before it is
+        read)."""
+        reads = list(dict.fromkeys(self.reads[1:]))  # in order of first use
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._first_unit(st)
-            self._next_unit(st)
+            for read in reads:
+                self._next_unit(st, read)
         torch.cuda.current_stream().wait_stream(side)
-        st.graph, st.unit_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        st.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(st.graph):
             self._first_unit(st)
-        with torch.cuda.graph(st.unit_graph):
-            self._next_unit(st)
+        for read in reads:
+            st.unit_graphs[read] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(st.unit_graphs[read]):
+                self._next_unit(st, read)
 
     def _warm_up(self, st: _BatchState):
         """Run units in order until every kind of unit (``warm_up_units``) has run once outside a graph, so compiles,
@@ -463,8 +465,8 @@ class Sampler:
             if st.graph is None:
                 self._capture_units(st)
             st.graph.replay()
-            for _ in range(m.schedule.num_units - 1):
-                st.unit_graph.replay()
+            for read in self.reads[1:]:
+                st.unit_graphs[read].replay()
             return m.schedule.from_sequence(st.seq).clone()
         if st.graph is None:
             self._warm_up(st)
