@@ -5,10 +5,11 @@ as MAR's KL-16 latents for 256 px), MAR-B's diffusion head (6 x 1024, 100 DDPM s
 weights. Sampling with guidance 3 (both halves in one batch), bf16, the loop over units with every denoising step of
 the head in one CUDA graph; units of 1 and of 4 tokens; eager, and with ``--modes compiled`` the blocks and the
 head's denoising step compiled (``SamplingConfig(compile=True)``; its figures carry ``compiled_`` after
-``sample_``), with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``),
+``sample_``), with ``autotuned`` compiled under ``compile_mode="max-autotune-no-cudagraphs"`` (``autotuned_``; ``autotuned_unit``
+with ``cuda_graph="unit"``),
 and ``default``: the sampler's defaults as the CLIs run them for a 10k-image job (``compile="auto"``;
-``..._compiled`` says what it chose; ``default_``), ``default_loop`` the same with the whole loop in one CUDA graph
-(``cuda_graph="loop"``) instead of one unit replayed per unit. ``--cold MODE``: that mode's first batch also timed in fresh
+``..._compiled`` says what it chose; ``default_``), ``default_loop`` / ``default_unit`` the same with the whole loop in one CUDA graph
+(``cuda_graph="loop"``) / one unit replayed per unit (``cuda_graph="unit"``). ``--cold MODE``: that mode's first batch also timed in fresh
 processes, cold and warm compile caches (as bench/token_ar.py does). ``--head-steps 0 50 25``: each mode also with
 fewer denoising steps (``SamplingConfig.head_steps``; ``hs{N}_`` after the mode).
 Training: bf16 autocast, fused AdamW, the diffusion batch multiplier 4. ``--profile-batches 8 256``:
@@ -43,10 +44,12 @@ from visgen.tokenizers import KLConfig, KLTokenizer
 # --modes: how sampling runs; a mode's figures carry its name after ``sample_`` / ``profile_`` (eager's none)
 MODES = {
     "default": {},  # the sampler's defaults as sample.py / eval/fid.py run them for a job of JOB_IMAGES
-    "default_loop": dict(cuda_graph="loop"),  # the same, the whole loop in one CUDA graph, not one unit replayed
+    "default_loop": dict(cuda_graph="loop"),  # the same, the whole loop in one CUDA graph
+    "default_unit": dict(cuda_graph="unit"),  # the same, unit 0 and a later unit captured, the later one replayed
     "eager": dict(compile=False),
     "compiled": dict(compile=True),
     "autotuned": dict(compile=True, compile_mode="max-autotune-no-cudagraphs"),
+    "autotuned_unit": dict(compile=True, compile_mode="max-autotune-no-cudagraphs", cuda_graph="unit"),
 }
 JOB_IMAGES = 10_000
 

@@ -8,8 +8,8 @@ each optionally with one-token steps attending through visgen's Triton kernel (m
 ``compiled_triton``: GPU only; the sampler's default there), the others through SDPA; training eager and compiled.
 Mode ``default`` is the sampler's defaults as the CLIs run them for a job of 10k images (``compile`` and
 ``decode_kernel`` ``auto``; ``..._compiled`` says what ``auto`` chose); the timed batches are one call, as a user's.
-``default_loop``: the same with the whole loop captured in one CUDA graph (``cuda_graph="loop"``) instead of one
-unit replayed per unit (the default's ``unit``, where the Triton kernel applies). ``autotuned_triton``:
+``default_loop`` / ``default_unit``: the same with the whole loop captured in one CUDA graph (``cuda_graph="loop"``)
+/ with unit 0 and a later unit captured and the later one replayed per unit (``cuda_graph="unit"``). ``autotuned_triton``:
 ``compiled_triton`` under ``compile_mode="max-autotune-no-cudagraphs"``.
 A first batch is timed in the running process (``first_batch_s``: compile caches warm from the modes before it) and,
 for the modes given to ``--cold``, in fresh processes, sampler construction included: ``first_batch_cold_s`` with
@@ -35,7 +35,7 @@ from visgen.tokenizers import VQConfig, VQTokenizer
 SAMPLING = dict(cfg_scale=2.0)  # guidance on: every step runs a doubled batch
 # sampling; training takes eager / compiled. ``default``: the sampler's defaults as sample.py / eval/fid.py run them
 # for a job of JOB_IMAGES (compile and decode kernel ``auto``)
-MODES = ["default", "default_loop", "eager", "compiled", "eager_triton", "compiled_triton", "autotuned_triton"]
+MODES = ["default", "default_loop", "default_unit", "eager", "compiled", "eager_triton", "compiled_triton", "autotuned_triton"]
 JOB_IMAGES = 10_000
 
 
@@ -50,8 +50,8 @@ def build(tiny: bool) -> Generator:
 
 
 def sampling_config(mode: str, batch: int) -> SamplingConfig:
-    if mode.startswith("default"):  # default_loop: the whole loop in one CUDA graph instead of one unit replayed
-        return SamplingConfig(**SAMPLING, batch_size=batch, cuda_graph="loop" if mode == "default_loop" else True)
+    if mode.startswith("default"):  # default_loop / default_unit: the defaults with that cuda_graph
+        return SamplingConfig(**SAMPLING, batch_size=batch, cuda_graph=mode[8:] or True)
     tuned = mode.startswith("autotuned")  # matrix products tuned per shape, elementwise work in their epilogues
     return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode.startswith("compiled") or tuned,
                           compile_mode="max-autotune-no-cudagraphs" if tuned else "default",

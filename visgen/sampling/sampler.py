@@ -33,7 +33,7 @@ class SamplingConfig:
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture the loop over units in CUDA graphs at a batch size's first batch and replay them for every
         later batch of that size (GPU only): no host work and no launch gaps between decoding steps. ``True``
-        (``unit`` where it applies, else ``loop``), ``loop`` (the whole loop in one graph), ``unit`` (where every
+        (``loop`` until ``unit`` has GPU figures), ``loop`` (the whole loop in one graph), ``unit`` (where every
         unit after the first is the same computation at another position: raster units of one size; the first
         unit and one later unit per cache read (``cache_reads``: one with the Triton kernel, a few buckets with
         SDPA) captured, each later one replayed for the units of its read with the unit read from a counter on the
@@ -318,7 +318,7 @@ class Sampler:
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
             model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
         graph = self.cfg.cuda_graph
-        self.unit_replay = replays_units(model.schedule) and graph in (True, "unit")
+        self.unit_replay = replays_units(model.schedule) and graph == "unit"  # True: loop until unit has GPU figures
         if graph == "unit" and not self.unit_replay and self.use_graph:
             raise ConfigError("cuda_graph='unit' needs a schedule whose units are one size and read the unit drawn "
                               "before (raster); use true or 'loop'")  # fmt: skip
