@@ -33,12 +33,14 @@ class SamplingConfig:
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture the loop over units in CUDA graphs at a batch size's first batch and replay them for every
         later batch of that size (GPU only): no host work and no launch gaps between decoding steps. ``True``
-        (``loop`` until ``unit`` has GPU figures), ``loop`` (the whole loop in one graph), ``unit`` (where every
+        (``unit`` where it applies, else ``loop``), ``loop`` (the whole loop in one graph), ``unit`` (where every
         unit after the first is the same computation at another position: raster units of one size; the first
         unit and one later unit per cache read (``cache_reads``: one with the Triton kernel, a few buckets with
         SDPA) captured, each later one replayed for the units of its read with the unit read from a counter on the
         device, so capture costs a few units instead of hundreds: a diffusion head's 100 steps a token make a
-        whole-loop graph of a million kernels) or ``False``.
+        whole-loop graph of a million kernels; on an H100 it gave the loop graph's tokens, its speed within 1-3%
+        and a first batch of 0.15-0.6 s instead of 3-26 s in a process that had compiled,
+        ``results/bench-token-ar.json``, ``results/bench-diffusion-ar.json``) or ``False``.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
@@ -225,7 +227,7 @@ class _BatchState:
 # compile="auto": the job size from which compiling repays itself, and the families where that was measured. On an
 # H200 the first compiled batch of a fresh process with empty caches took 7-8 s for token AR (against 1.3-1.6 s
 # eager) and 23-52 s for VAR-d16 (2.4-5.3 s), saving 0.7-6.5 ms an image for token AR and 2.5-3.9 ms for VAR:
-# repaid after 0.9k-8.8k images for token AR and 7k-18k for VAR (results/bench-token-ar.json,
+# repaid after 0.9k-8.8k images for token AR and 7k-18k for VAR (`git show 54b77d3:results/bench-token-ar.json`,
 # results/bench-var.json). For continuous tokens with a diffusion head (MAR-B size) the compiled sampler is 1.9-2.3x
 # the eager one at unit 1 and its first batch no longer (50-58 s against 60-79 s eager, the head's CUDA graph capture
 # dominating both; results/bench-diffusion-ar.json at 3a3a272 and daa5f53), so it repays within its first batch.
@@ -318,7 +320,7 @@ class Sampler:
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
             model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
         graph = self.cfg.cuda_graph
-        self.unit_replay = replays_units(model.schedule) and graph == "unit"  # True: loop until unit has GPU figures
+        self.unit_replay = replays_units(model.schedule) and graph in (True, "unit")
         if graph == "unit" and not self.unit_replay and self.use_graph:
             raise ConfigError("cuda_graph='unit' needs a schedule whose units are one size and read the unit drawn "
                               "before (raster); use true or 'loop'")  # fmt: skip
