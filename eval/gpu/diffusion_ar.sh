@@ -8,6 +8,10 @@
 #   STEP=units: what the unit size does in the same minutes: the diffusion head at unit sizes 1, 2 and 4 trained side by
 #              side (ROW_MIN minutes each), then each evaluated in turn as a row (results/cifar10-diffusion-ar-k{1,2,4}),
 #              then bench/diffusion_ar.py --unit-sizes 1 2 4 (results/bench-diffusion-ar-units.json; BENCH: its flags).
+#   STEP=head_steps: what fewer denoising steps cost: the STEP=main model (trained first, GEN_MIN minutes, if
+#              runs/cifar10-diffusion-ar/final is missing) scored at guidance 2 with the head's 100 steps, 50 and 25
+#              (--head-steps), NUM_FD samples each -> results/cifar10-diffusion-ar-head-steps.json (eval/sweep.py;
+#              each setting's generation images/s in its report).
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 train.log_every=1 model.head_options.steps=4"
 # NUM_FD=20 NUM_ROW_FD=20 RESULTS=/tmp/r).
@@ -65,4 +69,11 @@ if [ "$STEP" = units ]; then  # three trainings side by side, then one evaluatio
   python bench/diffusion_ar.py --name bench-diffusion-ar-units --unit-sizes 1 2 4 --modes compiled \
     --sample-batches 256 64 8 --train-batches 256 $BENCH > $OUT/bench-units.log 2>&1
   cp results/bench-diffusion-ar-units.json $RESULTS/ 2>/dev/null || true
+fi
+if [ "$STEP" = head_steps ]; then
+  [ -d runs/cifar10-diffusion-ar/final ] || train cifar10-diffusion-ar $GEN_MIN
+  ASSET=runs/cifar10-diffusion-ar/final NAME=cifar10-diffusion-ar-head-steps NUM_FD=$NUM_FD RESULTS=$RESULTS \
+    SETTINGS="--cfg-scale 2
+--cfg-scale 2 --head-steps 50
+--cfg-scale 2 --head-steps 25" bash eval/gpu/sampling_sweep.sh > $OUT/head-steps.log 2>&1
 fi
