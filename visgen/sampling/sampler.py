@@ -319,16 +319,14 @@ class Sampler:
             self._head_sample = torch.compile(model.head.sample, fullgraph=True, **options)
         elif self.cfg.compile and hasattr(model.head, "compile_step"):
             model.head.compile_step(**options)  # a diffusion head: one graph all its denoising steps share
-        graph = self.cfg.cuda_graph
-        self.unit_replay = replays_units(model.schedule) and graph in (True, "unit")
-        if graph == "unit" and not self.unit_replay and self.use_graph:
+        replayable, graph = replays_units(model.schedule), self.cfg.cuda_graph
+        if graph == "unit" and not replayable and self.use_graph:
             raise ConfigError("cuda_graph='unit' needs a schedule whose units are one size and read the unit drawn "
                               "before (raster); use true or 'loop'")  # fmt: skip
-        # what a unit replayed by its counter reads (_next_unit): its positions and guidance scale
-        sched = model.schedule
-        same_units = sched.input_is_previous_unit and len(set(sched.unit_sizes)) == 1
-        self._position_table = torch.stack(model._decode_tables(device)[0]) if same_units else None  # (K, n)
-        self._scale_table = torch.cat(self._scales)  # (K,)
+        self.unit_replay = replayable and graph in (True, "unit")
+        # what a unit replayed by its counter reads (_next_unit): its positions (K, n) and guidance scale (K,)
+        self._position_table = torch.stack(model._decode_tables(device)[0]) if replayable else None
+        self._scale_table = torch.cat(self._scales)
         self._states: dict[int, _BatchState] = {}
         self.speculative = None
         if self.cfg.speculative != "none":
