@@ -38,9 +38,9 @@ class SamplingConfig:
         unit and one later unit per cache read (``cache_reads``: one with the Triton kernel, a few buckets with
         SDPA) captured, each later one replayed for the units of its read with the unit read from a counter on the
         device, so capture costs a few units instead of hundreds: a diffusion head's 100 steps a token make a
-        whole-loop graph of a million kernels; on an H100 it gave the loop graph's tokens, its speed within 1-3%
-        and a first batch of 0.15-0.6 s instead of 3-26 s in a process that had compiled,
-        ``results/bench-token-ar.json``, ``results/bench-diffusion-ar.json``) or ``False``.
+        whole-loop graph of a million kernels; on an H100 it gave the loop graph's tokens within 1-3% of its speed,
+        token AR's first batch in a fresh process in 3.1-3.5 s instead of 4.0-4.1 s and MAR-B's in 15-17 s instead
+        of 25-27 s, ``results/bench-token-ar.json``, ``results/bench-diffusion-ar*.json``) or ``False``.
     compile: ``torch.compile`` the backbone's blocks (regional: one block compiled, all reuse it) and a
         categorical head's sampling (a diffusion head's denoising step) before capture, and the tokenizer's
         decoder; fuses the elementwise work of a decoding step and of the decoder's norms at the price of a few
