@@ -358,6 +358,8 @@ def test_compile_auto_is_on_only_where_it_repays(tmp_path, monkeypatch):
     assert not resolve_compile("auto", pixel, cuda, 10**6) and resolve_compile(True, pixel, cpu, 0)
     mar = SimpleNamespace(config=SimpleNamespace(schedule="raster", head="diffusion"))
     assert resolve_compile("auto", mar, cuda, 10_000) and not resolve_compile("auto", mar, cpu, 10**6)
+    nfig = SimpleNamespace(config=SimpleNamespace(schedule="next_frequency", head="categorical"))
+    assert resolve_compile("auto", nfig, cuda, 10_000) and not resolve_compile("auto", nfig, cuda, 9_999)
     assert Sampler(gen, SamplingConfig(), device="cpu", images=10**6).cfg.compile is False
     assert Sampler(gen, SamplingConfig(compile=True), device="cpu").cfg.compile is True
     with pytest.raises(ConfigError, match="compile"):

@@ -50,7 +50,8 @@ class SamplingConfig:
         compiles as one graph too; with ``cspd``, the draft's blocks and denoising step.
         ``auto`` (the default): on where it was measured to repay its compile time within the job: a GPU, a job
         of at least ``AUTO_COMPILE_IMAGES`` images on this process (``Sampler(images=...)``; the CLIs pass theirs),
-        a token or VAR model (``AUTO_COMPILE_FAMILIES``); off otherwise, and for a ``Sampler`` told no job size.
+        a token, VAR, NFIG or diffusion-head model (``AUTO_COMPILE_FAMILIES``); off otherwise, and for a ``Sampler``
+        told no job size.
         Compiled graphs are cached on disk (``TORCHINDUCTOR_CACHE_DIR``, or ``use_compile_cache``): a later process
         on the same machine reuses them.
     compile_mode: ``torch.compile``'s mode for the blocks, the head and the speculative round (the decoder keeps
@@ -231,9 +232,14 @@ class _BatchState:
 # results/bench-var.json). For continuous tokens with a diffusion head (MAR-B size) the compiled sampler is 1.9-2.3x
 # the eager one at unit 1 and its first batch no longer (50-58 s against 60-79 s eager, the head's CUDA graph capture
 # dominating both; results/bench-diffusion-ar.json at 3a3a272 and daa5f53), so it repays within its first batch.
-# Other families compile when asked (compile=True) until their figures are measured.
+# NFIG on VAR-d16's backbone saves 2.0-3.1 ms an image compiled (results/bench-nfig.json: 313-384 against 160-213
+# images/s); its first compiled batch took 22 s after VAR's compile in the same process, so a fresh process is taken
+# to pay VAR's 23-52 s: repaid after 7k-26k images, as VAR. Other families compile when asked (compile=True) until
+# their figures are measured.
 AUTO_COMPILE_IMAGES = 10_000
-AUTO_COMPILE_FAMILIES = {("raster", "categorical"), ("next_scale", "categorical"), ("raster", "diffusion")}
+AUTO_COMPILE_FAMILIES = {
+    ("raster", "categorical"), ("next_scale", "categorical"), ("next_frequency", "categorical"), ("raster", "diffusion")
+}
 
 
 def resolve_compile(setting: bool | str, generator, device: torch.device, images: int) -> bool:
