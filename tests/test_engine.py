@@ -348,7 +348,7 @@ def test_triton_decode_kernel_equals_sdpa():
 def test_compile_auto_is_on_only_where_it_repays(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from visgen.cli.sample import build_parser
+    from visgen.cli.sample import build_parser, sampler_settings
     from visgen.sampling import resolve_compile, use_compile_cache
 
     gen, cpu, cuda = tiny_generator(), torch.device("cpu"), torch.device("cuda")
@@ -366,6 +366,9 @@ def test_compile_auto_is_on_only_where_it_repays(tmp_path, monkeypatch):
         SamplingConfig(compile="sometimes")
     p = build_parser("sample.py")
     assert [p.parse_args(a).compile for a in ([], ["--compile"], ["--no-compile"])] == ["auto", True, False]
+    graphs = [sampler_settings(p.parse_args(a))["cuda_graph"] for a in ([], *(["--cuda-graph", g] for g in
+                                                                            ("unit", "loop", "off")))]  # fmt: skip
+    assert graphs == [True, "unit", "loop", False]
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "before"))  # restored after the test
     folder = use_compile_cache(tmp_path / "compiled")
     assert folder.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)

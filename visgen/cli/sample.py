@@ -125,9 +125,14 @@ def load_context(args, generator) -> torch.Tensor:
     return torch.stack(clips)
 
 
+CUDA_GRAPHS = {"auto": True, "unit": "unit", "loop": "loop", "off": False}  # --cuda-graph -> SamplingConfig's
+
+
 def add_sampler_arguments(p: argparse.ArgumentParser):
-    """The flags of ``SamplingConfig`` that sample.py and eval/fid.py share beyond guidance and filtering: a
-    continuous head's steps and speculative decoding."""
+    """The flags of ``SamplingConfig`` that sample.py and eval/fid.py share beyond guidance and filtering: CUDA
+    graphs, a continuous head's steps and speculative decoding."""
+    p.add_argument("--cuda-graph", default="auto", choices=list(CUDA_GRAPHS),
+                   help="GPU: auto (one unit replayed where it applies, else the whole loop), unit, loop, or off")
     p.add_argument("--head-steps", type=int, default=0,
                    help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
     p.add_argument("--speculative", default="none", choices=["none", *METHODS],
@@ -141,8 +146,8 @@ def add_sampler_arguments(p: argparse.ArgumentParser):
 
 
 def sampler_settings(args) -> dict:
-    return dict(head_steps=args.head_steps, speculative=args.speculative, draft=args.draft, gamma=args.gamma,
-                prefill=args.prefill, cspd_rule=args.cspd_rule)  # fmt: skip
+    return dict(cuda_graph=CUDA_GRAPHS[args.cuda_graph], head_steps=args.head_steps, speculative=args.speculative,
+                draft=args.draft, gamma=args.gamma, prefill=args.prefill, cspd_rule=args.cspd_rule)  # fmt: skip
 
 
 def default_threads() -> int:
