@@ -417,16 +417,15 @@ class Sampler:
 
     def _capture_units(self, st: _BatchState):
         """Capture unit 0 and a later unit for each cache read in graphs of their own, after running each once
-        outside a graph (the compiles, kernel choices and buffers; what they write is overwritten before it is
-        read)."""
+        outside a graph (``_warm_up``; the buffers are allocated there too)."""
         reads = list(dict.fromkeys(self.reads[1:]))  # in order of first use
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+
+        def each_graphs_body():
             self._first_unit(st)
             for read in reads:
                 self._next_unit(st, read)
-        torch.cuda.current_stream().wait_stream(side)
+
+        self._warm_up(each_graphs_body)
         st.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(st.graph):
             self._first_unit(st)
@@ -435,15 +434,15 @@ class Sampler:
             with torch.cuda.graph(st.unit_graphs[read]):
                 self._next_unit(st, read)
 
-    def _warm_up(self, st: _BatchState):
-        """Run units in order until every kind of unit (``warm_up_units``) has run once outside a graph, so compiles,
-        kernel choices and lazy initialisation happen before the capture: for one-token units through the Triton
-        kernel two units, not the whole loop. What it writes to the cache is overwritten before it is read (each
-        unit writes its slots before reading them)."""
+    @staticmethod
+    def _warm_up(run):
+        """``run()`` once outside a graph, on a side stream, before a capture: compiles, kernel choices and lazy
+        initialisation happen there. What it writes to the cache is overwritten before it is read (each unit writes
+        its slots before reading them)."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._loop(st, stop=warm_up_units(self.model.schedule.unit_sizes, self.reads))
+            run()
         torch.cuda.current_stream().wait_stream(side)
 
     def _start(self, st: _BatchState, labels: torch.Tensor, ids: torch.Tensor, round_: int = 0):
@@ -475,7 +474,8 @@ class Sampler:
                 st.unit_graphs[read].replay()
             return m.schedule.from_sequence(st.seq).clone()
         if st.graph is None:
-            self._warm_up(st)
+            # every kind of unit (warm_up_units) once: for one-token units through the Triton kernel two units
+            self._warm_up(lambda: self._loop(st, stop=warm_up_units(m.schedule.unit_sizes, self.reads)))
             st.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(st.graph):
                 st.out = self._loop(st)

@@ -489,11 +489,7 @@ class SpeculativeDecoder:
             return fn(st)
         graph = getattr(st, graph_name)
         if graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn(st)  # a real run: its work is the first call's
-            torch.cuda.current_stream().wait_stream(side)
+            self.sampler._warm_up(lambda: fn(st))  # a real run: its work is the first call's
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 fn(st)
