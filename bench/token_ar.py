@@ -51,7 +51,8 @@ def build(tiny: bool) -> Generator:
 
 def sampling_config(mode: str, batch: int) -> SamplingConfig:
     if mode.startswith("default"):  # default_loop / default_unit: the defaults with that cuda_graph
-        return SamplingConfig(**SAMPLING, batch_size=batch, cuda_graph=mode[8:] or True)
+        graph = {"default": True, "default_loop": "loop", "default_unit": "unit"}[mode]
+        return SamplingConfig(**SAMPLING, batch_size=batch, cuda_graph=graph)
     tuned = mode.startswith("autotuned")  # matrix products tuned per shape, elementwise work in their epilogues
     return SamplingConfig(**SAMPLING, batch_size=batch, compile=mode.startswith("compiled") or tuned,
                           compile_mode="max-autotune-no-cudagraphs" if tuned else "default",
