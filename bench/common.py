@@ -46,7 +46,14 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--name", help="write results/NAME.json (after every figure)")
     p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--train-batches", type=int, nargs="*", default=[64, 256], help="none: no training figures")
+    p.add_argument("--cold-batches", type=int, nargs="*",
+                   help="the batch sizes whose first batch --cold times in fresh processes (default: every one)")  # fmt: skip
     return p
+
+
+def times_cold(args, mode: str, batch: int) -> bool:
+    """Whether ``mode``'s first batch at ``batch`` is also timed in fresh processes (``--cold``, ``--cold-batches``)."""
+    return mode in args.cold and (args.cold_batches is None or batch in args.cold_batches)
 
 
 def setup(args, build, rec: Record | None = None, prefix: str = "") -> tuple:

@@ -35,6 +35,7 @@ from common import (
     profile_sampling,
     record_cold,
     setup,
+    times_cold,
 )
 
 from visgen.generator import Generator, GeneratorConfig
@@ -84,8 +85,13 @@ def main():
     p.add_argument("--profile-table", default=None, help="a file for the profiler's top operators ('-': print)")
     p.add_argument("--cold", nargs="*", default=[], choices=list(MODES),
                    help="also time these modes' first batch in fresh processes, cold and warm")  # fmt: skip
-    p.add_argument("--head-steps", type=int, nargs="+", default=[0],
-                   help="denoising steps of the head when sampling (0: its 100); figures of others carry hs{N}_")
+    p.add_argument(
+        "--head-steps",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="denoising steps of the head when sampling (0: its 100); figures of others carry hs{N}_",
+    )
     p.add_argument("--probe", nargs=4, metavar=("MODE", "BATCH", "UNIT", "HEAD_STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe:
@@ -108,7 +114,7 @@ def main():
                 rec.add(f"sample_{tag}unit{k}_b{bs}_first_batch_s", r["first_batch_s"], ".1f", "s")
                 if mode.startswith("default"):
                     rec.add(f"sample_{tag}unit{k}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
-                if mode in args.cold:
+                if times_cold(args, mode, bs):
                     key = f"sample_{tag}unit{k}_b{bs}"
                     record_cold(rec, key, __file__, probe_args(mode, bs, k, args.tiny, hs), pycache)
         del model

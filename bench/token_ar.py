@@ -26,7 +26,16 @@ import argparse
 import sys
 
 import torch
-from common import bench_sampling, bench_training, bytecode_cache, parser, probe_first_batch, record_cold, setup
+from common import (
+    bench_sampling,
+    bench_training,
+    bytecode_cache,
+    parser,
+    probe_first_batch,
+    record_cold,
+    setup,
+    times_cold,
+)
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -35,7 +44,16 @@ from visgen.tokenizers import VQConfig, VQTokenizer
 SAMPLING = dict(cfg_scale=2.0)  # guidance on: every step runs a doubled batch
 # sampling; training takes eager / compiled. ``default``: the sampler's defaults as sample.py / eval/fid.py run them
 # for a job of JOB_IMAGES (compile and decode kernel ``auto``)
-MODES = ["default", "default_loop", "default_unit", "eager", "compiled", "eager_triton", "compiled_triton", "autotuned_triton"]
+MODES = [
+    "default",
+    "default_loop",
+    "default_unit",
+    "eager",
+    "compiled",
+    "eager_triton",
+    "compiled_triton",
+    "autotuned_triton",
+]
 JOB_IMAGES = 10_000
 
 
@@ -103,7 +121,7 @@ def main():
                 rec.add(f"{key}_first_batch_s", r["first_batch_s"], ".2f", "s")
                 if mode.startswith("default"):
                     rec.add(f"{key}_compiled", r["compiled"], "d")  # what compile="auto" chose for the job
-            if mode in args.cold:
+            if times_cold(args, mode, bs):
                 record_cold(rec, f"sample_{mode}_b{bs}_tokens_only", __file__, probe_args(mode, bs, args.tiny), pycache)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     h, w = gen.schedule.grid

@@ -25,7 +25,17 @@ import argparse
 import time
 
 import torch
-from common import bench_sampling, bench_training, bytecode_cache, parser, probe_first_batch, record_cold, setup, sync
+from common import (
+    bench_sampling,
+    bench_training,
+    bytecode_cache,
+    parser,
+    probe_first_batch,
+    record_cold,
+    setup,
+    sync,
+    times_cold,
+)
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig
@@ -105,7 +115,7 @@ def run_family(args, gen, rec, family: str, pycache: str | None):
             rec.add(f"{prefix}_b{bs}_first_batch_s", r["first_batch_s"], ".2f", "s")
             if mode == "default":
                 rec.add(f"{prefix}_b{bs}_compiled", r["compiled"], "d")  # what compile="auto" chose
-            if mode in args.cold:
+            if times_cold(args, mode, bs):
                 probe = probe_args(family, mode, bs, args.tiny)
                 record_cold(rec, f"{prefix}_b{bs}_with_decode", __file__, probe, pycache)
     device = "cuda" if torch.cuda.is_available() else "cpu"
