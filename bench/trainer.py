@@ -4,8 +4,9 @@ Sizes: ``cifar`` (the CIFAR-10 token recipe's model: 8 x 256, 64 tokens, the bun
 dropout) and ``gptb`` (GPT-B, 256 tokens, vocab 16384). The bare loop is what a user writes: bf16 autocast,
 ``gen.loss``, backward, fused AdamW, nothing else, no host sync. The ``Trainer`` runs with the token recipe's settings
 (gradient clipping 1.0, EMA 0.999, weight decay, bf16, its non-finite guard and time checks) on the recipe's data path
-(a ``TokenDataset`` of cached tokens with flips), eager and with ``train.compile``; the bare loop runs eager and
-compiled too. ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager bare loop (what a user
+(a ``TokenDataset`` of cached tokens with flips), in three modes, the bare loop likewise: ``eager``, ``compiled``
+(``train.compile=true``: the blocks compiled regionally) and ``graph`` (``train.compile=graph``: the whole loss compiled
+and replayed as CUDA graphs). ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager bare loop (what a user
 would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
 
 ``--profile DIR`` also profiles ten steps of each at the recipe's size, after every timing (``profile-bare.txt``,
@@ -31,6 +32,7 @@ from common import Record, parser, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.train.generator_task import GeneratorTask, TokenDataset
+from visgen.train.graph_step import GraphedLoss
 from visgen.train.trainer import TrainConfig, Trainer
 
 RECIPE = dict(clip_grad=1.0, ema_decay=0.999, weight_decay=0.05, lr=6e-4)  # generators/cifar10-token-ar.yaml
@@ -65,11 +67,14 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def bare(gen: Generator, batch: int, seconds: float, compile: bool, device, profile: Path | None = None) -> dict:
-    """The bare loop on the recipe's model for ``seconds`` after three warm-up steps: images/s and steps."""
+def bare(gen: Generator, batch: int, seconds: float, mode: str, device, profile: Path | None = None) -> dict:
+    """The bare loop on the recipe's model for ``seconds`` after three warm-up steps: images/s and steps. ``mode``:
+    eager, compiled (the blocks, regionally) or graph (the whole loss compiled and replayed as CUDA graphs)."""
     model = copy.deepcopy(gen).to(device).train()
-    if compile:
+    if mode == "compiled":
         model.backbone.compile_blocks()
+    if mode == "graph":
+        model.loss = GraphedLoss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     data = random_tokens(gen, batch * 16)
     tokens, labels = data.tokens.to(device), data.labels.to(device)
@@ -161,13 +166,14 @@ def profile_summary(prof, wall: float, steps: int, table: Path, title: str) -> d
             "wall_ms_per_step": 1e3 * wall / steps, "host_syncs_per_step": syncs / steps}  # fmt: skip
 
 
-def trainer_run(gen: Generator, batch: int, seconds: float, compile: bool, device, profile: Path | None = None):
+def trainer_run(gen: Generator, batch: int, seconds: float, mode: str, device, profile: Path | None = None):
     """``Trainer.fit`` with the recipe's settings for ``seconds`` (after a short warm-up fit whose time is left out):
     images/s and steps."""
     data = random_tokens(gen, batch * 64)
     val = random_tokens(gen, batch, seed=1)
     precision = "bf16" if device.type == "cuda" else "no"
     with tempfile.TemporaryDirectory() as out:
+        compile = {"eager": False, "compiled": True, "graph": "graph"}[mode]
         cfg = TrainConfig(out_dir=out, steps=5, batch_size=batch, mixed_precision=precision, compile=compile,
                           log_every=0, eval_every=0, sample_every=0, ckpt_every=0, val_images=batch, num_workers=0,
                           lr_schedule="constant", log_with=[], **RECIPE)  # fmt: skip
@@ -289,7 +295,7 @@ def profile_trainer(trainer: Trainer, table: Path, steps: int = 10) -> dict:
 def main():
     p = parser(__doc__)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled", "graph"], choices=["eager", "compiled", "graph"])
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
     p.add_argument(
         "--rounds",
@@ -311,14 +317,13 @@ def main():
         for bs in args.train_batches or SIZES[size]:
             key, best, bare_eager = f"{size}_b{bs}", ("", 0.0), None
             for mode in args.modes:
-                compiled = mode == "compiled"
                 try:
                     runs = {"bare": [], "trainer": []}
                     for r in range(args.rounds):  # alternating, so a drift of the machine weighs on both
                         order = ("bare", "trainer") if r % 2 == 0 else ("trainer", "bare")
                         for who in order:
                             run = bare if who == "bare" else trainer_run
-                            runs[who].append(run(gen, bs, args.seconds, compiled, device))
+                            runs[who].append(run(gen, bs, args.seconds, mode, device))
                 except Exception as e:  # one mode failing (a compile on this machine) leaves the others measured
                     print(f"{key} {mode}: failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
                     continue
@@ -339,7 +344,7 @@ def main():
         # no timing above runs after it; its own figures come from the profiled steps alone
         bs = (args.train_batches or SIZES["cifar"])[0]
         for who, run in (("bare", bare), ("trainer", trainer_run)):
-            r = run(gens["cifar"], bs, 1.0, False, device, args.profile)
+            r = run(gens["cifar"], bs, 1.0, "eager", device, args.profile)
             for k in ("kernels_per_step", "device_ms_per_step", "wall_ms_per_step", "host_syncs_per_step"):
                 rec.add(f"{who}_eager_cifar_b{bs}_{k}", r[k], ".3f")
 

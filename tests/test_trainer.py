@@ -261,3 +261,41 @@ def test_a_second_run_into_a_held_folder_stops(tmp_path, cifar_train):
         holder.wait()
     Trainer(NaNAfter(10**9), ds, ds, cfg).fit()  # its process is gone: the lock is taken over
     assert (tmp_path / "final").is_dir() and not (tmp_path / "run.lock").exists()  # and released at the end
+
+
+def test_graph_compile_trains_through_the_captured_loss(tmp_path, monkeypatch, cifar_train):
+    """train.compile=graph: the generator's whole loss is compiled (mode reduce-overhead: CUDA graphs on a GPU) and
+    runs every training step, gradients on; validation runs the eager loss; the weights come out as an eager run's.
+    (Here the compile traces with AOTAutograd into eager kernels: the wiring and the trace are checked; the graphs'
+    speed is bench/trainer.py's.) Settings a graph cannot serve are refused with what to use instead."""
+    from tests.fsdp_worker import new_task
+    from visgen.generator import Generator
+    from visgen.train.generator_task import GeneratorTask, TokenDataset
+
+    real_compile, calls = torch.compile, []
+
+    def compile_(fn, mode):
+        assert mode == "reduce-overhead"
+        traced = real_compile(fn, backend="aot_eager", dynamic=False)
+        return lambda *a: calls.append(torch.is_grad_enabled()) or traced(*a)
+
+    g = torch.Generator().manual_seed(0)
+    data = TokenDataset(torch.randint(0, 32, (32, 8, 8), generator=g), torch.randint(0, 4, (32,), generator=g))
+    weights = {}
+    for mode in (False, "graph"):
+        monkeypatch.setattr(torch, "compile", lambda fn, mode, dynamic: compile_(fn, mode))
+        cfg = TrainConfig(out_dir=str(tmp_path / str(mode)), steps=4, batch_size=8, num_workers=0, log_every=1,
+                          eval_every=2, sample_every=0, ckpt_every=0, compile=mode, lr=1e-3)  # fmt: skip
+        Trainer(new_task(0), data, data, cfg).fit()
+        weights[mode] = load_file(str(tmp_path / str(mode) / "final" / "model.safetensors"))
+    assert calls == [True] * 4  # the four training steps; the evaluations ran eager
+    assert all(torch.allclose(weights[False][k], weights["graph"][k], atol=1e-6) for k in weights[False])
+    cfg = TrainConfig(out_dir=str(tmp_path / "x"), batch_size=8, num_workers=0, compile="graph")
+    with pytest.raises(ConfigError, match="grad_accum=1"):
+        Trainer(new_task(0), data, data, TrainConfig(**{**vars(cfg), "grad_accum": 2}))
+    with pytest.raises(ConfigError, match="distillation"):
+        teacher = new_task(1).model
+        Trainer(GeneratorTask(Generator(teacher.config, tokenizer=teacher.tokenizer), teacher), data, data, cfg)
+    ds = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=16))
+    with pytest.raises(ConfigError, match="trains none"):
+        Trainer(NaNAfter(10**9), ds, ds, cfg)

@@ -53,7 +53,9 @@ class TrainConfig:
         (``results/budget-schedule-cpu.json``).
     compile: ``torch.compile`` the transformer blocks of the model (regional: one compile serves every block);
         ``auto``: on a GPU only (where it paid: ``results/bench-trainer.json``), not on a CPU, where compiling
-        needs a C compiler and takes longer than a short run saves.
+        needs a C compiler and takes longer than a short run saves. ``graph``: instead, a generator's whole training
+        loss compiled and replayed as CUDA graphs (``graph_step.py``: where a small model's step is the host's kernel
+        launches; one process, ``grad_accum`` 1, generators only).
     activation_checkpointing: recompute each transformer block in the backward pass instead of storing its
         activations (about a third more compute for a fraction of the memory: larger batches fit).
     log_with: trackers to log to through accelerate (``[tensorboard, wandb, mlflow, ...]``, each needs its package;
@@ -96,7 +98,7 @@ class TrainConfig:
             self.mixed_precision = "no"
         check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision", "auto, no, bf16 or fp16",
               self.mixed_precision)  # fmt: skip
-        check(self.compile in (True, False, "auto"), "compile", "true, false or auto", self.compile)
+        check(self.compile in (True, False, "auto", "graph"), "compile", "true, false, auto or graph", self.compile)
         check(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "cosine or constant", self.lr_schedule)
         check(bool(self.out_dir), "out_dir", "a folder", self.out_dir)
         for name in ("steps", "batch_size", "grad_accum", "keep_ckpts", "max_bad_steps"):
@@ -124,7 +126,9 @@ class TrainConfig:
             raise ConfigError("train.early_stop_patience needs train.eval_every above 0: it counts evaluations")
 
     def compiles(self, device: torch.device) -> bool:
-        """Whether to compile the blocks on ``device``: ``auto`` resolved."""
+        """Whether to compile the blocks on ``device``: ``auto`` resolved (``graph`` compiles the whole loss instead)."""
+        if self.compile == "graph":
+            return False
         return device.type == "cuda" if self.compile == "auto" else bool(self.compile)
 
     def precision(self, device: torch.device) -> str:

@@ -52,6 +52,7 @@ from visgen.train.checkpoints import (
     save_checkpoint,
 )
 from visgen.train.ema import EMA
+from visgen.train.graph_step import capture_losses
 from visgen.train.guard import StepGuard, Verdict
 from visgen.train.train_config import TrainConfig, flat_config, lr_factor, resolve_trackers
 
@@ -109,6 +110,8 @@ class Trainer:
         random.seed(cfg.seed + self.acc.process_index)
         set_backbones(task, cfg.compiles(self.acc.device), cfg.activation_checkpointing,
                       required=cfg.compile is True or cfg.activation_checkpointing)  # fmt: skip
+        if cfg.compile == "graph":
+            capture_losses(task, self.acc.num_processes, cfg.grad_accum)
         task.to(self.acc.device)
         params = [p for p in task.parameters() if p.requires_grad]
         fused = self.acc.device.type == "cuda"  # one kernel for the whole update
