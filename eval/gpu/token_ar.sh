@@ -7,12 +7,17 @@
 # bundled model.)
 # (a CPU dry run: DATA=tests/data/cifar10 NUM_FD=16 RESULTS=/tmp/r bash eval/gpu/token_ar.sh train.steps=2
 # train.batch_size=8 train.eval_every=1 train.num_workers=0 train.val_images=16)
+# STAGE=train only trains, STAGE=eval only exports and evaluates the run (eval/gpu/bundled_token_ar.sh runs them apart).
 set -euo pipefail
 export TQDM_MININTERVAL=30
 NUM_FD=${NUM_FD:-10000} RESULTS=${RESULTS:-results} ASSET=${ASSET:-visgen/assets/cifar10-token-ar}
 run=${RUN:-runs/cifar10-token-ar}
-python train.py generator --recipe generators/cifar10-token-ar.yaml data.path=$DATA/train val.path=$DATA/test \
-  train.out_dir=$run "$@" > $OUT/train-token-ar.log 2>&1
+STAGE=${STAGE:-all}  # train, eval or all
+if [ "$STAGE" != eval ]; then
+  python train.py generator --recipe generators/cifar10-token-ar.yaml data.path=$DATA/train val.path=$DATA/test \
+    train.out_dir=$run "$@" > $OUT/train-token-ar.log 2>&1
+fi
+[ "$STAGE" = train ] && exit 0
 python -c "import sys; from visgen.checkpoint import export_model; export_model(*sys.argv[1:])" $run/final $ASSET
 rm -rf $run/samples
 python sample.py --checkpoint $ASSET --num-images 100 --cfg-scale 2 --out $run/samples \
