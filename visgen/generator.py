@@ -269,10 +269,7 @@ class Generator(PretrainedMixin, nn.Module):
         kv_len = kv_len or s.seq_len
         # (n, kv_len): this unit and all before it
         mask = self.unit_ids[None, :kv_len] <= self.unit_ids[off : off + n, None] if masked else None
-        return self.backbone(
-            x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=positions[k], kv_len=kv_len,
-            rope=(cos[off : off + n], sin[off : off + n]),
-        )  # fmt: skip
+        return self._decode(x, labels_B, cache, mask, positions[k], kv_len, (cos[off : off + n], sin[off : off + n]))
 
     def decode_unit_at(self, pos_n: torch.Tensor, inputs, labels_B: torch.Tensor, cache, kv_len: int,
                        masked: bool = True) -> torch.Tensor:  # fmt: skip
@@ -282,10 +279,12 @@ class Generator(PretrainedMixin, nn.Module):
         gives every unit it replays with this graph."""
         _, cos, sin = self._decode_tables(labels_B.device)
         mask = self.unit_ids[None, :kv_len] <= self.unit_ids[pos_n][:, None] if masked else None
-        return self.backbone(
-            self.input_emb(inputs), None, self.cond(labels_B), mask=mask, cache=cache, input_pos=pos_n,
-            kv_len=kv_len, rope=(cos[pos_n], sin[pos_n]),
-        )  # fmt: skip
+        return self._decode(self.input_emb(inputs), labels_B, cache, mask, pos_n, kv_len, (cos[pos_n], sin[pos_n]))
+
+    def _decode(self, x, labels_B, cache, mask, input_pos, kv_len: int, rope) -> torch.Tensor:
+        """The backbone over one unit's inputs ``x`` at ``input_pos``, appending to ``cache``."""
+        return self.backbone(x, None, self.cond(labels_B), mask=mask, cache=cache, input_pos=input_pos,
+                             kv_len=kv_len, rope=rope)  # fmt: skip
 
     def decode_rows(self, inputs, labels_B: torch.Tensor, cache, pos_Bn: torch.Tensor) -> torch.Tensor:
         """Features (B, n, d) of one-token units at positions of each row's own, ``pos_Bn`` (B, n): rows of a batch

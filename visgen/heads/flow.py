@@ -22,6 +22,18 @@ def timestep_embedding(t_B: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+class EulerSteps:
+    """What the flow heads share: ``steps`` Euler steps when sampling, which ``set_sampling_steps`` changes."""
+
+    steps: int
+
+    def set_sampling_steps(self, steps: int):
+        """Sample with ``steps`` Euler steps instead of the recipe's (fewer: faster, coarser)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"head steps must be at least 1, got {steps}")
+        self.steps = steps
+
+
 class _AdaBlock(nn.Module):
     """Self-attention + MLP over the unit's tokens, each token modulated by its own condition (spatial AdaLN)."""
 
@@ -45,7 +57,7 @@ class _AdaBlock(nn.Module):
         return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
 
 
-class FlowHead(nn.Module):
+class FlowHead(EulerSteps, nn.Module):
     """Velocity model v(x_t, t | features) over one unit; see the module docstring.
 
     d_model: backbone width; channels: latent channels per token; width, depth, heads: the head's transformer;
@@ -63,12 +75,6 @@ class FlowHead(nn.Module):
         self.t_in = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(_AdaBlock(width, heads) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, channels))
-
-    def set_sampling_steps(self, steps: int):
-        """Sample with ``steps`` Euler steps instead of the recipe's (fewer: faster, coarser)."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"head steps must be at least 1, got {steps}")
-        self.steps = steps
 
     def velocity(self, x_BnC: torch.Tensor, t_B: torch.Tensor, h_BnD: torch.Tensor) -> torch.Tensor:
         c = self.c_in(h_BnD) + self.t_in(timestep_embedding(t_B, self.width).to(h_BnD.dtype))[:, None]

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from visgen.config import ConfigError
+from visgen.heads.flow import EulerSteps
 from visgen.heads.mlp import MLPDenoiser
 from visgen.sampling.noise import CounterNoise
 
 
-class FlowMLPHead(nn.Module):
+class FlowMLPHead(EulerSteps, nn.Module):
     """v(x_t, t | z) for each token's latent; see the module docstring.
 
     width, depth: the MLP; steps: Euler steps when sampling (25); batch_mul: (t, noise) draws per token per
@@ -31,12 +32,6 @@ class FlowMLPHead(nn.Module):
             raise ConfigError("head_options width, depth and batch_mul must be at least 1")
         self.channels, self.steps, self.batch_mul = channels, steps, batch_mul
         self.net = MLPDenoiser(channels, d_model, width, depth, out_channels=channels, time_scale=1000.0)
-
-    def set_sampling_steps(self, steps: int):
-        """Sample with ``steps`` Euler steps instead of the recipe's (fewer: faster, coarser)."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"head steps must be at least 1, got {steps}")
-        self.steps = steps
 
     def loss(self, target_BLC: torch.Tensor, h_BLD: torch.Tensor, unit_sizes: list[int] | None = None) -> torch.Tensor:
         """Mean squared velocity error per token."""

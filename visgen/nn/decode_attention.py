@@ -172,6 +172,24 @@ if triton is not None:
         return _launch_rows(wrapped, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
 
 
+def _check(kernel: str, shapes_ok: bool, expected: str, qkv, pos, cos):
+    """Triton present and the arguments shaped as ``expected`` (what both kernels check first)."""
+    if triton is None:
+        raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
+    if not shapes_ok:
+        raise ValueError(f"the Triton {kernel} kernel expected {expected}; got {tuple(qkv.shape)}, "
+                         f"{tuple(pos.shape)}, {tuple(cos.shape)}")  # fmt: skip
+
+
+def _check_layout(kernel: str, D: int, min_d: int, tensors: tuple):
+    """Unit-stride last dims and a power-of-two head dim of at least ``min_d``."""
+    if any(t.stride(-1) != 1 for t in tensors):
+        raise ValueError(f"the Triton {kernel} kernel needs unit-stride last dims")
+    if D & (D - 1) or D < min_d:
+        at_least = f" >= {min_d}" if min_d > 1 else ""
+        raise ValueError(f"head dim must be a power of two{at_least} for the Triton {kernel} kernel, got {D}")
+
+
 def decode_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     pos: torch.Tensor, block_n: int = 64, num_warps: int = 2,
@@ -184,16 +202,10 @@ def decode_attention(
     ``pos`` (1,) int64 on the device: the token's slot (< slots, not checked on the device). Returns (R, H, d) in
     qkv's dtype. ``block_n`` slots per loop step, ``num_warps`` per program (``bench/attention.py`` times choices;
     the defaults were the fastest or near it at every batch and prefix there)."""
-    if triton is None:
-        raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
     D = qkv.shape[-1]
-    if qkv.dim() != 4 or qkv.shape[1] != 3 or pos.numel() != 1 or cos.shape[-1] != D // 2:
-        raise ValueError(f"expected qkv (R, 3, H, d), pos (1,), cos (1, d/2); got {tuple(qkv.shape)}, "
-                         f"{tuple(pos.shape)}, {tuple(cos.shape)}")  # fmt: skip
-    if any(t.stride(-1) != 1 for t in (qkv, cos, sin, k_cache, v_cache)):
-        raise ValueError("the Triton decode kernel needs unit-stride last dims")
-    if D & (D - 1):
-        raise ValueError(f"head dim must be a power of two for the Triton kernel, got {D}")
+    shapes_ok = qkv.dim() == 4 and qkv.shape[1] == 3 and pos.numel() == 1 and cos.shape[-1] == D // 2
+    _check("decode", shapes_ok, "qkv (R, 3, H, d), pos (1,), cos (1, d/2)", qkv, pos, cos)
+    _check_layout("decode", D, 1, (qkv, cos, sin, k_cache, v_cache))
     if torch.compiler.is_compiling():  # the registered op: Inductor traces it and knows what it writes
         return _decode_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
     # eager: the kernel itself, without the custom op's dispatch (most of a call's host time, which a sampling loop
@@ -215,18 +227,16 @@ def decode_rows_attention(
     them; where the cache holds slots at or past the window's first from an earlier round, they are never read).
     Returns (R, n, H, d) in qkv's dtype: what SDPA over slots <= each token's own gives, reading nothing else. One
     program per (row, head) holds the whole window (n <= 64), so the bytes read follow each row's own prefix."""
-    if triton is None:
-        raise RuntimeError("decode_kernel='triton' needs Triton (pip install triton) and a GPU; use 'sdpa'")
     D = qkv.shape[-1]
-    if qkv.dim() != 5 or qkv.shape[2] != 3 or pos.shape != qkv.shape[:2] or cos.shape != (*pos.shape, D // 2):
-        raise ValueError(f"expected qkv (R, n, 3, H, d), pos (R, n), cos (R, n, d/2); got {tuple(qkv.shape)}, "
-                         f"{tuple(pos.shape)}, {tuple(cos.shape)}")  # fmt: skip
+    shapes_ok = (
+        qkv.dim() == 5 and qkv.shape[2] == 3 and pos.shape == qkv.shape[:2] and cos.shape == (*pos.shape, D // 2)
+    )
+    _check("rows", shapes_ok, "qkv (R, n, 3, H, d), pos (R, n), cos (R, n, d/2)", qkv, pos, cos)
     if qkv.shape[1] > 64:
         raise ValueError(f"the rows kernel holds a window of at most 64 tokens, got {qkv.shape[1]}")
-    if any(t.stride(-1) != 1 for t in (qkv, cos, sin, k_cache, v_cache, pos)) or cos.stride() != sin.stride():
-        raise ValueError("the Triton rows kernel needs unit-stride last dims (and cos, sin alike)")
-    if D & (D - 1) or D < 16:
-        raise ValueError(f"head dim must be a power of two >= 16 for the Triton rows kernel, got {D}")
+    if cos.stride() != sin.stride():
+        raise ValueError("the Triton rows kernel needs cos and sin laid out alike")
+    _check_layout("rows", D, 16, (qkv, cos, sin, k_cache, v_cache, pos))
     if torch.compiler.is_compiling():
         return _rows_op(qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)
     return _launch_rows(_rows_kernel, qkv, cos, sin, k_cache, v_cache, pos, block_n, num_warps)

@@ -407,12 +407,18 @@ class Sampler:
         st.last.copy_(drawn)
         st.k.add_(1)
 
-    def _unit_by_unit(self, st: _BatchState) -> torch.Tensor:
-        """The token grids of ``_loop``, by ``_first_unit`` then ``_next_unit`` per unit (what the graphs of
-        ``cuda_graph`` ``unit`` replay, here eagerly)."""
-        self._first_unit(st)
+    def _unit_by_unit(self, st: _BatchState, replay: bool = False) -> torch.Tensor:
+        """The token grids of ``_loop``, by ``_first_unit`` then ``_next_unit`` per unit: ``replay``, their graphs
+        captured by ``_capture_units`` (``cuda_graph`` ``unit``), else eagerly (what the graphs hold)."""
+        if replay:
+            st.graph.replay()
+        else:
+            self._first_unit(st)
         for read in self.reads[1:]:
-            self._next_unit(st, read)
+            if replay:
+                st.unit_graphs[read].replay()
+            else:
+                self._next_unit(st, read)
         return self.model.schedule.from_sequence(st.seq)
 
     def _capture_units(self, st: _BatchState):
@@ -469,10 +475,7 @@ class Sampler:
         if self.unit_replay:
             if st.graph is None:
                 self._capture_units(st)
-            st.graph.replay()
-            for read in self.reads[1:]:
-                st.unit_graphs[read].replay()
-            return m.schedule.from_sequence(st.seq).clone()
+            return self._unit_by_unit(st, replay=True).clone()
         if st.graph is None:
             # every kind of unit (warm_up_units) once: for one-token units through the Triton kernel two units
             self._warm_up(lambda: self._loop(st, stop=warm_up_units(m.schedule.unit_sizes, self.reads)))
