@@ -12,7 +12,9 @@
 set -euo pipefail
 GEN=${GEN:-train.compile=graph} TOK=${TOK:-} TOK_MIN=${TOK_MIN:-4}
 export ASSET=${ASSET:-visgen/assets/cifar10-token-ar} CFG="--cfg-scale 2"
-STAGE=train bash eval/gpu/token_ar.sh $GEN &
+# (a trainer that fails under GEN trains again without it, resuming any checkpoint; the run's recipe.json says which)
+(STAGE=train bash eval/gpu/token_ar.sh $GEN || { cp $OUT/train-token-ar.log $OUT/train-token-ar-failed.log
+  STAGE=train bash eval/gpu/token_ar.sh; }) &
 a=$!
 STAGE=train TOK_MIN=$TOK_MIN bash eval/gpu/vq_decoder.sh $TOK &
 b=$!
