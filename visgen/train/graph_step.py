@@ -3,9 +3,9 @@ graphs (``torch.compile(mode="reduce-overhead")``).
 
 A small model's step is a few milliseconds of GPU work behind several hundred kernel launches, so the host's launching
 is the step's time (``results/bench-trainer.json``: at the CIFAR-10 token recipe's size the GPU was busy 11 of the
-step's 24 ms in a bare eager loop). A captured graph launches all of them at once. Every generator family trains
-through ``Generator.loss``, so all of them gain; tokenizers (several losses, a discriminator that starts late) do not
-take it.
+step's 24 ms in a bare eager loop). A captured graph is launched as one. Every generator family trains through
+``Generator.loss``, so every family can take it; tokenizers (several losses, a discriminator that starts late) do not.
+Its GPU speed is ``bench/trainer.py``'s mode ``graph`` (not measured yet when this was written).
 
 The graph serves training only: with gradients off or the model in eval mode (validation, previews, other batch
 sizes) the eager loss runs. It needs one process (the gradients of DDP and FSDP are reduced in hooks a graph does not
