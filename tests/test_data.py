@@ -131,3 +131,36 @@ def test_cached_tokens_flip_as_the_images_do(cifar_train):
     cache.set_epoch(0)
     cache.to_device(torch.device("cpu"))
     assert torch.equal(cache.get_batch(torch.arange(64))["tokens"], got)
+
+
+def test_cached_tokens_take_ten_crops(cifar_train):
+    """``tokenizer.crops: 5`` (LlamaGen's ten-crop): each image cached as the centre and four corners of itself
+    enlarged by ``crop_scale``, each mirrored too under ``data.random_flip``; an epoch serves one of the ten per image,
+    drawn per (seed, epoch, index); bad settings are refused."""
+    from tests.test_tokenizers import TINY_VQ
+    from visgen.config import ConfigError
+    from visgen.tokenizers import VQTokenizer
+    from visgen.train.generator_task import TokenCacheConfig, TokenDataset, five_crops
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    same = five_crops(x, 1.0)  # nothing enlarged: every crop is the image
+    assert all(torch.allclose(c, x, atol=1e-5) for c in same)
+    crops = five_crops(x, 1.25)  # 20 x 20: the corners 4 pixels apart
+    assert all(c.shape == x.shape for c in crops) and not torch.equal(crops[1], crops[4])
+    torch.manual_seed(0)
+    tok = VQTokenizer(TINY_VQ).eval()
+    images = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32, random_flip=True), seed=1)
+    cache = TokenDataset.encode(images, tok, batch_size=16, seed=1, crops=5, crop_scale=1.25)
+    assert cache.variants.shape[:2] == (32, 10) and len(cache) == 32
+    plain = build_dataset(DataConfig(path=cifar_train, image_size=16, limit=32), seed=1)
+    first = torch.stack([plain[i]["image"] for i in range(2)])
+    with torch.no_grad():
+        assert torch.equal(cache.variants[:2, 8], tok.encode(five_crops(first, 1.25)[4]))  # the last corner
+        assert torch.equal(cache.variants[:2, 9], tok.encode(five_crops(first, 1.25)[4].flip(-1)))  # its mirror
+    got = cache.get_batch(torch.arange(32))["tokens"]
+    assert torch.equal(got, cache.variants[torch.arange(32), cache.choice]) and len(cache.choice.unique()) > 3
+    cache.set_epoch(1)
+    assert not torch.equal(cache.get_batch(torch.arange(32))["tokens"], got)
+    for bad in ({"crops": 3}, {"crop_scale": 0.5}, {"crops": 5, "cache": False}):
+        with pytest.raises(ConfigError, match="tokenizer.crop"):
+            TokenCacheConfig(**bad)

@@ -102,7 +102,8 @@ def build_feature_draft_task(recipe: dict, train_set, val_set=None) -> tuple:
     check_token_target(target, f"model.target {ref}")
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     seed = recipe.get("train", {}).get("seed", 0)
-    train_set = TokenDataset.encode(train_set, target.tokenizer, tok_cfg.batch_size, seed)
+    train_set = TokenDataset.encode(train_set, target.tokenizer, tok_cfg.batch_size, seed, tok_cfg.crops,
+                                    tok_cfg.crop_scale)  # fmt: skip
     if val_set is not None:
         val_set = TokenDataset.encode(val_set, target.tokenizer, tok_cfg.batch_size, seed)
     draft = FeatureDraft.for_target(target, cfg.n_layer)

@@ -42,26 +42,63 @@ class TokenCacheConfig:
     cache: encode the training set once before training (both orientations when ``data.random_flip``), instead
         of running the tokenizer's encoder at every step.
     batch_size: images per encoding batch.
+    crops: 1, or 5 for LlamaGen's ten-crop augmentation of the cache: each training image enlarged by ``crop_scale``
+        and cut to its size at the centre and the four corners (with the mirror of each under ``data.random_flip``:
+        ten), and each epoch every image trains on one of its crops, drawn per (seed, epoch, index). The validation
+        set is encoded as it is.
+    crop_scale: how much an image is enlarged before it is cut (LlamaGen's ``crop_range``).
     """
 
     cache: bool = True
     batch_size: int = 512
+    crops: int = 1
+    crop_scale: float = 1.1
+
+    def __post_init__(self):
+        if self.crops not in (1, 5):
+            raise ConfigError(f"tokenizer.crops must be 1 or 5, got {self.crops}")
+        if not 1 <= self.crop_scale <= 2:
+            raise ConfigError(f"tokenizer.crop_scale must be in [1, 2], got {self.crop_scale}")
+        if self.crops > 1 and not self.cache:
+            raise ConfigError("tokenizer.crops needs tokenizer.cache: true (the crops are cut when the cache is made)")
+
+
+def five_crops(x: torch.Tensor, scale: float) -> list[torch.Tensor]:
+    """The centre and four corners of the images ``x`` (..., H, W) enlarged by ``scale`` (bicubic, antialiased), each
+    of their size."""
+    H, W = x.shape[-2:]
+    big_h, big_w = round(H * scale), round(W * scale)
+    big = F.interpolate(x.flatten(0, -4), size=(big_h, big_w), mode="bicubic", antialias=True, align_corners=False)
+    big = big.clamp(-1, 1).unflatten(0, x.shape[:-3])
+    dy, dx = big_h - H, big_w - W
+    corners = [(dy // 2, dx // 2), (0, 0), (0, dx), (dy, 0), (dy, dx)]
+    return [big[..., y : y + H, x0 : x0 + W] for y, x0 in corners]
 
 
 class TokenDataset(torch.utils.data.Dataset):
     """Tokens of an image data set, encoded once (``encode``) or given (``flipped``: those of the mirrored images);
-    flips chosen per (seed, epoch, index) like ``ImageDataset``. ``skipped`` counts the unreadable images of the
-    encoding pass (the trainer adds them to its count)."""
+    flips chosen per (seed, epoch, index) like ``ImageDataset``. With ``variants`` (N, V, ...) instead, each image
+    has V token grids (its crops, and their mirrors), one drawn per (seed, epoch, index). ``skipped`` counts the
+    unreadable images of the encoding pass (the trainer adds them to its count)."""
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
-                 seed: int = 0, skipped: int = 0):  # fmt: skip
-        self.tokens, self.labels, self.flipped = tokens, labels, flipped
-        self.seed, self.epoch, self.flip, self.skipped = seed, 0, flipped is not None, skipped
+    def __init__(self, tokens: torch.Tensor | None, labels: torch.Tensor, flipped: torch.Tensor | None = None,
+                 seed: int = 0, skipped: int = 0, variants: torch.Tensor | None = None):  # fmt: skip
+        if variants is None:
+            variants = torch.stack([tokens, flipped], 1) if flipped is not None else tokens[:, None]
+        self.variants, self.labels = variants, labels
+        self.seed, self.epoch, self.skipped = seed, 0, skipped
         self.set_epoch(0)
 
+    @property
+    def tokens(self) -> torch.Tensor:
+        """The token grids of the images as they are (the first variant)."""
+        return self.variants[:, 0]
+
     @classmethod
-    def encode(cls, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0) -> TokenDataset:
-        """Encode ``images`` once with ``tokenizer`` (both orientations when ``images`` flips at random)."""
+    def encode(cls, images: ImageDataset, tokenizer, batch_size: int = 512, seed: int = 0, crops: int = 1,
+               crop_scale: float = 1.1) -> TokenDataset:  # fmt: skip
+        """Encode ``images`` once with ``tokenizer`` (both orientations when ``images`` flips at random; ``crops``
+        5: the five crops of ``five_crops`` instead of the image, each in both orientations then)."""
         flip = images.cfg.random_flip
         images.cfg.random_flip = False
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,45 +110,49 @@ class TokenDataset(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             images, batch_size=batch_size, collate_fn=collate, num_workers=min(4, os.cpu_count() or 1)
         )
-        tokens, flipped, labels, skipped = [], [], [], 0
+        variants, labels, skipped = [], [], 0
         with torch.no_grad():
             for batch in tqdm(loader, desc="encode", disable=len(images) < 10 * batch_size):
                 skipped += batch["skipped"]
                 if not len(batch["image"]):
                     continue
                 x = batch["image"].to(device)
-                tokens.append(encode(x).cpu())
+                views = five_crops(x, crop_scale) if crops > 1 else [x]
                 if flip:
-                    flipped.append(encode(x.flip(-1)).cpu())
+                    views = [v for view in views for v in (view, view.flip(-1))]
+                variants.append(torch.stack([encode(v) for v in views], 1).cpu())
                 labels.append(batch["label"])
-        if not tokens:
+        if not variants:
             raise DataError(
                 f"no usable image in {images.cfg.path}: all {skipped} images are unreadable (corrupt or "
                 "truncated files?)"
             )
-        return cls(torch.cat(tokens), torch.cat(labels), torch.cat(flipped) if flip else None, seed, skipped)
+        return cls(None, torch.cat(labels), seed=seed, skipped=skipped, variants=torch.cat(variants))
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.variants)
 
     @property
     def device(self) -> torch.device:
-        return self.tokens.device
+        return self.variants.device
 
     def to_device(self, device: torch.device, max_bytes: int = 2 << 30):
         """Keep the cache on ``device`` (batches are then gathered there, with no copy a step) when it takes at most
         ``max_bytes`` there; a larger cache stays in host memory."""
-        parts = [self.tokens, self.labels] + ([self.flipped] if self.flip else [])
-        if sum(t.numel() * t.element_size() for t in parts) <= max_bytes:
-            self.tokens, self.labels = self.tokens.to(device), self.labels.to(device)
-            self.flipped = self.flipped.to(device) if self.flip else None
+        if sum(t.numel() * t.element_size() for t in (self.variants, self.labels)) <= max_bytes:
+            self.variants, self.labels = self.variants.to(device), self.labels.to(device)
             self.set_epoch(self.epoch)
 
     def set_epoch(self, epoch: int):
+        """This epoch's variant of every image: with two (flips) mirrored about half the time, as before crops."""
         self.epoch = epoch
         gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        use_flip = torch.rand(len(self.tokens), generator=gen) < 0.5 if self.flip else None
-        self.use_flip = use_flip.to(self.device) if self.flip else None
+        n, v = self.variants.shape[:2]
+        if v == 2:
+            choice = (torch.rand(n, generator=gen) < 0.5).long()
+        else:
+            choice = torch.randint(0, v, (n,), generator=gen)
+        self.choice = choice.to(self.device)
 
     def __getitem__(self, i: int) -> dict:
         one = self.get_batch(torch.tensor([i]))
@@ -120,10 +161,7 @@ class TokenDataset(torch.utils.data.Dataset):
     def get_batch(self, idx: torch.Tensor) -> dict:
         """A whole batch by tensor indexing (no per-item Python), with this epoch's flips."""
         idx = idx.to(self.device)
-        tokens = self.tokens[idx]
-        if self.flip:
-            tokens = torch.where(self.use_flip[idx].view(-1, *[1] * (tokens.ndim - 1)), self.flipped[idx], tokens)
-        return {"tokens": tokens, "label": self.labels[idx], "skipped": 0}
+        return {"tokens": self.variants[idx, self.choice[idx]], "label": self.labels[idx], "skipped": 0}
 
 
 class GeneratorTask(nn.Module):
@@ -230,7 +268,8 @@ def build_generator_task(recipe: dict, train_set: ImageDataset, val_set: ImageDa
     tok_cfg = from_dict(TokenCacheConfig, recipe.get("tokenizer"), "tokenizer")
     if tok_cfg.cache:
         seed = recipe.get("train", {}).get("seed", 0)
-        train_set = TokenDataset.encode(train_set, model.tokenizer, tok_cfg.batch_size, seed)
+        train_set = TokenDataset.encode(train_set, model.tokenizer, tok_cfg.batch_size, seed, tok_cfg.crops,
+                                        tok_cfg.crop_scale)  # fmt: skip
         if val_set is not None:
             val_set = TokenDataset.encode(val_set, model.tokenizer, tok_cfg.batch_size, seed)
     return GeneratorTask(model, teacher, distill.weight), train_set, val_set
