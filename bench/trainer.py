@@ -5,9 +5,9 @@ dropout) and ``gptb`` (GPT-B, 256 tokens, vocab 16384). The bare loop is what a 
 ``gen.loss``, backward, fused AdamW, nothing else, no host sync. The ``Trainer`` runs with the token recipe's settings
 (gradient clipping 1.0, EMA 0.999, weight decay, bf16, its non-finite guard and time checks) on the recipe's data path
 (a ``TokenDataset`` of cached tokens with flips), in three modes, the bare loop likewise: ``eager``, ``compiled``
-(``train.compile=true``: the blocks compiled regionally) and ``graph`` (``train.compile=graph``: the whole loss compiled
-and replayed as CUDA graphs). ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager bare loop (what a user
-would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
+(``train.compile=true``: the blocks compiled regionally) and ``graph`` (``train.compile=graph``: the whole loss
+compiled and replayed as CUDA graphs). ``trainer_over_bare_{size}_b{batch}`` is the best trainer mode over the eager
+bare loop (what a user would otherwise write); ``..._same_mode`` compares each mode with its own bare loop.
 
 ``--profile DIR`` also profiles ten steps of each at the recipe's size, after every timing (``profile-bare.txt``,
 ``profile-trainer.txt``: torch.profiler's table by device time; ``profile-*-host.txt``: cProfile's tables of the
@@ -58,7 +58,7 @@ def random_tokens(gen: Generator, n: int, seed: int = 0) -> TokenDataset:
     tokens = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
     flipped = torch.randint(0, gen.tokenizer.vocab_size, shape, generator=g)
     labels = torch.randint(0, gen.config.num_classes, (n,), generator=g)
-    return TokenDataset(tokens, labels, flipped)
+    return TokenDataset(torch.stack([tokens, flipped], 1), labels)
 
 
 def autocast(device: torch.device):

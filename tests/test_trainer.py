@@ -280,7 +280,7 @@ def test_graph_compile_trains_through_the_captured_loss(tmp_path, monkeypatch, c
         return lambda *a: calls.append(torch.is_grad_enabled()) or traced(*a)
 
     g = torch.Generator().manual_seed(0)
-    data = TokenDataset(torch.randint(0, 32, (32, 8, 8), generator=g), torch.randint(0, 4, (32,), generator=g))
+    data = TokenDataset(torch.randint(0, 32, (32, 1, 8, 8), generator=g), torch.randint(0, 4, (32,), generator=g))
     weights = {}
     for mode in (False, "graph"):
         monkeypatch.setattr(torch, "compile", lambda fn, mode, dynamic: compile_(fn, mode))

@@ -76,15 +76,12 @@ def five_crops(x: torch.Tensor, scale: float) -> list[torch.Tensor]:
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Tokens of an image data set, encoded once (``encode``) or given (``flipped``: those of the mirrored images);
-    flips chosen per (seed, epoch, index) like ``ImageDataset``. With ``variants`` (N, V, ...) instead, each image
-    has V token grids (its crops, and their mirrors), one drawn per (seed, epoch, index). ``skipped`` counts the
-    unreadable images of the encoding pass (the trainer adds them to its count)."""
+    """Tokens of an image data set, encoded once (``encode``) or given: ``variants`` (N, V, ...), V token grids per
+    image (the image itself; its mirror second under flips; or its crops and their mirrors), one drawn per (seed,
+    epoch, index), flips like ``ImageDataset``'s. ``skipped`` counts the unreadable images of the encoding pass (the
+    trainer adds them to its count)."""
 
-    def __init__(self, tokens: torch.Tensor | None, labels: torch.Tensor, flipped: torch.Tensor | None = None,
-                 seed: int = 0, skipped: int = 0, variants: torch.Tensor | None = None):  # fmt: skip
-        if variants is None:
-            variants = torch.stack([tokens, flipped], 1) if flipped is not None else tokens[:, None]
+    def __init__(self, variants: torch.Tensor, labels: torch.Tensor, seed: int = 0, skipped: int = 0):
         self.variants, self.labels = variants, labels
         self.seed, self.epoch, self.skipped = seed, 0, skipped
         self.set_epoch(0)
@@ -127,7 +124,7 @@ class TokenDataset(torch.utils.data.Dataset):
                 f"no usable image in {images.cfg.path}: all {skipped} images are unreadable (corrupt or "
                 "truncated files?)"
             )
-        return cls(None, torch.cat(labels), seed=seed, skipped=skipped, variants=torch.cat(variants))
+        return cls(torch.cat(variants), torch.cat(labels), seed, skipped)
 
     def __len__(self) -> int:
         return len(self.variants)

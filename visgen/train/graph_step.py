@@ -35,9 +35,9 @@ class GraphedLoss:
         return self.eager(tokens, labels)
 
 
-def capture_losses(task: nn.Module, processes: int, grad_accum: int) -> int:
-    """Replace the ``loss`` of every generator inside ``task`` by a ``GraphedLoss``; returns how many. A task
-    without a generator, more than one process or ``grad_accum`` above 1 is a ``ConfigError`` saying what to use."""
+def capture_losses(task: nn.Module, processes: int, grad_accum: int):
+    """Replace the ``loss`` of every generator inside ``task`` by a ``GraphedLoss``. A task without a generator,
+    more than one process or ``grad_accum`` above 1 is a ``ConfigError`` saying what to use."""
     from visgen.generator import Generator
 
     if processes > 1:
@@ -55,4 +55,3 @@ def capture_losses(task: nn.Module, processes: int, grad_accum: int) -> int:
                           "train.compile=true")  # fmt: skip
     for g in generators:
         g.loss = GraphedLoss(g)
-    return len(generators)
