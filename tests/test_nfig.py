@@ -185,3 +185,36 @@ def test_band_roundtrip_script_reports_both_resamplings(tmp_path, cifar_test):
     assert m["grids_spectral"] == [1, 3, 5, 8] and m["grids_area"] == [1, 2, 4, 8]
     assert max(m[f"lost_spectral_band{k}"] for k in range(3)) < 1e-10 and m["lost_area_band1"] > 0.2
     assert script.main(["--data", str(tmp_path / "none")]) == 2
+
+
+def test_layouts_script_compares_reconstruction_fd(tmp_path, cifar_test):
+    """eval/layouts.py: two band layouts scored by visgen recon for real, side by side with their tokens, each rFD
+    over the baseline's, the lowest named; a missing report is an error."""
+    import importlib.util
+
+    from visgen.cli.recon import main as recon_main
+
+    spec = importlib.util.spec_from_file_location("layouts", "eval/layouts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = []
+    for name, edges in (("four", EDGES), ("five", (0.0625, 0.125, 0.25, 0.35, 0.5))):
+        torch.manual_seed(0)
+        FrequencyVQTokenizer(FrequencyVQConfig(**TINY, band_edges=edges, resample="spectral")).save_pretrained(
+            tmp_path / name
+        )
+        assert recon_main([str(tmp_path / name), "--data", cifar_test, "--image-size", "16", "--fd-extractor",
+                           "cifar10cls", "--name", name, "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+        args += ["--layout", name, str(tmp_path / f"{name}.json"), str(tmp_path / name)]
+    assert script.main([*args, "--baseline", "four", "--name", "l", "--results-dir", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "l.json").read_text())["metrics"]
+    four, five = m["layouts"]["four"], m["layouts"]["five"]
+    assert (four["tokens"], five["tokens"]) == (1 + 9 + 25 + 64, 1 + 9 + 25 + 25 + 64)
+    assert four["rfd_cifar10cls_over_baseline"] == 1.0
+    assert five["rfd_cifar10cls_over_baseline"] == pytest.approx(five["rfd_cifar10cls"] / four["rfd_cifar10cls"])
+    assert m["best_rfd_cifar10cls_layout"] == "five" and m["best_rfd_cifar10cls_over_baseline"] == pytest.approx(
+        five["rfd_cifar10cls_over_baseline"]
+    )
+    missing = ["--layout", "six", str(tmp_path / "six.json"), str(tmp_path / "five")]
+    assert script.main([*args, *missing, "--baseline", "four", "--name", "x", "--results-dir", str(tmp_path)]) == 2
+    assert script.main([*args, "--baseline", "six", "--name", "x", "--results-dir", str(tmp_path)]) == 2
