@@ -54,7 +54,9 @@ def main(argv=None) -> int:
         return 2
     missing = [n for n, m in layouts.items() if args.fd not in m]
     if missing:
-        print(f"error: no {args.fd} in the reports of {missing} (run visgen recon with --fd-extractor)", file=sys.stderr)
+        print(
+            f"error: no {args.fd} in the reports of {missing} (run visgen recon with --fd-extractor)", file=sys.stderr
+        )
         return 2
     base = layouts[args.baseline][args.fd]
     for m in layouts.values():
