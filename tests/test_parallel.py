@@ -121,3 +121,17 @@ def test_the_recipes_train_and_sample_on_the_cifar_cut(recipe, tokenizer, tmp_pa
     gen = load_model(out / "final")
     assert gen.config.tokenizer == tokenizer and gen.schedule.num_units == 19
     assert sample_main(["--checkpoint", str(out / "final"), "--num-images", "4", "--out", str(tmp_path / "s")]) == 0
+
+
+@pytest.mark.parametrize("kind", ["token", "diffusion"])
+def test_the_parallel_recipes_differ_from_raster_only_in_the_order(kind):
+    """eval/gpu/parallel.sh compares each parallel recipe with its raster recipe at equal minutes: the model, data and
+    training must be the same, the schedule (and its regions, the raster unit size) and the run folder aside."""
+    import yaml
+
+    raster, par = (yaml.safe_load(open(f"generators/cifar10-{kind}-{s}.yaml")) for s in ("ar", "par"))
+    for recipe in (raster, par):
+        for key in ("schedule", "regions", "unit_size"):
+            recipe["model"].pop(key, None)
+        recipe["train"].pop("out_dir")
+    assert raster == par
