@@ -39,11 +39,12 @@ done
 for p in $pids; do wait $p; done
 
 tmp=$(mktemp -d)
+args=""
 for name in $names; do
   python eval/tokenizer_recon.py runs/layout-$name/final --data $DATA/test --name layout-$name --results-dir $tmp \
     --fd-extractor cifar10cls --extra-metrics runs/layout-$name/final/metrics.json > $OUT/recon-layout-$name.log 2>&1
   cp $tmp/layout-$name.png $OUT/ || true
+  args="$args --layout $name $tmp/layout-$name.json runs/layout-$name/final"
 done
-python eval/layouts.py $(for n in $names; do echo --layout $n $tmp/layout-$n.json runs/layout-$n/final; done) --baseline msvq \
-  --name freqvq-layouts-gpu --results-dir $RESULTS --command "$CMD"
+python eval/layouts.py $args --baseline msvq --name freqvq-layouts-gpu --results-dir $RESULTS --command "$CMD"
 cp $RESULTS/freqvq-layouts-gpu.json $OUT/

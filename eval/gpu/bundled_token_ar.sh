@@ -2,8 +2,8 @@
 # The bundled token model rebuilt (#31) in one device call: the CIFAR-10 token recipe (eval/gpu/token_ar.sh, with
 # GEN overrides: by default the whole loss in CUDA graphs, the ten-crop token cache, which held off overfitting in a
 # CPU proxy (results/crops-cpu-proxy.json), and twice the steps within 4.5 minutes, the best validation loss kept)
-# and the bundled VQ's decoder fine-tuned on its tokens (eval/gpu/vq_decoder.sh, TOK_MIN minutes) train side by side on the one GPU; then the new token model is exported to
-# visgen/assets/cifar10-token-ar and scored (results/cifar10-token-ar.*), and scored again decoding through the new
+# and the bundled VQ's decoder fine-tuned on its tokens (eval/gpu/vq_decoder.sh, TOK_MIN minutes) train side by side
+# on the one GPU; then the new token model is exported to visgen/assets/cifar10-token-ar and scored (results/cifar10-token-ar.*), and scored again decoding through the new
 # decoder, at the same guidance (results/cifar10-token-ar-vq-decoder.*, beside the decoders' reconstruction FDs).
 # The two trainings share the GPU, so their images/s is not the trainer's speed (bench/trainer.py measures that).
 # (a CPU dry run: DATA=tests/data/cifar10 NUM_FD=16 RESULTS=/tmp/r ASSET=/tmp/asset GEN="train.steps=2
