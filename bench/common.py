@@ -105,6 +105,10 @@ def probe_first_batch(gen, cfg: SamplingConfig, images: int, decode: bool):
     print(json.dumps({"first_batch_s": time.perf_counter() - t0}))
 
 
+class ProbeFailed(RuntimeError):
+    """A fresh process timing a first batch failed (its stderr's tail in the message)."""
+
+
 def cold_first_batch(script: str, probe: list[str], pycache: str | None = None, processes: int = 1) -> list:
     """Seconds from building the sampler to the first batch in each of ``processes`` fresh processes one after
     another (``script --probe *probe``), the first with empty compile caches (Inductor's and Triton's), the later ones
@@ -112,6 +116,9 @@ def cold_first_batch(script: str, probe: list[str], pycache: str | None = None, 
     of Python bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment
     has it."""
     seconds = []
+    gc.collect()
+    if torch.cuda.is_available():  # the caches this process keeps (graph pools, freed blocks) are the probe's memory
+        torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
         if pycache:
@@ -119,7 +126,9 @@ def cold_first_batch(script: str, probe: list[str], pycache: str | None = None, 
             env["PYTHONPYCACHEPREFIX"] = pycache
         for _ in range(processes):
             cmd = [sys.executable, script, "--probe", *probe]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise ProbeFailed(f"{' '.join(cmd[1:])} exited {out.returncode}: {out.stderr.strip()[-1500:]}")
             seconds.append(json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"])
     return seconds
 
@@ -137,11 +146,16 @@ def bytecode_cache(script: str, probes: list[list[str]]) -> str:
 
 def record_cold(rec: Record, key: str, script: str, probe: list[str], pycache: str):
     """``{key}_first_batch_cold_s`` (a fresh process, empty compile caches), ``..._warm_s`` (the next process, the
-    caches it left) and ``{key}_cold_no_bytecode_first_batch_s`` (a fresh process as this environment runs)."""
-    cold, warm = cold_first_batch(script, probe, pycache, processes=2)
-    rec.add(f"{key}_first_batch_cold_s", cold, ".2f", "s")
-    rec.add(f"{key}_first_batch_warm_s", warm, ".2f", "s")
-    rec.add(f"{key}_cold_no_bytecode_first_batch_s", cold_first_batch(script, probe)[0], ".2f", "s")
+    caches it left) and ``{key}_cold_no_bytecode_first_batch_s`` (a fresh process as this environment runs). A probe
+    that fails is recorded as ``{key}_first_batch_error`` (its stderr's last line) and the bench goes on."""
+    try:
+        cold, warm = cold_first_batch(script, probe, pycache, processes=2)
+        rec.add(f"{key}_first_batch_cold_s", cold, ".2f", "s")
+        rec.add(f"{key}_first_batch_warm_s", warm, ".2f", "s")
+        rec.add(f"{key}_cold_no_bytecode_first_batch_s", cold_first_batch(script, probe)[0], ".2f", "s")
+    except ProbeFailed as e:
+        print(e, file=sys.stderr)
+        rec.add(f"{key}_first_batch_error", str(e).strip().splitlines()[-1][-300:])
 
 
 def profile_sampling(gen, cfg: SamplingConfig, draft=None, table: str | None = None, title: str = "",

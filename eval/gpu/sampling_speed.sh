@@ -7,13 +7,22 @@
 #     -> results/$VAR.json;
 #   continuous tokens at MAR-B size, unit 1, batch 64 / 256, the head's 100 steps and 50 (bench/diffusion_ar.py)
 #     -> results/$DIFF.json.
+# BENCHES: which of token, var, diffusion to run (default: all three; one that fails does not stop the next).
 # EXTRA: flags for every bench (a CPU dry run: EXTRA="--tiny --sample-batches 2" COLD_VAR=2).
 # Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
 set -euo pipefail
 TOKEN=${TOKEN:-bench-token-ar} VAR=${VAR:-bench-var} DIFF=${DIFF:-bench-diffusion-ar} EXTRA=${EXTRA:-}
 COLD_VAR=${COLD_VAR:-256}
-python bench/token_ar.py --name $TOKEN --modes default --cold default --train-batches $EXTRA > $OUT/token-ar.log 2>&1
-python bench/var.py --name $VAR --sample-modes default --cold default --cold-batches $COLD_VAR --train-batches \
-  $EXTRA > $OUT/var.log 2>&1
-python bench/diffusion_ar.py --name $DIFF --modes default --head-steps 0 50 --unit-sizes 1 --sample-batches 64 256 \
-  --cold default --train-batches $EXTRA > $OUT/diffusion-ar.log 2>&1
+BENCHES=${BENCHES:-token var diffusion} failed=0
+run() {  # $1: the bench's name in BENCHES; a bench that fails is counted and the next still runs
+  case " $BENCHES " in *" $1 "*) ;; *) return 0 ;; esac
+  shift
+  "$@" || { echo "failed: $*" >&2; failed=$((failed + 1)); }
+}
+run token python bench/token_ar.py --name $TOKEN --modes default --cold default --train-batches $EXTRA \
+  > $OUT/token-ar.log 2>&1
+run var python bench/var.py --name $VAR --sample-modes default --cold default --cold-batches $COLD_VAR \
+  --train-batches $EXTRA > $OUT/var.log 2>&1
+run diffusion python bench/diffusion_ar.py --name $DIFF --modes default --head-steps 0 50 --unit-sizes 1 \
+  --sample-batches 64 256 --cold default --train-batches $EXTRA > $OUT/diffusion-ar.log 2>&1
+exit $failed
