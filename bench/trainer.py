@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import sys
 import tempfile
 import time
@@ -317,6 +318,9 @@ def main():
         for bs in args.train_batches or SIZES[size]:
             key, best, bare_eager = f"{size}_b{bs}", ("", 0.0), None
             for mode in args.modes:
+                gc.collect()  # the modes before this one leave freed blocks in the allocator's cache: the GPT-B
+                if device.type == "cuda":  # graph row at batch 256 once ran out of memory beside 48 GiB of them
+                    torch.cuda.empty_cache()
                 try:
                     runs = {"bare": [], "trainer": []}
                     for r in range(args.rounds):  # alternating, so a drift of the machine weighs on both
@@ -326,6 +330,7 @@ def main():
                             runs[who].append(run(gen, bs, args.seconds, mode, device))
                 except Exception as e:  # one mode failing (a compile on this machine) leaves the others measured
                     print(f"{key} {mode}: failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
+                    rec.add(f"{key}_{mode}_failed", f"{type(e).__name__}: {str(e)[:200]}")
                     continue
                 b, t = (max(runs[who], key=lambda r: r["images_per_s"]) for who in ("bare", "trainer"))
                 for who, r in (("bare", b), ("trainer", t)):

@@ -19,6 +19,7 @@ from visgen import hub
 from visgen.checkpoint import EMA_NAME, CheckpointError, load_model
 from visgen.config import ConfigError
 from visgen.generator import Generator
+from visgen.model_card import read_card, write_card
 from visgen.tokenizers.base import Tokenizer
 
 
@@ -26,9 +27,8 @@ def same_tokens(old: Tokenizer, new: Tokenizer) -> str | None:
     """Why ``new`` would not read ``old``'s tokens alike (None where it does)."""
     if type(old) is not type(new) or old.config != new.config:
         return f"a {type(new).__name__} of other settings than the generator's {type(old).__name__}"
-    decoder = tuple(f"{part}." for part in new.decoder_parts)
-    a, b = old.state_dict(), new.state_dict()
-    differ = [k for k in a if not k.startswith(decoder) and not torch.equal(a[k], b[k])]
+    a, b = old.token_state(), new.token_state()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
     return f"weights outside the decoder differ ({', '.join(differ[:4])}...)" if differ else None
 
 
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.config.tokenizer = str(args.tokenizer)  # a folder: saved with the copy, in its tokenizer/ subfolder
     ema = folder / EMA_NAME  # the generator's own weights go along as they are, its EMA too
     gen.save_pretrained(args.out, ema_state=load_file(str(ema)) if ema.is_file() else None)
+    training = read_card(folder).get("visgen", {}).get("training")
+    if training:  # the copy was trained as the generator was; its card says so, and which decoder it took
+        write_card(args.out, training={**training, "decoder": f"{args.tokenizer} (eval/swap_decoder.py)"})
     print(f"{args.out}: {args.generator} decoding through {args.tokenizer}")
     return 0
 

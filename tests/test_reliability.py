@@ -350,10 +350,18 @@ def test_corrupt_weights_are_refused(tmp_path, capsys):
 
 
 def test_bundled_assets_carry_and_pass_their_checksums():
-    for name in ("cifar10-vq", "cifar10-kl", "cifar10-token-ar", "cifar10-classifier"):
+    for name in ("cifar10-vq", "cifar10-kl", "cifar10-token-ar", "cifar10-token-ar/tokenizer", "cifar10-classifier"):
         meta = json.loads((REPO / "visgen" / "assets" / name / "config.json").read_text())
         assert set(meta["sha256"]) == {"model.safetensors"}
         load_model(REPO / "visgen" / "assets" / name)
+
+
+def test_the_bundled_token_model_reads_the_bundled_vq_tokens():
+    """The bundled token model decodes through its own fine-tuned decoder (eval/swap_decoder.py): every weight that
+    makes tokens is the bundled VQ's, so its tokens mean what asset:cifar10-vq's do; only the decoder differs."""
+    gen, vq = load_model("asset:cifar10-token-ar"), load_model("asset:cifar10-vq")
+    a, b = gen.tokenizer.state_dict(), vq.state_dict()
+    assert {k.split(".")[0] for k in b if not torch.equal(a[k], b[k])} == {"decoder", "post_quant_conv"}
 
 
 def test_a_damaged_checkpoint_is_not_resumed(tmp_path):

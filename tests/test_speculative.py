@@ -258,6 +258,25 @@ def test_cspd_with_a_draft_equal_to_the_target_accepts_every_token():
     assert (spec - plain).abs().max() < 0.1 < plain.std()
 
 
+def test_a_draft_whose_decoder_alone_differs_reads_the_targets_tokens():
+    """The bundled token model decodes through a decoder fine-tuned on the bundled VQ's tokens; a draft over the
+    bundled VQ itself reads the same tokens and is accepted. A change outside the decoder is refused."""
+    import copy
+
+    target = tiny_generator()
+    tok = copy.deepcopy(target.tokenizer)
+    with torch.no_grad():
+        for p in tok.decoder_parameters():
+            p.add_(0.1)
+    draft = sibling(target, 1)
+    object.__setattr__(draft, "tokenizer", tok)
+    Sampler(target, SamplingConfig(speculative="draft"), draft=draft)
+    with torch.no_grad():
+        next(tok.encoder.parameters()).add_(0.1)
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        Sampler(target, SamplingConfig(speculative="draft"), draft=draft)
+
+
 # ---- bad input ---------------------------------------------------------------------------------------------------
 
 

@@ -3,8 +3,10 @@
 # GEN overrides: by default the whole loss in CUDA graphs, the ten-crop token cache, which held off overfitting in a
 # CPU proxy (results/crops-cpu-proxy.json), and twice the steps within 4.5 minutes, the best validation loss kept)
 # and the bundled VQ's decoder fine-tuned on its tokens (eval/gpu/vq_decoder.sh, TOK_MIN minutes) train side by side
-# on the one GPU; then the new token model is exported to visgen/assets/cifar10-token-ar and scored (results/cifar10-token-ar.*), and scored again decoding through the new
-# decoder, at the same guidance (results/cifar10-token-ar-vq-decoder.*, beside the decoders' reconstruction FDs).
+# on the one GPU; then the new token model is exported to visgen/assets/cifar10-token-ar and scored
+# (results/cifar10-token-ar.*), and scored again decoding through the new decoder, at the same guidance
+# (results/cifar10-token-ar-vq-decoder.*, beside the decoders' reconstruction FDs); the asset keeps the new decoder
+# where that FD is the lower.
 # The two trainings share the GPU, so their images/s is not the trainer's speed (bench/trainer.py measures that).
 # (a CPU dry run: DATA=tests/data/cifar10 NUM_FD=16 RESULTS=/tmp/r ASSET=/tmp/asset GEN="train.steps=2
 # train.batch_size=8 train.eval_every=1 train.num_workers=0 train.val_images=16" TOK="train.steps=2 train.batch_size=8
@@ -25,3 +27,16 @@ wait $a
 wait $b
 STAGE=eval bash eval/gpu/token_ar.sh $GEN
 STAGE=eval TOK_MIN=$TOK_MIN bash eval/gpu/vq_decoder.sh $TOK
+# the bundle: the token model with whichever decoder gave the lower FD (the fine-tuned one is saved in the asset's
+# tokenizer/ folder, as scored: fp32)
+python - "${RESULTS:-results}" runs/cifar10-token-ar-vq-decoder $ASSET <<'PY'
+import json, sys
+from visgen.checkpoint import export_model
+results, swapped, asset = sys.argv[1:]
+fd = {n: json.load(open(f"{results}/{n}.json"))["metrics"]["fd_cifar10cls"]
+      for n in ("cifar10-token-ar", "cifar10-token-ar-vq-decoder")}
+print("FD", fd)
+if fd["cifar10-token-ar-vq-decoder"] < fd["cifar10-token-ar"]:
+    export_model(swapped, asset)
+    print(f"{asset}: the token model with its fine-tuned decoder")
+PY

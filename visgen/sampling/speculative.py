@@ -140,8 +140,11 @@ def verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule: str = "exact"):
 
 
 def _tokenizer_id(gen) -> tuple:
+    """What makes the tokens a model reads: the tokenizer's type, vocabulary and the weights outside its decoder (a
+    draft and a target whose decoders differ, one fine-tuned on the same tokens, still read the same tokens)."""
     tok = gen.tokenizer
-    state = {k: v for k, v in tok.state_dict().items() if v.is_floating_point()}
+    weights = tok.token_state() if hasattr(tok, "token_state") else tok.state_dict()
+    state = {k: v for k, v in weights.items() if v.is_floating_point()}
     fingerprint = tuple(round(float(v.double().sum()), 4) for v in state.values())
     return type(tok).__name__, getattr(tok, "vocab_size", None), getattr(tok, "latent_channels", None), fingerprint
 

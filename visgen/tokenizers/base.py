@@ -45,6 +45,13 @@ class Tokenizer(PretrainedMixin, nn.Module):
         names = [n for n, _ in self.named_modules()]
         return [p for name in self.decoder_parts if name in names for p in self.get_submodule(name).parameters()]
 
+    def token_state(self) -> dict[str, torch.Tensor]:
+        """The weights that make tokens: the state dict outside ``decoder_parts``. Two tokenizers that agree on it give
+        the same tokens, whatever their decoders (a generator, a speculative draft or a swapped decoder reads them
+        alike)."""
+        decoder = tuple(f"{part}." for part in self.decoder_parts)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(decoder)}
+
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """The token grid (h, w) for square images of side ``image_size``."""
         return image_size // self.downsample, image_size // self.downsample
