@@ -246,6 +246,42 @@ def test_decoder_finetune_keeps_every_token(tmp_path, capsys):
     assert "not a tokenizer" in capsys.readouterr().err
 
 
+def test_the_bundle_keeps_the_decoder_that_scores_lower(tmp_path, capsys):
+    """eval/bundle_token_ar.py: the fine-tuned decoder's copy becomes the asset only where its FD is lower, and the
+    bundled result is the token run's training figures with that copy's FD, the first scoring kept beside."""
+    import importlib.util
+
+    from tests.test_engine import tiny_generator
+
+    spec = importlib.util.spec_from_file_location("bundle", "eval/bundle_token_ar.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    swapped, asset, results = tmp_path / "swapped", tmp_path / "asset", tmp_path / "results"
+    tiny_generator().save_pretrained(swapped)
+    results.mkdir()
+
+    def scoring(name, fd, **extra):
+        record = {"name": name, "date": "d", "commit": "c", "hardware": "h", "command": name,
+                  "metrics": {"fd_cifar10cls": fd, "copy_rate": 0.001, **extra}}  # fmt: skip
+        (results / f"{name}.json").write_text(json.dumps(record))
+        (results / f"{name}.png").write_bytes(name.encode())
+
+    args = ["--swapped", str(swapped), "--asset", str(asset), "--results-dir", str(results)]
+    scoring("cifar10-token-ar", 0.30, steps=100, kept_val_loss=5.0, sample_images_per_s=9.0)
+    scoring("cifar10-token-ar-vq-decoder", 0.35)
+    assert bundle.main(args) == 0 and not asset.exists()  # the bundled VQ's decoder scored lower: kept
+    scoring("cifar10-token-ar-vq-decoder", 0.25)
+    assert bundle.main(args) == 0
+    load_model(asset)
+    m = json.loads((results / "cifar10-token-ar.json").read_text())["metrics"]
+    assert m["fd_cifar10cls"] == 0.25 and m["fd_cifar10cls_bundled_vq_decoder"] == 0.30
+    assert m["steps"] == 100 and m["kept_val_loss"] == 5.0 and "sample_images_per_s" not in m
+    assert json.loads((results / "cifar10-token-ar-vq.json").read_text())["metrics"]["fd_cifar10cls"] == 0.30
+    assert (results / "cifar10-token-ar.png").read_bytes() == b"cifar10-token-ar-vq-decoder"
+    assert bundle.main(args) == 2  # not twice
+    assert "already a bundled model's result" in capsys.readouterr().err
+
+
 def test_disc_warmup_trains_only_the_discriminator_first():
     """``loss.disc_warmup``: from ``adv_start`` the discriminator learns alone for that many steps, then the
     tokenizer's adversarial term joins."""

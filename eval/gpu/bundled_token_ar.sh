@@ -27,16 +27,5 @@ wait $a
 wait $b
 STAGE=eval bash eval/gpu/token_ar.sh $GEN
 STAGE=eval TOK_MIN=$TOK_MIN bash eval/gpu/vq_decoder.sh $TOK
-# the bundle: the token model with whichever decoder gave the lower FD (the fine-tuned one is saved in the asset's
-# tokenizer/ folder, as scored: fp32)
-python - "${RESULTS:-results}" runs/cifar10-token-ar-vq-decoder $ASSET <<'PY'
-import json, sys
-from visgen.checkpoint import export_model
-results, swapped, asset = sys.argv[1:]
-fd = {n: json.load(open(f"{results}/{n}.json"))["metrics"]["fd_cifar10cls"]
-      for n in ("cifar10-token-ar", "cifar10-token-ar-vq-decoder")}
-print("FD", fd)
-if fd["cifar10-token-ar-vq-decoder"] < fd["cifar10-token-ar"]:
-    export_model(swapped, asset)
-    print(f"{asset}: the token model with its fine-tuned decoder")
-PY
+# the bundle: the token model with whichever decoder gave the lower FD, and results/cifar10-token-ar.json its result
+python eval/bundle_token_ar.py --swapped runs/cifar10-token-ar-vq-decoder --asset $ASSET --results-dir ${RESULTS:-results}
