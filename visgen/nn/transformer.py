@@ -264,6 +264,8 @@ class Transformer(nn.Module):
         fused = not torch.is_grad_enabled()
         h, next_ws = None, [None] * len(self.blocks)
         if fused:
+            if x_BLD._base is not None:  # a view (of the guided batch, say): the first block would trace apart from
+                x_BLD = x_BLD.clone()  # the rest, whose input is a block's output (a compiled graph more)
             h = self.blocks[0].norm1(x_BLD)
             ones = self.norm_ones
             next_ws = [b.norm1.weight if b.norm1.weight is not None else ones for b in self.blocks[1:]]

@@ -211,7 +211,7 @@ class _BatchState:
     def __init__(self, model, batch: int, guided: bool, dtype, device):
         self.guided = guided
         rows = 2 * batch if guided else batch
-        self.cache = model.backbone.new_cache(rows, model.schedule.seq_len, dtype, device)
+        self.cache = model.backbone.new_cache(rows, model.schedule.seq_len + 1, dtype, device)
         self.labels = torch.zeros(rows, dtype=torch.long, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.noise = CounterNoise(0, self.ids)
