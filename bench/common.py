@@ -25,6 +25,14 @@ def sync():
         torch.cuda.synchronize()
 
 
+def free_cached_memory():
+    """Return what earlier figures left in the allocator's cache (freed blocks, dropped graph pools) to the GPU, so
+    the next figure (a training row, a fresh process beside this one) starts from the memory there is."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Record:
     """Metrics printed as they come and written to ``results/NAME.json`` after each one (when a name is given)."""
 
@@ -121,9 +129,7 @@ def cold_first_batch(script: str, probe: list[str], pycache: str | None = None, 
     of Python bytecode to read and write (``PYTHONPYCACHEPREFIX``); without it the process runs as this environment
     has it."""
     seconds = []
-    gc.collect()
-    if torch.cuda.is_available():  # the caches this process keeps (graph pools, freed blocks) are the probe's memory
-        torch.cuda.empty_cache()
+    free_cached_memory()  # what this process keeps cached is memory the probe's process needs
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor", "TRITON_CACHE_DIR": f"{cache}/triton"}
         if pycache:
@@ -208,9 +214,7 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
     autocast, fused AdamW); {"oom": True} when the batch does not fit. Trains a copy: ``gen`` keeps its weights
     and stays uncompiled."""
     device = tokens.device
-    if device.type == "cuda":  # start from an empty allocator cache: what sampling before left cached fragments it
-        gc.collect()
-        torch.cuda.empty_cache()
+    free_cached_memory()  # what sampling before left cached would fragment it
     model = copy.deepcopy(gen).to(device).train()
     model.backbone.activation_checkpointing = checkpointing
     if compile:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import Record, parser, sync
+from common import Record, free_cached_memory, parser, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.train.generator_task import GeneratorTask, TokenDataset
@@ -318,9 +317,7 @@ def main():
         for bs in args.train_batches or SIZES[size]:
             key, best, bare_eager = f"{size}_b{bs}", ("", 0.0), None
             for mode in args.modes:
-                gc.collect()  # the modes before this one leave freed blocks in the allocator's cache: the GPT-B
-                if device.type == "cuda":  # graph row at batch 256 once ran out of memory beside 48 GiB of them
-                    torch.cuda.empty_cache()
+                free_cached_memory()  # the GPT-B graph row at batch 256 once ran out beside the rows' 48 GiB cached
                 try:
                     runs = {"bare": [], "trainer": []}
                     for r in range(args.rounds):  # alternating, so a drift of the machine weighs on both

@@ -211,6 +211,8 @@ class _BatchState:
     def __init__(self, model, batch: int, guided: bool, dtype, device):
         self.guided = guided
         rows = 2 * batch if guided else batch
+        # one slot past the sequence: no unit's read ends at the cache's end, which compiled blocks would specialise
+        # on (a graph of its own for the last unit); the spare slot is never written or read
         self.cache = model.backbone.new_cache(rows, model.schedule.seq_len + 1, dtype, device)
         self.labels = torch.zeros(rows, dtype=torch.long, device=device)
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)

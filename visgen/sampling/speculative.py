@@ -143,8 +143,7 @@ def _tokenizer_id(gen) -> tuple:
     """What makes the tokens a model reads: the tokenizer's type, vocabulary and the weights outside its decoder (a
     draft and a target whose decoders differ, one fine-tuned on the same tokens, still read the same tokens)."""
     tok = gen.tokenizer
-    weights = tok.token_state() if hasattr(tok, "token_state") else tok.state_dict()
-    state = {k: v for k, v in weights.items() if v.is_floating_point()}
+    state = {k: v for k, v in tok.token_state().items() if v.is_floating_point()}
     fingerprint = tuple(round(float(v.double().sum()), 4) for v in state.values())
     return type(tok).__name__, getattr(tok, "vocab_size", None), getattr(tok, "latent_channels", None), fingerprint
 
