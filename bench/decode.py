@@ -5,6 +5,12 @@ in the layouts a sampler could use, so the sampler's choice rests on figures:
     nhwc            bf16, channels-last, the toolkit's GroupNorm (keeps channels-last; what the sampler uses)
     nhwc_native_gn  bf16, channels-last, ``nn.GroupNorm`` (returns channels-first before torch 2.12)
     nhwc_compiled   ``nhwc`` under ``torch.compile`` (fused norms and activations); its first batch includes compile
+    *_heuristic     ``nhwc`` or ``nhwc_compiled`` with cuDNN's heuristics choosing each convolution's algorithm
+                    (``cudnn.benchmark`` off) instead of timing every candidate at a shape's first call
+
+Every mode's first batch is timed apart (CUDA is started before the first); a convolution shape that an earlier mode
+benchmarked is not timed again in the process, so ``nhwc``'s first batch holds the timing of the decoder's shapes, and
+the second compiled mode reuses the first one's graph, so the first holds the compile.
 
     python bench/decode.py [--name bench-decode] [--batch 256] [--profile]    # a GPU; --tiny checks it on a CPU
 """
@@ -21,10 +27,11 @@ from var import build
 
 from visgen.tokenizers.modules import GroupNorm
 
-MODES = ("nchw", "nhwc", "nhwc_native_gn", "nhwc_compiled")
+MODES = ("nchw", "nhwc_heuristic", "nhwc", "nhwc_native_gn", "nhwc_compiled_heuristic", "nhwc_compiled")
 
 
 def decoder_for(tokenizer, mode: str, dtype: torch.dtype, device: torch.device):
+    mode = mode.removesuffix("_heuristic")
     fmt = torch.contiguous_format if mode == "nchw" else torch.channels_last
     dec = copy.deepcopy(tokenizer).to(device=device, dtype=dtype, memory_format=fmt).eval()
     if mode == "nhwc_native_gn":
@@ -52,9 +59,12 @@ def main():
     rec.add("batch", args.batch, "d")
     rec.add("image_size", tok.downsample * tok.scales[-1], "d")
     tokens = torch.randint(0, tok.vocab_size, (args.batch, sum(s * s for s in tok.scales)), device=device)
+    torch.ones(1, device=device).add_(1)  # CUDA's start is no mode's first batch
+    sync()
     for mode in args.modes:
         dec = decoder_for(tok, mode, dtype, device)
-        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, benchmark=True):
+        benchmark = not mode.endswith("_heuristic")
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, benchmark=benchmark):
             sync()
             t0 = time.perf_counter()
             dec.decode(tokens)
@@ -65,7 +75,7 @@ def main():
                 dec.decode(tokens)
             sync()
             rec.add(f"{mode}_images_per_s", args.repeats * args.batch / (time.perf_counter() - t0), unit="images/s")
-            if args.profile and mode != "nhwc_compiled":
+            if args.profile and "compiled" not in mode:
                 from torch.profiler import ProfilerActivity, profile
 
                 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
