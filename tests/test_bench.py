@@ -32,15 +32,23 @@ def test_bench_runs_and_writes_its_result(script, tmp_path):
         assert m["nfig_train_eager_b4_tokens_per_s"] > 0 and m["nfig_tokens_per_image"] < m["tokens_per_image"]
 
 
-def test_token_bench_probe_times_a_first_batch(tmp_path):
-    """``--cold`` runs this probe in a fresh process per compiled mode and batch size."""
+@pytest.mark.parametrize(
+    "script,probe", [("bench/token_ar.py", ["default", "2"]), ("bench/var.py", ["var", "default", "2"])]
+)
+def test_bench_probe_times_a_first_batch_and_its_parts(script, probe, tmp_path):
+    """``--cold`` runs this probe in a fresh process per compiled mode and batch size: the first batch, split into
+    drawing the tokens and (VAR) decoding them, and Dynamo's share."""
     repo = Path.cwd()
     out = subprocess.run(
-        [sys.executable, str(repo / "bench/token_ar.py"), "--tiny", "--probe", "default", "2"],
+        [sys.executable, str(repo / script), "--tiny", "--probe", *probe],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])["first_batch_s"] > 0
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["first_batch_s"] > 0 and r["tokens_s"] > 0
+    assert ("decode_s" in r) == ("var" in script)
+    assert r["tokens_s"] + r.get("decode_s", 0) == pytest.approx(r["first_batch_s"], rel=1e-6)
+    assert r["graphs"] == 0 and r["compile_s"] == 0  # the CPU's default (compile="auto") runs eagerly
 
 
 def test_profile_prints_the_split_and_the_top_operators(tmp_path):
