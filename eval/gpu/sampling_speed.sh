@@ -7,11 +7,16 @@
 #     -> results/$VAR.json;
 #   continuous tokens at MAR-B size, unit 1, batch 64 / 256, the head's 100 steps and 50 (bench/diffusion_ar.py)
 #     -> results/$DIFF.json.
-# BENCHES: which of token, var, diffusion to run (default: all three; one that fails does not stop the next).
-# EXTRA: flags for every bench (a CPU dry run: EXTRA="--tiny --sample-batches 2" COLD_VAR=2).
+#   and, when BENCHES names it, decode: VAR's decoder alone in each layout, with cuDNN timing each convolution's
+#     algorithms at a shape's first call and with its heuristics (bench/decode.py) -> results/$DECODE.json.
+# BENCHES: which of token, var, diffusion, decode to run (default: the first three; one that fails does not stop the
+# next).
+# EXTRA: flags for token, var and diffusion, DECODE_EXTRA for decode (a CPU dry run: EXTRA="--tiny --sample-batches 2"
+# COLD_VAR=2 DECODE_EXTRA="--tiny --batch 2").
 # Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
 set -euo pipefail
-TOKEN=${TOKEN:-bench-token-ar} VAR=${VAR:-bench-var} DIFF=${DIFF:-bench-diffusion-ar} EXTRA=${EXTRA:-}
+TOKEN=${TOKEN:-bench-token-ar} VAR=${VAR:-bench-var} DIFF=${DIFF:-bench-diffusion-ar} DECODE=${DECODE:-bench-decode}
+EXTRA=${EXTRA:-} DECODE_EXTRA=${DECODE_EXTRA:-}
 COLD_VAR=${COLD_VAR:-256}
 BENCHES=${BENCHES:-token var diffusion} failed=0
 run() {  # $1: the bench's name in BENCHES; a bench that fails is counted and the next still runs
@@ -25,4 +30,5 @@ run var python bench/var.py --name $VAR --sample-modes default --cold default --
   --train-batches $EXTRA > $OUT/var.log 2>&1
 run diffusion python bench/diffusion_ar.py --name $DIFF --modes default --head-steps 0 50 --unit-sizes 1 \
   --sample-batches 64 256 --cold default --train-batches $EXTRA > $OUT/diffusion-ar.log 2>&1
+run decode python bench/decode.py --name $DECODE $DECODE_EXTRA > $OUT/decode.log 2>&1
 exit $failed
