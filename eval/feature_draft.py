@@ -10,6 +10,8 @@ sum_x min(p(x), q(x)) (temperature 1, no guidance). Reported on held-out images,
 - ``overlap_depth1``: the first drafted token (the draft reads the target's true feature);
 - ``overlap_depth2``: the second (it reads its own predicted feature, as drafting further does);
 - ``overlap_unigram``: a draft that ignores the context (the training tokens' frequencies), the floor;
+- ``overlap_null_depth1``: the first drafted token where the target reads the null class, as the unguided half of a
+  guided batch does;
 - ``tokens_per_pass_gamma{g}``: (1 - a^(g+1)) / (1 - a) at a = ``overlap_depth1``, the tokens a verifying pass would
   keep if every position were accepted as often as the first (an upper bound where depth lowers it);
 - with ``--sample-images``: acceptance and tokens per pass as the sampler draws, Jacobi drafts beside.
@@ -89,17 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     target = target.cpu()
     freq = torch.bincount(train.tokens.flatten(), minlength=target.tokenizer.vocab_size).float() + 1
     log_unigram = (freq / freq.sum()).log()
-    sums, counts = torch.zeros(4), torch.zeros(4)
+    sums, counts = torch.zeros(5), torch.zeros(5)
     with torch.no_grad():
         for idx in torch.arange(len(val)).split(args.batch_size):
             seq, feats, logp = target_pass(target, val.tokens[idx], val.labels[idx])
             _, logq1, logq2 = draft_pass(draft, target, seq, feats, depth2=True)
             kl = F.kl_div(logq1, logp[:, 1:], log_target=True, reduction="none").sum(-1)
+            _, feats_null, logp_null = target_pass(target, val.tokens[idx], torch.full_like(idx, target.null_class))
+            _, logq_null, _ = draft_pass(draft, target, seq, feats_null)
             for i, v in enumerate((overlap(logp[:, 1:], logq1), overlap(logp[:, 2:], logq2),
-                                   overlap(logp[:, 1:], log_unigram), kl)):  # fmt: skip
+                                   overlap(logp[:, 1:], log_unigram), kl, overlap(logp_null[:, 1:], logq_null))):  # fmt: skip
                 sums[i], counts[i] = sums[i] + v.sum(), counts[i] + v.numel()
-    a1, a2, uni, kl = (sums / counts).tolist()
-    metrics = {"overlap_depth1": a1, "overlap_depth2": a2, "overlap_unigram": uni, "val_kl": kl,
+    a1, a2, uni, kl, a_null = (sums / counts).tolist()
+    metrics = {"overlap_depth1": a1, "overlap_depth2": a2, "overlap_unigram": uni, "overlap_null_depth1": a_null,
+               "val_kl": kl,
                "draft_params": sum(q.numel() for q in draft.parameters()),
                "target_params": sum(q.numel() for q in target.parameters()), "train_images": len(train),
                "val_images": len(val), "draft": args.draft}  # fmt: skip

@@ -414,6 +414,7 @@ def test_train_py_trains_a_feature_draft(tmp_path, capsys):
     acc = [r["val/acceptance"] for r in records if "val/acceptance" in r]
     loss = [r["val/loss"] for r in records if "val/loss" in r]
     assert len(acc) >= 2 and acc[-1] > acc[0] and 0 < acc[-1] <= 1 and loss[-1] < loss[0]
+    assert all(0 < r["val/acceptance_null"] <= 1 for r in records if "val/acceptance" in r)
     draft = load_model(out / "final")
     assert isinstance(draft, FeatureDraft) and draft.config.target == "asset:cifar10-token-ar"
     target = load_model("visgen/assets/cifar10-token-ar", ema=True).float().eval()
@@ -439,7 +440,7 @@ def test_train_py_trains_a_feature_draft(tmp_path, capsys):
                           "--val-images", "16", "--sample-images", "2", "--gammas", "2", "--name", "g",
                           "--results-dir", str(tmp_path)]) == 0  # fmt: skip
     m = json.loads((tmp_path / "g.json").read_text())["metrics"]
-    assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram"))
+    assert all(0 < m[k] <= 1 for k in ("overlap_depth1", "overlap_depth2", "overlap_unigram", "overlap_null_depth1"))
     assert m["overlap_depth1"] > m["overlap_unigram"] and m["draft_params"] < m["target_params"]
     assert 1 <= m["tokens_per_pass_gamma2"] <= 3 and 1 <= m["sampler_tokens_per_pass_feature_gamma2"] <= 3
     assert 0 <= m["sampler_acceptance_jacobi_gamma2"] <= 1
@@ -456,3 +457,27 @@ def test_train_py_trains_a_feature_draft(tmp_path, capsys):
     capsys.readouterr()
     assert train_main([*args[:-1], f"train.out_dir={tmp_path / 'bad'}", "model.target=visgen/assets/cifar10-vq"]) == 2
     assert "needs a token model" in capsys.readouterr().err
+
+
+def test_feature_draft_task_reads_null_labels_at_the_recipes_share():
+    """``model.null_labels``: that share of training sequences reach the target with the null class (what the
+    unguided half of a guided batch reads); 1 is every one, 0 none. Validation reports the held-out acceptance under
+    the null class beside the images' own; a share outside [0, 1] is refused."""
+    from types import SimpleNamespace
+
+    from visgen.sampling.feature_draft import draft_loss
+    from visgen.train.feature_draft_task import FeatureDraftRecipe, FeatureDraftTask
+
+    target = tiny_generator()
+    tokens = torch.randint(0, target.tokenizer.vocab_size, (3, *target.tokenizer.grid_shape(16)))
+    batch = {"tokens": tokens, "label": torch.tensor([0, 1, 2])}
+    null = torch.full((3,), target.null_class)
+    for share, labels in ((1.0, null), (0.0, batch["label"])):
+        task = FeatureDraftTask(feature_draft(target, 2), target, null_labels=share)
+        loss, _ = task(batch, step=0)
+        assert torch.allclose(loss, draft_loss(task.model, target, tokens, labels))
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=lambda t, op: t)
+    val = task.validate(task.model, [batch], accelerator)
+    assert 0 < val["acceptance_null"] <= 1 and val["acceptance_null"] != val["acceptance"]
+    with pytest.raises(ConfigError, match="null_labels"):
+        FeatureDraftRecipe(null_labels=1.5)

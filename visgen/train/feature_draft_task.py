@@ -6,7 +6,8 @@ tokens are cached once with the target's tokenizer (the ``tokenizer`` section, a
 ``draft_loss`` (KL(p || q) at every next position plus the feature pull); validation reports it as ``loss`` (what
 the kept model is chosen by) beside ``acceptance`` and ``acceptance_depth2``, the held-out overlap sum_x min(p, q)
 at the first and the second drafted token: the rate at which speculative decoding accepts them (temperature 1, no
-guidance). A preview is the target's samples drawn through this draft.
+guidance), and ``acceptance_null``, the first token's where the target reads the null class (the unguided half of a
+guided batch). A preview is the target's samples drawn through this draft.
 """
 
 from __future__ import annotations
@@ -33,24 +34,28 @@ from visgen.sampling.feature_draft import (
 class FeatureDraftRecipe:
     """The recipe's ``model`` section. target: the token generator the draft reads (a folder, ``asset:NAME`` or a
     Hub id; its EMA weights where it has them); n_layer: the draft's transformer blocks; feature_weight: the
-    smooth-L1 feature term beside the KL."""
+    smooth-L1 feature term beside the KL; null_labels: the share of training sequences the target reads with the null
+    class instead of the image's (under guidance half the rows a draft drafts for are the unguided ones, which read
+    the null class; 0: only the images' classes)."""
 
     target: str = "asset:cifar10-token-ar"
     n_layer: int = 1
     feature_weight: float = 1.0
+    null_labels: float = 0.0
 
     def __post_init__(self):
-        if self.n_layer < 1 or self.feature_weight < 0:
-            raise ConfigError(f"model.n_layer must be >= 1 and model.feature_weight >= 0; got {self}")
+        if self.n_layer < 1 or self.feature_weight < 0 or not 0 <= self.null_labels <= 1:
+            raise ConfigError(f"model.n_layer must be >= 1, model.feature_weight >= 0 and model.null_labels in [0, 1]; "
+                              f"got {self}")  # fmt: skip
 
 
 class FeatureDraftTask(nn.Module):
     """Trains ``draft`` (``task.model``) with ``target`` frozen; see the module docstring."""
 
-    def __init__(self, draft: FeatureDraft, target, feature_weight: float = 1.0):
+    def __init__(self, draft: FeatureDraft, target, feature_weight: float = 1.0, null_labels: float = 0.0):
         super().__init__()
         draft.check_target(target)
-        self.model, self.feature_weight = draft, feature_weight
+        self.model, self.feature_weight, self.null_labels = draft, feature_weight, null_labels
         target.eval().requires_grad_(False)
         self._target = [target]  # a list: not a submodule (not trained, not saved, not compiled)
 
@@ -62,24 +67,31 @@ class FeatureDraftTask(nn.Module):
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
-        loss = draft_loss(self.model, self.target_on(tokens.device), tokens, labels, self.feature_weight)
+        target = self.target_on(tokens.device)
+        if self.null_labels > 0:
+            null = torch.rand(labels.shape, device=labels.device) < self.null_labels
+            labels = labels.masked_fill(null, target.null_class)
+        loss = draft_loss(self.model, target, tokens, labels, self.feature_weight)
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def validate(self, model: FeatureDraft, batches, accelerator) -> dict[str, float]:
-        sums = torch.zeros(4, device=accelerator.device, dtype=torch.float64)
+        sums = torch.zeros(5, device=accelerator.device, dtype=torch.float64)
         for batch in batches:
             tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
             target = self.target_on(tokens.device)
             seq, feats, logp = target_pass(target, tokens, labels)
             pred, logq1, logq2 = draft_pass(model, target, seq, feats, depth2=True)
+            _, feats_null, logp_null = target_pass(target, tokens, torch.full_like(labels, target.null_class))
+            _, logq_null, _ = draft_pass(model, target, seq, feats_null)
             n = len(labels)
             values = [loss_of(pred, logq1, feats, logp, self.feature_weight), overlap(logp[:, 1:], logq1).mean(),
-                      overlap(logp[:, 2:], logq2).mean()]  # fmt: skip
+                      overlap(logp[:, 2:], logq2).mean(), overlap(logp_null[:, 1:], logq_null).mean()]  # fmt: skip
             sums += torch.stack([*(v.double() * n for v in values), sums.new_tensor(float(n))])
         sums = accelerator.reduce(sums, "sum").tolist()
         n = max(sums[-1], 1)
-        return {"loss": sums[0] / n, "acceptance": sums[1] / n, "acceptance_depth2": sums[2] / n}
+        return {"loss": sums[0] / n, "acceptance": sums[1] / n, "acceptance_depth2": sums[2] / n,
+                "acceptance_null": sums[3] / n}  # fmt: skip
 
     @torch.no_grad()
     def preview(self, model: FeatureDraft, batch: dict) -> torch.Tensor:
@@ -108,4 +120,4 @@ def build_feature_draft_task(recipe: dict, train_set, val_set=None) -> tuple:
         val_set = TokenDataset.encode(val_set, target.tokenizer, tok_cfg.batch_size, seed)
     draft = FeatureDraft.for_target(target, cfg.n_layer)
     draft.config.target = ref
-    return FeatureDraftTask(draft, target, cfg.feature_weight), train_set, val_set
+    return FeatureDraftTask(draft, target, cfg.feature_weight, cfg.null_labels), train_set, val_set
