@@ -481,3 +481,29 @@ def test_feature_draft_task_reads_null_labels_at_the_recipes_share():
     assert 0 < val["acceptance_null"] <= 1 and val["acceptance_null"] != val["acceptance"]
     with pytest.raises(ConfigError, match="null_labels"):
         FeatureDraftRecipe(null_labels=1.5)
+
+
+def test_feature_draft_loss_trains_the_second_drafted_token_at_its_weight():
+    """``model.depth2_weight``: the loss adds that weight times the second drafted token's loss, where the draft reads
+    its own predicted feature, and its gradient reaches the draft through both steps; 0 is the first token's alone.
+    Validation's overlaps are the ones ``draft_pass`` gives either way."""
+    from visgen.sampling.feature_draft import draft_loss, draft_pass, log_q, loss_of, target_pass
+    from visgen.train.feature_draft_task import FeatureDraftRecipe
+
+    target = tiny_generator()
+    draft = feature_draft(target, 3)
+    tokens = torch.randint(0, target.tokenizer.vocab_size, (2, *target.tokenizer.grid_shape(16)))
+    labels = torch.tensor([0, 3])
+    seq, feats, logp = target_pass(target, tokens, labels)
+    pred1, logq1, logq2 = draft_pass(draft, target, seq, feats, depth2=True)
+    first = loss_of(pred1, logq1, feats, logp, 1.0)
+    assert torch.allclose(draft_loss(draft, target, tokens, labels), first)
+    both = draft_loss(draft, target, tokens, labels, depth2_weight=0.5)
+    second = (both - first) / 0.5
+    assert second > 0 and torch.allclose(log_q(target, pred1), logq1)
+    kl2 = torch.nn.functional.kl_div(logq2, logp[:, 2:], log_target=True, reduction="none").sum(-1).mean()
+    assert second >= kl2 - 1e-6  # the second token's KL plus its feature pull
+    both.backward()
+    assert draft.fc.weight.grad is not None and draft.fc.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="depth2_weight"):
+        FeatureDraftRecipe(depth2_weight=-1)

@@ -114,18 +114,33 @@ def draft_pass(draft: FeatureDraft, target, seq, feats, depth2: bool = False):
     """The draft's predicted features and log q at positions 1..L-1 (depth 1: it reads the target's features), and
     with ``depth2`` its log q at 2..L-1 (it reads its own prediction of the feature before, as drafting further
     does)."""
-    emb, pos = target.input_emb(seq), target.positions
-    logq = lambda f: target.head.logits(f).float().log_softmax(-1)  # noqa: E731
-    pred1 = draft(feats[:, :-1], emb[:, :-1], pos[1:])
-    pred2 = draft(pred1[:, :-1], emb[:, 1:-1], pos[2:]) if depth2 else None
-    return pred1, logq(pred1), logq(pred2) if depth2 else None
+    pred1 = draft(feats[:, :-1], target.input_emb(seq[:, :-1]), target.positions[1:])
+    pred2 = second_step(draft, target, seq, pred1) if depth2 else None
+    return pred1, log_q(target, pred1), log_q(target, pred2) if depth2 else None
 
 
-def draft_loss(draft: FeatureDraft, target, tokens, labels, feature_weight: float = 1.0) -> torch.Tensor:
-    """KL(p || q) at every next position plus ``feature_weight`` x smooth-L1 to the target's features."""
+def second_step(draft: FeatureDraft, target, seq, pred1):
+    """The draft's predicted features at positions 2..L-1 where it reads its own prediction ``pred1`` of the feature
+    before (``draft_pass``'s first step), as drafting a second token does."""
+    return draft(pred1[:, :-1], target.input_emb(seq[:, 1:-1]), target.positions[2:])
+
+
+def log_q(target, features):
+    return target.head.logits(features).float().log_softmax(-1)
+
+
+def draft_loss(draft: FeatureDraft, target, tokens, labels, feature_weight: float = 1.0,
+               depth2_weight: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """KL(p || q) at every next position plus ``feature_weight`` x smooth-L1 to the target's features; with
+    ``depth2_weight``, that weight times the same loss of the second drafted token, where the draft reads its own
+    prediction of the feature before, trained through both steps (EAGLE-3's training-time test, one step deep)."""
     seq, feats, logp = target_pass(target, tokens, labels)
     pred, logq, _ = draft_pass(draft, target, seq, feats)
-    return loss_of(pred, logq, feats, logp, feature_weight)
+    loss = loss_of(pred, logq, feats, logp, feature_weight)
+    if depth2_weight:
+        pred2 = second_step(draft, target, seq, pred)
+        loss = loss + depth2_weight * loss_of(pred2, log_q(target, pred2), feats[:, 1:], logp[:, 1:], feature_weight)
+    return loss
 
 
 def loss_of(pred, logq, feats, logp, feature_weight: float) -> torch.Tensor:

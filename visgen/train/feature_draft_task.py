@@ -36,26 +36,30 @@ class FeatureDraftRecipe:
     Hub id; its EMA weights where it has them); n_layer: the draft's transformer blocks; feature_weight: the
     smooth-L1 feature term beside the KL; null_labels: the share of training sequences the target reads with the null
     class instead of the image's (under guidance half the rows a draft drafts for are the unguided ones, which read
-    the null class; 0: only the images' classes)."""
+    the null class; 0: only the images' classes); depth2_weight: the weight of the same loss at the second drafted
+    token, where the draft reads its own predicted feature (``draft_loss``; 0: the first token's alone)."""
 
     target: str = "asset:cifar10-token-ar"
     n_layer: int = 1
     feature_weight: float = 1.0
     null_labels: float = 0.0
+    depth2_weight: float = 0.0
 
     def __post_init__(self):
-        if self.n_layer < 1 or self.feature_weight < 0 or not 0 <= self.null_labels <= 1:
-            raise ConfigError(f"model.n_layer must be >= 1, model.feature_weight >= 0 and model.null_labels in [0, 1]; "
-                              f"got {self}")  # fmt: skip
+        if self.n_layer < 1 or min(self.feature_weight, self.depth2_weight) < 0 or not 0 <= self.null_labels <= 1:
+            raise ConfigError("model.n_layer must be >= 1, model.feature_weight and model.depth2_weight >= 0 and "
+                              f"model.null_labels in [0, 1]; got {self}")  # fmt: skip
 
 
 class FeatureDraftTask(nn.Module):
     """Trains ``draft`` (``task.model``) with ``target`` frozen; see the module docstring."""
 
-    def __init__(self, draft: FeatureDraft, target, feature_weight: float = 1.0, null_labels: float = 0.0):
+    def __init__(self, draft: FeatureDraft, target, feature_weight: float = 1.0, null_labels: float = 0.0,
+                 depth2_weight: float = 0.0):  # fmt: skip
         super().__init__()
         draft.check_target(target)
         self.model, self.feature_weight, self.null_labels = draft, feature_weight, null_labels
+        self.depth2_weight = depth2_weight
         target.eval().requires_grad_(False)
         self._target = [target]  # a list: not a submodule (not trained, not saved, not compiled)
 
@@ -71,7 +75,7 @@ class FeatureDraftTask(nn.Module):
         if self.null_labels > 0:
             null = torch.rand(labels.shape, device=labels.device) < self.null_labels
             labels = labels.masked_fill(null, target.null_class)
-        loss = draft_loss(self.model, target, tokens, labels, self.feature_weight)
+        loss = draft_loss(self.model, target, tokens, labels, self.feature_weight, self.depth2_weight)
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
@@ -120,4 +124,4 @@ def build_feature_draft_task(recipe: dict, train_set, val_set=None) -> tuple:
         val_set = TokenDataset.encode(val_set, target.tokenizer, tok_cfg.batch_size, seed)
     draft = FeatureDraft.for_target(target, cfg.n_layer)
     draft.config.target = ref
-    return FeatureDraftTask(draft, target, cfg.feature_weight, cfg.null_labels), train_set, val_set
+    return FeatureDraftTask(draft, target, cfg.feature_weight, cfg.null_labels, cfg.depth2_weight), train_set, val_set
