@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.results import metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.feature_draft import FeatureDraft, check_token_target, draft_pass, overlap, target_pass
+from visgen.sampling.feature_draft import FeatureDraft, check_token_target, held_out_overlaps, overlap
 from visgen.train.generator_task import TokenDataset
 
 
@@ -94,13 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     sums, counts = torch.zeros(5), torch.zeros(5)
     with torch.no_grad():
         for idx in torch.arange(len(val)).split(args.batch_size):
-            seq, feats, logp = target_pass(target, val.tokens[idx], val.labels[idx])
-            _, logq1, logq2 = draft_pass(draft, target, seq, feats, depth2=True)
-            kl = F.kl_div(logq1, logp[:, 1:], log_target=True, reduction="none").sum(-1)
-            _, feats_null, logp_null = target_pass(target, val.tokens[idx], torch.full_like(idx, target.null_class))
-            _, logq_null, _ = draft_pass(draft, target, seq, feats_null)
-            for i, v in enumerate((overlap(logp[:, 1:], logq1), overlap(logp[:, 2:], logq2),
-                                   overlap(logp[:, 1:], log_unigram), kl, overlap(logp_null[:, 1:], logq_null))):  # fmt: skip
+            o = held_out_overlaps(draft, target, val.tokens[idx], val.labels[idx])
+            unigram = overlap(o["logp"][:, 1:], log_unigram)
+            for i, v in enumerate((o["depth1"], o["depth2"], unigram, o["kl"], o["null"])):
                 sums[i], counts[i] = sums[i] + v.sum(), counts[i] + v.numel()
     a1, a2, uni, kl, a_null = (sums / counts).tolist()
     metrics = {"overlap_depth1": a1, "overlap_depth2": a2, "overlap_unigram": uni, "overlap_null_depth1": a_null,

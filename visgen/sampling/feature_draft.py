@@ -125,6 +125,21 @@ def second_step(draft: FeatureDraft, target, seq, pred1):
     return draft(pred1[:, :-1], target.input_emb(seq[:, 1:-1]), target.positions[2:])
 
 
+def held_out_overlaps(draft: FeatureDraft, target, tokens: torch.Tensor, labels: torch.Tensor) -> dict:
+    """What a validation pass over a batch measures, each per position: ``depth1`` / ``depth2`` (``overlap`` of the
+    first and second drafted token's q with p, ``draft_pass``), ``null`` (the first, where the target reads the null
+    class, as the unguided half of a guided batch does); ``kl`` (KL(p || q) at depth 1) and the passes' outputs
+    (``pred``, ``feats``, ``logp``, ``logq``) for a loss."""
+    seq, feats, logp = target_pass(target, tokens, labels)
+    pred, logq1, logq2 = draft_pass(draft, target, seq, feats, depth2=True)
+    _, feats_null, logp_null = target_pass(target, tokens, torch.full_like(labels, target.null_class))
+    _, logq_null, _ = draft_pass(draft, target, seq, feats_null)
+    return {"depth1": overlap(logp[:, 1:], logq1), "depth2": overlap(logp[:, 2:], logq2),
+            "null": overlap(logp_null[:, 1:], logq_null),
+            "kl": F.kl_div(logq1, logp[:, 1:], log_target=True, reduction="none").sum(-1),
+            "pred": pred, "feats": feats, "logp": logp, "logq": logq1}  # fmt: skip
+
+
 def log_q(target, features):
     return target.head.logits(features).float().log_softmax(-1)
 

@@ -23,10 +23,8 @@ from visgen.sampling.feature_draft import (
     FeatureDraft,
     check_token_target,
     draft_loss,
-    draft_pass,
+    held_out_overlaps,
     loss_of,
-    overlap,
-    target_pass,
 )
 
 
@@ -84,13 +82,10 @@ class FeatureDraftTask(nn.Module):
         for batch in batches:
             tokens, labels = batch["tokens"], batch["label"].clamp_min(0)
             target = self.target_on(tokens.device)
-            seq, feats, logp = target_pass(target, tokens, labels)
-            pred, logq1, logq2 = draft_pass(model, target, seq, feats, depth2=True)
-            _, feats_null, logp_null = target_pass(target, tokens, torch.full_like(labels, target.null_class))
-            _, logq_null, _ = draft_pass(model, target, seq, feats_null)
+            o = held_out_overlaps(model, target, tokens, labels)
             n = len(labels)
-            values = [loss_of(pred, logq1, feats, logp, self.feature_weight), overlap(logp[:, 1:], logq1).mean(),
-                      overlap(logp[:, 2:], logq2).mean(), overlap(logp_null[:, 1:], logq_null).mean()]  # fmt: skip
+            values = [loss_of(o["pred"], o["logq"], o["feats"], o["logp"], self.feature_weight),
+                      *(o[k].mean() for k in ("depth1", "depth2", "null"))]  # fmt: skip
             sums += torch.stack([*(v.double() * n for v in values), sums.new_tensor(float(n))])
         sums = accelerator.reduce(sums, "sum").tolist()
         n = max(sums[-1], 1)
