@@ -105,8 +105,8 @@ def bench_sampling(gen, cfg: SamplingConfig, repeats: int, decode: bool, draft=N
 def probe_first_batch(gen, cfg: SamplingConfig, images: int, decode: bool):
     """Print (as JSON) the seconds from building a sampler to its first batch: what ``cold_first_batch`` times in a
     fresh process (the bench scripts' hidden ``--probe``). With ``decode`` the batch's tokens are drawn and then
-    decoded as ``Sampler.sample_images`` does for one batch (same streams' work in order, convolution algorithms timed
-    per shape), each part timed: ``tokens_s`` and ``decode_s``."""
+    decoded by ``Sampler.decode`` as ``Sampler.sample_images`` does for one batch, each part timed: ``tokens_s``
+    and ``decode_s``."""
     labels = torch.arange(cfg.batch_size) % gen.config.num_classes
     sync()
     t0 = time.perf_counter()
@@ -115,8 +115,7 @@ def probe_first_batch(gen, cfg: SamplingConfig, images: int, decode: bool):
     sync()
     drawn = done = time.perf_counter()
     if decode:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
-            sampler.model.decode_tokens(tokens, sampler.decoder)
+        sampler.decode(tokens)
         sync()
         done = time.perf_counter()
     # of those seconds, what Dynamo spent (cache hits included): tracing Python into graphs, and the backend

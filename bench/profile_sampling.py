@@ -37,9 +37,9 @@ def main():
     sampler = Sampler(gen, cfg)
     labels = torch.arange(args.batch) % gen.config.num_classes
     tokens = sampler.sample_tokens(labels)  # warm-up: allocation, compile, graph capture
-    sampler.model.decode_tokens(tokens, sampler.decoder)
+    sampler.decode(tokens)
     for name, run in (("tokens", lambda: sampler.sample_tokens(labels)),
-                      ("decode", lambda: sampler.model.decode_tokens(tokens, sampler.decoder))):  # fmt: skip
+                      ("decode", lambda: sampler.decode(tokens))):  # fmt: skip
         sync()
         t0 = time.perf_counter()
         run()

@@ -491,8 +491,8 @@ class Sampler:
     def sample_video(self, labels, frames: int, sample_ids=None, progress: bool = False) -> torch.Tensor:
         """Clips (N, frames, C, H, W) in [-1, 1] of ``sample_video_tokens``' latents."""
         tokens = self.sample_video_tokens(labels, frames, sample_ids, progress)
-        bs, dec = self.cfg.batch_size, self.decoder
-        return torch.cat([self.model.decode_tokens(tokens[i : i + bs], dec) for i in range(0, len(tokens), bs)])
+        bs = self.cfg.batch_size
+        return torch.cat([self.decode(tokens[i : i + bs]) for i in range(0, len(tokens), bs)])
 
     @torch.no_grad()
     def sample_video_tokens(self, labels, frames: int, sample_ids=None, progress: bool = False) -> torch.Tensor:
@@ -576,6 +576,13 @@ class Sampler:
         return m.schedule.split_units(m.schedule.to_sequence(tokens))[:units]
 
     @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images (clips for a video model) in [-1, 1] of one batch of ``tokens`` as the sampler drew them, through
+        the model's decoder (on a GPU its convolution algorithms timed per shape)."""
+        with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+            return self.model.decode_tokens(tokens, self.decoder)
+
+    @torch.no_grad()
     def sample_images(self, labels, sample_ids=None, progress: bool = False, context=None,
                       context_units: int = 0) -> torch.Tensor:  # fmt: skip
         """Images in [-1, 1], (N, C, H, W) (clips (N, T, C, H, W) for a video model). ``context`` with
@@ -587,13 +594,12 @@ class Sampler:
         cuda = self.device.type == "cuda"
         main, side = (torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)) if cuda else (None, None)
         images = []
-        with torch.backends.cudnn.flags(enabled=True, benchmark=True):  # convolution algorithms timed per shape
-            for tokens in self._token_batches(labels, sample_ids, progress, given):
-                if cuda:
-                    side.wait_stream(main)  # this batch's tokens are drawn
-                    tokens.record_stream(side)  # freed after the decode, not when drawing moves on
-                with torch.cuda.stream(side):  # no stream (a CPU): where it runs
-                    images.append(self.model.decode_tokens(tokens, self.decoder))
+        for tokens in self._token_batches(labels, sample_ids, progress, given):
+            if cuda:
+                side.wait_stream(main)  # this batch's tokens are drawn
+                tokens.record_stream(side)  # freed after the decode, not when drawing moves on
+            with torch.cuda.stream(side):  # no stream (a CPU): where it runs
+                images.append(self.decode(tokens))
         if cuda:
             main.wait_stream(side)
             for x in images:
