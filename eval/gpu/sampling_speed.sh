@@ -9,6 +9,8 @@
 #     -> results/$DIFF.json.
 #   and, when BENCHES names it, decode: VAR's decoder alone in each layout, with cuDNN timing each convolution's
 #     algorithms at a shape's first call and with its heuristics (bench/decode.py) -> results/$DECODE.json.
+# TOKEN_MODES: token AR's modes (default: default; e.g. "default autotuned_triton" to weigh max-autotune's fused matrix
+# products beside it, in the same run).
 # BENCHES: which of token, var, diffusion, decode to run (default: the first three; one that fails does not stop the
 # next).
 # EXTRA: flags for token, var and diffusion, DECODE_EXTRA for decode (a CPU dry run: EXTRA="--tiny --sample-batches 2"
@@ -17,14 +19,14 @@
 set -euo pipefail
 TOKEN=${TOKEN:-bench-token-ar} VAR=${VAR:-bench-var} DIFF=${DIFF:-bench-diffusion-ar} DECODE=${DECODE:-bench-decode}
 EXTRA=${EXTRA:-} DECODE_EXTRA=${DECODE_EXTRA:-}
-COLD_VAR=${COLD_VAR:-256}
+COLD_VAR=${COLD_VAR:-256} TOKEN_MODES=${TOKEN_MODES:-default}
 BENCHES=${BENCHES:-token var diffusion} failed=0
 run() {  # $1: the bench's name in BENCHES; a bench that fails is counted and the next still runs
   case " $BENCHES " in *" $1 "*) ;; *) return 0 ;; esac
   shift
   "$@" || { echo "failed: $*" >&2; failed=$((failed + 1)); }
 }
-run token python bench/token_ar.py --name $TOKEN --modes default --cold default --train-batches $EXTRA \
+run token python bench/token_ar.py --name $TOKEN --modes $TOKEN_MODES --cold default --train-batches $EXTRA \
   > $OUT/token-ar.log 2>&1
 run var python bench/var.py --name $VAR --sample-modes default --cold default --cold-batches $COLD_VAR \
   --train-batches $EXTRA > $OUT/var.log 2>&1
