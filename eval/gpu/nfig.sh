@@ -17,7 +17,7 @@ export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-2.5} GEN_MIN=${GEN_MIN:-6} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
 FREQ=${FREQ:-}
 D="data.path=$DATA/train val.path=$DATA/test"
-CMD="DATA=... TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN ${FREQ:+FREQ=$FREQ }bash eval/gpu/nfig.sh with STEP=1 then STEP=2"
+CMD="DATA=... TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN NUM_FD=$NUM_FD ${FREQ:+FREQ=$FREQ }bash eval/gpu/nfig.sh with STEP=1 then STEP=2"
 
 chain() {  # $1: tokenizer recipe name, $2: generator name
   local own=""
