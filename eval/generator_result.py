@@ -7,7 +7,8 @@ Training figures come from the run folder (``final/metrics.json``: steps, second
 ``metrics.jsonl``: last logged train loss, validation loss (and bits/dim) by step), sampling speed and the grid from a ``sample.py``
 output folder (``settings.json``, ``grid.png``, a video model's first GIF), FD/IS/KID/PR from ``eval/fid.py --report``
 (more reports: a guidance sweep, kept beside the headline), or a video model's figures from ``eval/fvd.py --report``
-(the first report's metrics as they are, a later one's with its clip length appended: ``dynamics_error_32f``). Nothing is computed
+(the first report's metrics as they are, a later one's with its clip length appended: ``dynamics_error_32f``) and
+the ``prediction_*`` figures of ``eval/dynamics.py --context-frames`` (``--prediction-report``). Nothing is computed
 here; a missing file is an error, not a gap in the result.
 """
 
@@ -85,6 +86,15 @@ def video_metrics(reports: list[str]) -> dict:
     return out
 
 
+def prediction_metrics(path: Path) -> dict:
+    """The ``prediction_*`` figures of an ``eval/dynamics.py --context-frames`` result."""
+    m = json.loads(path.read_text())["metrics"]
+    out = {k: v for k, v in m.items() if k.startswith("prediction_")}
+    if not out:
+        raise KeyError(f"{path} has no prediction figures (eval/dynamics.py --context-frames K)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the training run folder (with final/ and metrics.jsonl)")
@@ -97,6 +107,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("--video-report", nargs="+", default=[], help="JSON(s) written by eval/fvd.py --report (video)")
     p.add_argument("--bpd-report", help="a result written by eval/bpd.py --name (pixel models)")
+    p.add_argument("--prediction-report", help="a result written by eval/dynamics.py --context-frames K --name "
+                   "(video prediction: its prediction_* figures)")  # fmt: skip
+    p.add_argument("--gif", help="the GIF to keep as results/NAME.gif (default: the samples' first clip), e.g. "
+                   "eval/dynamics.py --gif's real, predicted and generated clips side by side")  # fmt: skip
     p.add_argument("--name", required=True)
     p.add_argument("--command", help="the command(s) that made the run (default: this command line)")
     p.add_argument("--results-dir", default="results")
@@ -112,6 +126,10 @@ def main(argv=None) -> int:
             metrics["fd_sweep"] = fd
         if args.bpd_report:
             metrics.update(bpd_metrics(Path(args.bpd_report)))
+        if args.prediction_report:
+            metrics.update(prediction_metrics(Path(args.prediction_report)))
+        if args.gif and not Path(args.gif).is_file():
+            raise OSError(f"--gif {args.gif}: no such file")
     except (OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: cannot assemble {args.name}: {e}", file=sys.stderr)
         return 2
@@ -120,6 +138,7 @@ def main(argv=None) -> int:
     if (samples / "grid.png").is_file():
         shutil.copyfile(samples / "grid.png", out / f"{args.name}.png")
     gifs = sorted((samples / "clips").glob("*.gif")) if (samples / "clips").is_dir() else []
+    gifs = [Path(args.gif)] if args.gif else gifs
     if gifs:
         shutil.copyfile(gifs[0], out / f"{args.name}.gif")
     print(json.dumps(metrics, indent=2, default=str))

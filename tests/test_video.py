@@ -309,9 +309,20 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     gen.save_pretrained(tmp_path / "gen")
     args = ["--input", str(tmp_path / "gen"), "--ref", str(moving), "--ref-split", "train", "--num-samples", "3",
             "--batch-size", "3", "--name", "d", "--results-dir", str(tmp_path)]  # fmt: skip
-    assert dynamics_main([*args, "--context-frames", "2"]) == 0
+    assert dynamics_main([*args, "--context-frames", "2", "--gif", str(tmp_path / "side.gif")]) == 0
     m = json.loads((tmp_path / "d.json").read_text())["metrics"]
     assert m["prediction_error_px_real"] == 0 and m["prediction_error_px"] >= 0 and "speed_distance_frozen" in m
+    assert m["prediction_context_frames"] == 2 and m["prediction_horizon"] == 4 and m["prediction_clips"] == 3
+    from PIL import Image
+
+    with Image.open(tmp_path / "side.gif") as gif:  # real, predicted, generated: 3 columns of 3 clips, 6 frames
+        assert gif.size == (3 * 32 + 2 * 2, 3 * 32) and gif.n_frames == 6
+    from eval.generator_result import prediction_metrics  # what a result file takes of it
+
+    assert prediction_metrics(tmp_path / "d.json") == {k: v for k, v in m.items() if k.startswith("prediction_")}
+    assert dynamics_main([*args, "--name", "plain"]) == 0  # no --context-frames: no prediction figures to take
+    with pytest.raises(KeyError, match="no prediction figures"):
+        prediction_metrics(tmp_path / "plain.json")
     assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames
 
 

@@ -117,6 +117,8 @@ def test_eval_fvd_scores_clips_with_copies_and_dynamics(clips64, tmp_path):
                      "--i3d-weights", str(tmp_path / "missing.pt")]) == 2  # fmt: skip
     np.savez(tmp_path / "bad.npz", arr_0=np.zeros((2, 3, 4), np.float32))
     assert fvd_main(["--input", str(tmp_path / "bad.npz"), *args]) == 2
+    # held-out clips that are the reference's own: the floors would be the reference's, refused
+    assert fvd_main(["--input", str(tmp_path / "copies.npz"), *args, "--ref-split", "test"]) == 2
 
 
 def test_train_video_classifier_writes_a_loadable_model(clips64, tmp_path):

@@ -5,9 +5,14 @@
 #   STEP=generator: the FAR-style generator (generators/moving-fmnist-far.yaml) for GEN_MIN minutes;
 #   STEP=eval:      a GIF and grid; NUM clips scored by eval/fvd.py at 16 frames (fd_fmnistcls_frames, fvd_mfmnistvid,
 #                   copies, dynamics against real and shuffled test clips) and at 32 (the window slides: per-frame FD
-#                   and dynamics); results/moving-fmnist-video.json + .gif; clips predicted from 4 context frames;
+#                   and dynamics); NUM test clips predicted from their first 4 frames (eval/dynamics.py:
+#                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
+#                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
 #                   bench/video.py (results/bench-video.json).
-# EXTRA: overrides for both trainings; RESULTS: where results go.
+# EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
+# run: FMNIST=tests/data/fashion-mnist MAKE="--train 64 --test 32" DATA=/tmp/mf TOK_MIN=0 GEN_MIN=0 NUM=8
+# EXTRA="train.steps=2 train.batch_size=4 train.num_workers=0 train.val_images=8 train.log_every=1" BENCH="--tiny"
+# RESULTS=/tmp/r).
 # Usage: FMNIST=$VISGEN_DATA/fashion-mnist OUT=/tmp/out STEP=tokenizer bash eval/gpu/video.sh; then generator, eval
 set -euo pipefail
 export TQDM_MININTERVAL=30
@@ -32,14 +37,18 @@ if [ "$STEP" = eval ]; then
   python eval/fvd.py --input $RUN/final --ref $DATA --num-samples $NUM --dynamics --report $RUN/fvd-16.json \
     > $OUT/fvd-16.log 2>&1
   # 32 frames (twice the training length, the window slides): per-frame FD and dynamics against 32-frame test clips
-  python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA-32 --train 0 --test 1000 --frames 32 \
+  # (the reference speeds and frames from NUM training clips of 32 frames, the floor from 1000 test clips)
+  python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA-32 --train $NUM --test 1000 --frames 32 \
     > $OUT/make-data-32.log 2>&1
-  python eval/fvd.py --input $RUN/final --ref $DATA-32 --ref-split test --frames 32 --num-samples $NUM \
+  python eval/fvd.py --input $RUN/final --ref $DATA-32 --frames 32 --num-samples $NUM \
     --video-extractor none --dynamics --report $RUN/fvd-32.json > $OUT/fvd-32.log 2>&1
+  # video prediction: NUM test clips continued from their first 4 frames, the tracked item against the true one over
+  # the next 4 (prediction_error_px); the GIF: real test clips, the model's predictions of them, its own clips
+  python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --context-frames 4 --horizon 4 \
+    --name prediction --results-dir $RUN --gif $RUN/side-by-side.gif > $OUT/predict.log 2>&1
   python eval/generator_result.py --run $RUN --samples $S --video-report $RUN/fvd-16.json $RUN/fvd-32.json \
-    --name moving-fmnist-video --results-dir $RESULTS --command "$CMD" > /dev/null
-  python sample.py --checkpoint $RUN/final --num-images 16 --context $DATA --context-frames 4 --out $RUN/predicted \
-    > $OUT/predict.log 2>&1
+    --prediction-report $RUN/prediction.json --gif $RUN/side-by-side.gif --name moving-fmnist-video \
+    --results-dir $RESULTS --command "$CMD" > /dev/null
   cp $S/grid.png $OUT/grid.png
   python bench/video.py --name bench-video ${BENCH:-} > $OUT/bench-video.log 2>&1
 fi

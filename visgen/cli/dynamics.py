@@ -12,6 +12,8 @@ the baselines. Reports ``dynamics_error`` (pixels / frame^2) and ``speed_distanc
 ``_real``, ``_shuffled`` and ``_frozen``; with ``--context-frames K`` (a checkpoint), the model also predicts the
 second half's clips from their first K frames and ``prediction_error_px`` (with ``_real``, ``_shuffled``,
 ``_frozen``) says how far its tracked item strays from the true one over the next ``--horizon`` frames.
+``--gif FILE``: the clips side by side, a row each: real held-out clips and the ``--input`` clips, or with
+``--context-frames`` the real clips, the model's predictions of them and its own clips.
 """
 
 from __future__ import annotations
@@ -57,7 +59,23 @@ def predicted(args, frames: int) -> dict[str, float]:
                       device=args.device)  # fmt: skip
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
-    return prediction_scores(grey(pred), grey(true), k, args.horizon, args.seed)
+    scores = prediction_scores(grey(pred), grey(true), k, args.horizon, args.seed)
+    scores.update(prediction_context_frames=k, prediction_horizon=args.horizon, prediction_clips=len(true))
+    return scores, grey(true), grey(pred)
+
+
+def write_gif(path: Path, columns: list[torch.Tensor], rows: int = 8, fps: int = 8):
+    """An animated GIF of clips side by side: each of ``columns`` (grey clips (N, T, H, W), 0..255) is a column of its
+    first ``rows`` clips, a 2-pixel white gap between columns, as many frames as the shortest clips have."""
+    from PIL import Image
+
+    n, t = min(rows, *(len(c) for c in columns)), min(c.shape[1] for c in columns)
+    cols = []
+    for c in columns:
+        cols += [c[:n, :t].permute(1, 0, 2, 3).flatten(1, 2), torch.full((t, n * c.shape[2], 2), 255.0)]
+    video = torch.cat(cols[:-1], -1).round().clamp(0, 255).to(torch.uint8).numpy()  # (T, n * H, W')
+    frames = [Image.fromarray(f) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
 
 
 def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
@@ -78,6 +96,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--context-frames", type=int, default=0, help="a checkpoint: also predict real clips from their "
                    "first K frames (prediction_error_px)")  # fmt: skip
     p.add_argument("--horizon", type=int, default=4, help="predicted frames the prediction error averages over")
+    p.add_argument("--gif", help="write an animated GIF here: real held-out clips, the clips given as --input beside "
+                   "them, and with --context-frames the model's predictions of the real ones")  # fmt: skip
     args = p.parse_args(argv)
     try:  # what eval/fvd.py reads, the same way: uint8 clips (N, T, H, W, C), here averaged to grey
         clips = generated(args, args.device)[0].float().mean(-1)
@@ -88,8 +108,13 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
         ref, real = real[: len(real) // 2], real[len(real) // 2 :]
         metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
                    "frames": T}  # fmt: skip
+        columns = [real, clips]
         if args.context_frames:
-            metrics.update(predicted(args, T))
+            scores, true, pred = predicted(args, T)
+            metrics.update(scores)
+            columns = [true, pred, clips]
+        if args.gif:
+            write_gif(Path(args.gif), columns)
     except (CheckpointError, ConfigError, DataError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
