@@ -34,25 +34,28 @@ def free_cached_memory():
 
 
 class Record:
-    """Metrics printed as they come and written to ``results/NAME.json`` after each one (when a name is given)."""
+    """Metrics printed as they come and written to ``results/NAME.json`` after each one (when a name is given; the
+    folder is ``$VISGEN_RESULTS`` where set, as the scripts under ``eval/gpu`` set it from their ``RESULTS``, so a dry
+    run writes beside its other results instead of over the project's)."""
 
     def __init__(self, name: str | None):
         if name and ("/" in name or name.endswith(".json")):  # --name /tmp/x once wrote results/tmp/x.json
             raise SystemExit(f"--name {name!r}: a result's name (written to results/NAME.json), not a path")
         self.name, self.metrics = name, {}
+        self.folder = os.environ.get("VISGEN_RESULTS") or "results"
 
     def add(self, key: str, value, fmt: str = ".1f", unit: str = ""):
         self.metrics[key] = value
         print(f"{key}: {value:{fmt}} {unit}".rstrip() if isinstance(value, (int, float)) else f"{key}: {value}")
         if self.name:
-            write_result(f"results/{self.name}.json", self.name, self.metrics)
+            write_result(f"{self.folder}/{self.name}.json", self.name, self.metrics)
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--name", help="write results/NAME.json (after every figure)")
+    p.add_argument("--name", help="write results/NAME.json (after every figure; $VISGEN_RESULTS/NAME.json where set)")
     p.add_argument("--sample-batches", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--train-batches", type=int, nargs="*", default=[64, 256], help="none: no training figures")
     p.add_argument("--cold-batches", type=int, nargs="*",

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 
-def run_bench(tmp_path, script: str, *args: str, name: str) -> dict:
-    """``script`` run from ``tmp_path`` with ``args`` and ``--name name``: it must succeed; its result's metrics."""
+def run_bench(tmp_path, script: str, *args: str, name: str, folder: Path | None = None) -> dict:
+    """``script`` run from ``tmp_path`` with ``args`` and ``--name name``: it must succeed; its result's metrics (read
+    from ``folder``, by default ``tmp_path / "results"``)."""
     repo = Path.cwd()
     out = subprocess.run(
         [sys.executable, str(repo / script), *args, "--name", name],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return json.loads((tmp_path / "results" / f"{name}.json").read_text())["metrics"]
+    return json.loads(((folder or tmp_path / "results") / f"{name}.json").read_text())["metrics"]
 
 
 @pytest.mark.parametrize("script", ["bench/token_ar.py", "bench/var.py"])
@@ -66,6 +67,15 @@ def test_decode_bench_measures_each_layout(tmp_path):
     modes = ("nchw", "nhwc_heuristic", "nhwc", "nhwc_native_gn")
     m = run_bench(tmp_path, "bench/decode.py", "--tiny", "--batch", "2", "--modes", *modes, "--repeats", "1", name="d")
     assert all(m[f"{mode}_images_per_s"] > 0 and m[f"{mode}_first_batch_s"] > 0 for mode in modes)
+
+
+def test_bench_results_go_where_visgen_results_says(tmp_path, monkeypatch):
+    """The GPU scripts' dry runs set ``VISGEN_RESULTS`` (from their ``RESULTS``): a bench's result goes there, not
+    over the project's ``results/``."""
+    monkeypatch.setenv("VISGEN_RESULTS", str(tmp_path / "dry"))
+    run_bench(tmp_path, "bench/decode.py", "--tiny", "--batch", "2", "--modes", "nchw", "--repeats", "1", name="d",
+              folder=tmp_path / "dry")  # fmt: skip
+    assert not (tmp_path / "results").exists()
 
 
 def test_attention_bench_times_each_variant(tmp_path):

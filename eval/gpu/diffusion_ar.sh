@@ -20,6 +20,7 @@ set -euo pipefail
 export TQDM_MININTERVAL=30
 GEN_MIN=${GEN_MIN:-5.5} ROW_MIN=${ROW_MIN:-2.5} NUM_FD=${NUM_FD:-10000} NUM_ROW_FD=${NUM_ROW_FD:-5000}
 EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
+export VISGEN_RESULTS=$RESULTS  # the benches' results too
 D="data.path=$DATA/train val.path=$DATA/test"
 
 evaluate() {  # $1: run name (runs/$1, results/$1), $2: samples for FD, then the guidance scales (first: headline)

@@ -14,6 +14,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 MIN=${MIN:-5} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
+export VISGEN_RESULTS=$RESULTS  # the benches' results too
 D="data.path=$DATA/train val.path=$DATA/test"
 CMD="DATA=... MIN=$MIN STEP=$STEP bash eval/gpu/parallel.sh"
 

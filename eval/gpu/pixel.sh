@@ -13,6 +13,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 MIN=${MIN:-8} NUM_FD=${NUM_FD:-10000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results} BENCH=${BENCH:-}
+export VISGEN_RESULTS=$RESULTS  # the benches' results too
 RUN=runs/cifar10-pixel-ar
 if [ "$STEP" = train ]; then
   python train.py generator --recipe generators/cifar10-pixel-ar.yaml data.path=$DATA/train val.path=$DATA/test \

@@ -17,6 +17,7 @@
 set -euo pipefail
 export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-9} GEN_MIN=${GEN_MIN:-9} NUM=${NUM:-1000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
+export VISGEN_RESULTS=$RESULTS  # the benches' results too
 DATA=${DATA:-data/moving-fmnist}
 if [ "$STEP" = tokenizer ]; then
   python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA ${MAKE:-} > $OUT/make-data.log 2>&1
