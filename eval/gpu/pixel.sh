@@ -6,8 +6,8 @@
 #   STEP=eval:  test bits/dim (eval/bpd.py, conditional and through the null class), a grid, FD/IS + the memorisation
 #               report of NUM_FD samples at guidance 2, the result file; then bench/pixel.py.
 # EXTRA: overrides for training; RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
-# EXTRA="train.steps=2 train.batch_size=4 train.time_limit_minutes=0 model.backbone.n_layer=1 model.backbone.d_model=32
-# model.backbone.n_head=2 train.compile=false" NUM_FD=8 BENCH="--tiny").
+# EXTRA="train.steps=2 train.batch_size=4 train.time_limit_minutes=0 train.log_every=1 model.backbone.n_layer=1
+# model.backbone.d_model=32 model.backbone.n_head=2 train.compile=false" NUM_FD=8 BENCH="--tiny" RESULTS=/tmp/r).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/pixel.sh; (again, at once: a machine that goes
 # back loses runs/;) then STEP=eval
 set -euo pipefail
