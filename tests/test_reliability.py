@@ -373,6 +373,14 @@ def test_a_damaged_checkpoint_is_not_resumed(tmp_path):
     assert r.returncode == 2 and "optimizer.pt is missing or differs" in r.stderr
 
 
+def test_a_checkpoint_of_another_model_is_not_resumed(tmp_path):
+    """A run folder left by another model (here: a wider tokenizer) is refused with what differs, not a copy error."""
+    r = run_cli(f"train.out_dir={tmp_path}", "train.steps=2", "train.ckpt_every=1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli(f"train.out_dir={tmp_path}", "train.steps=3", "model.channels=16")
+    assert r.returncode == 2 and "holds another model than this run's" in r.stderr and "train.out_dir" in r.stderr
+
+
 # ---- preemption ---------------------------------------------------------------------------------------------------
 
 

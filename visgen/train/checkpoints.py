@@ -193,6 +193,23 @@ def save_checkpoint(t: Trainer) -> Path:
     return final
 
 
+def check_same_model(here: dict, saved: dict, path: Path):
+    """A checkpoint to resume must hold this run's model: the same tensors under the same names and shapes. A run
+    folder left by another recipe (or the same recipe with other sizes) would otherwise fail deep in a copy."""
+    differ = [f"{k} {tuple(saved[k].shape)} there, {tuple(v.shape)} here" for k, v in here.items()
+              if k in saved and saved[k].shape != v.shape]  # fmt: skip
+    missing, extra = sorted(set(here) - set(saved)), sorted(set(saved) - set(here))
+    if differ or missing or extra:
+        what = (
+            differ[:1] or [f"{k} missing there" for k in missing[:1]] or [f"{k} not in this model" for k in extra[:1]]
+        )
+        raise CheckpointError(
+            f"checkpoint {path} holds another model than this run's ({len(differ)} tensors of other shapes, "
+            f"{len(missing)} missing, {len(extra)} extra; first: {what[0]}). Resume it with the settings it was "
+            "trained with, or give this run another train.out_dir"
+        )
+
+
 def load_checkpoint(t: Trainer, path: Path) -> dict:
     """Restore model, task extras, EMA, optimizer, loss scaler and RNG; every file is checked against the checksum
     recorded when it was written. Returns the trainer's progress as saved (``Trainer.progress``)."""
@@ -215,6 +232,8 @@ def load_checkpoint(t: Trainer, path: Path) -> dict:
     device = "cpu" if sharded or d.type == "cpu" else str(d)  # FSDP shards from full CPU tensors
     weights = load_file(str(path / "task.safetensors"), device=device)
     check_finite(weights, f"checkpoint {path}")
+    if not sharded:
+        check_same_model(task.state_dict(), weights, path)
     if t.ema:
         ema = load_file(str(path / "model" / "ema.safetensors"), device=device)
         if sharded:  # the model shards the EMA weights; each process reads its shard back
