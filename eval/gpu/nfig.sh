@@ -6,8 +6,7 @@
 #   STEP=2: both tokenizers' reconstruction figures, then each generator's grid and FD/IS + memorisation report
 #           (NUM_FD samples, guidance 2 ramped linearly over units), one after the other.
 # FREQ: overrides for the frequency-band tokenizer alone, e.g. FREQ=model.band_edges=[0.0625,0.125,0.25,0.5] for the
-# four bands of the runs in results/cifar10-nfig.json (the recipe now cuts five), or
-# FREQ=model.band_edges=[0.0625,0.125,0.1875,0.25,0.375,0.5] for six.
+# four bands of the first runs (the recipe cuts six, the DC quantised twice).
 # EXTRA: overrides for every training run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0 train.num_workers=0 train.log_every=1" NUM_FD=8
 # RESULTS=/tmp/r).

@@ -14,11 +14,12 @@
 # BENCHES: which of token, var, diffusion, decode to run (default: the first three; one that fails does not stop the
 # next).
 # EXTRA: flags for token, var and diffusion, DECODE_EXTRA for decode (a CPU dry run: EXTRA="--tiny --sample-batches 2"
-# COLD_VAR=2 DECODE_EXTRA="--tiny --batch 2").
+# COLD_VAR=2 DECODE_EXTRA="--tiny --batch 2" RESULTS=/tmp/r).
 # Usage: OUT=/tmp/out bash eval/gpu/sampling_speed.sh
 set -euo pipefail
 TOKEN=${TOKEN:-bench-token-ar} VAR=${VAR:-bench-var} DIFF=${DIFF:-bench-diffusion-ar} DECODE=${DECODE:-bench-decode}
 EXTRA=${EXTRA:-} DECODE_EXTRA=${DECODE_EXTRA:-}
+export VISGEN_RESULTS=${RESULTS:-results}  # where the benches write (RESULTS=/tmp/r in a dry run)
 COLD_VAR=${COLD_VAR:-256} TOKEN_MODES=${TOKEN_MODES:-default}
 BENCHES=${BENCHES:-token var diffusion} failed=0
 run() {  # $1: the bench's name in BENCHES; a bench that fails is counted and the next still runs

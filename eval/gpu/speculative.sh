@@ -17,11 +17,13 @@
 #               round one compiled graph; BENCH= times them eager; BENCH="--compile --decode-kernel triton" sends
 #               the verifying passes and draft steps through the Triton rows kernel, NAME=... keeps both runs).
 # Usage: DATA=/path/to/cifar10 OUT=/tmp/out STEP=train bash eval/gpu/speculative.sh; then STEP=discrete, STEP=cspd
-# (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0" ...).
+# (a CPU dry run: DATA=tests/data/cifar10 EXTRA="train.steps=2 train.batch_size=8 train.time_limit_minutes=0"
+# RESULTS=/tmp/r ...).
 set -euo pipefail
 export TQDM_MININTERVAL=30
 BENCH=${BENCH---compile}
 TOK_MIN=${TOK_MIN:-6.5} DIFF_MIN=${DIFF_MIN:-6} EXTRA=${EXTRA:-} NAME=${NAME:-bench-speculative}
+export VISGEN_RESULTS=${RESULTS:-results}  # where the benches write (RESULTS=/tmp/r in a dry run)
 DRAFT_MIN=${DRAFT_MIN:-5} DRAFT=${DRAFT:-runs/spec-token-draft/final}
 D="data.path=$DATA/train val.path=$DATA/test"
 HEAD25="model.head_options.steps=25"
