@@ -137,8 +137,10 @@ def main(argv=None) -> int:
     write_result(out / f"{args.name}.json", args.name, metrics, command=args.command)
     if (samples / "grid.png").is_file():
         shutil.copyfile(samples / "grid.png", out / f"{args.name}.png")
-    gifs = sorted((samples / "clips").glob("*.gif")) if (samples / "clips").is_dir() else []
-    gifs = [Path(args.gif)] if args.gif else gifs
+    if args.gif:
+        gifs = [Path(args.gif)]
+    else:
+        gifs = sorted((samples / "clips").glob("*.gif")) if (samples / "clips").is_dir() else []
     if gifs:
         shutil.copyfile(gifs[0], out / f"{args.name}.gif")
     print(json.dumps(metrics, indent=2, default=str))

@@ -33,9 +33,10 @@ from visgen.metrics.recon import to_uint8
 from visgen.results import metrics_line, write_result
 
 
-def predicted(args, frames: int) -> dict[str, float]:
+def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """The checkpoint's predictions of the second half of ``--ref``'s clips from their first ``--context-frames``
-    frames, scored against the true continuations."""
+    frames, scored against the true continuations: (the scores, the true clips, the predicted ones), clips in grey
+    (N, T, H, W) 0..255."""
     from visgen.checkpoint import load_model
     from visgen.data import DataConfig, build_dataset
     from visgen.sampling import Sampler, SamplingConfig
@@ -59,9 +60,10 @@ def predicted(args, frames: int) -> dict[str, float]:
                       device=args.device)  # fmt: skip
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
-    scores = prediction_scores(grey(pred), grey(true), k, args.horizon, args.seed)
+    true, pred = grey(true), grey(pred)
+    scores = prediction_scores(pred, true, k, args.horizon, args.seed)
     scores.update(prediction_context_frames=k, prediction_horizon=args.horizon, prediction_clips=len(true))
-    return scores, grey(true), grey(pred)
+    return scores, true, pred
 
 
 def write_gif(path: Path, columns: list[torch.Tensor], rows: int = 8, fps: int = 8):

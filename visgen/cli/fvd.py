@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     args = p.parse_args(argv)
     device = args.device
     try:
+        if args.holdout_split == args.ref_split:
+            raise ConfigError(f"--holdout-split {args.holdout_split} is the reference's own split: held-out clips must "
+                              "be other clips (the memorisation floor and the dynamics floor would be the reference's; "
+                              "--holdout-split none skips them)")  # fmt: skip
         if args.report:
             check_writable(Path(args.report).parent, "--report")
         if args.name:
@@ -148,10 +152,6 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
         N, T, H, W, C = clips.shape
         ref = data_clips(args.ref, args.ref_split, T, H, C, args.ref_clips)
         holdout = None
-        if args.holdout_split == args.ref_split:
-            raise ConfigError(f"--holdout-split {args.holdout_split} is the reference's own split: held-out clips must "
-                              "be other clips (the memorisation floor and the dynamics floor would be the reference's; "
-                              "--holdout-split none skips them)")  # fmt: skip
         if args.holdout_split != "none":
             try:
                 holdout = data_clips(args.ref, args.holdout_split, T, H, C, args.ref_clips)
