@@ -486,9 +486,12 @@ def test_feature_draft_task_reads_null_labels_at_the_recipes_share():
 def test_feature_draft_loss_trains_the_second_drafted_token_at_its_weight():
     """``model.depth2_weight``: the loss adds that weight times the second drafted token's loss, where the draft reads
     its own predicted feature, and its gradient reaches the draft through both steps; 0 is the first token's alone.
-    Validation's overlaps are the ones ``draft_pass`` gives either way."""
+    Validation's overlaps are the ones ``draft_pass`` gives either way, and its loss (what picks the kept model) is
+    the training objective at the recipe's weight."""
+    from types import SimpleNamespace
+
     from visgen.sampling.feature_draft import draft_loss, draft_pass, log_q, loss_of, target_pass
-    from visgen.train.feature_draft_task import FeatureDraftRecipe
+    from visgen.train.feature_draft_task import FeatureDraftRecipe, FeatureDraftTask
 
     target = tiny_generator()
     draft = feature_draft(target, 3)
@@ -505,5 +508,10 @@ def test_feature_draft_loss_trains_the_second_drafted_token_at_its_weight():
     assert second >= kl2 - 1e-6  # the second token's KL plus its feature pull
     both.backward()
     assert draft.fc.weight.grad is not None and draft.fc.weight.grad.abs().sum() > 0
+    accelerator = SimpleNamespace(device=torch.device("cpu"), reduce=lambda t, op: t)
+    for weight in (0.0, 0.5):
+        task = FeatureDraftTask(draft, target, depth2_weight=weight)
+        val = task.validate(draft, [{"tokens": tokens, "label": labels}], accelerator)
+        assert val["loss"] == pytest.approx(draft_loss(draft, target, tokens, labels, depth2_weight=weight).item())
     with pytest.raises(ConfigError, match="depth2_weight"):
         FeatureDraftRecipe(depth2_weight=-1)

@@ -129,15 +129,17 @@ def held_out_overlaps(draft: FeatureDraft, target, tokens: torch.Tensor, labels:
     """What a validation pass over a batch measures, each per position: ``depth1`` / ``depth2`` (``overlap`` of the
     first and second drafted token's q with p, ``draft_pass``), ``null`` (the first, where the target reads the null
     class, as the unguided half of a guided batch does); ``kl`` (KL(p || q) at depth 1) and the passes' outputs
-    (``pred``, ``feats``, ``logp``, ``logq``) for a loss."""
+    (``pred``, ``feats``, ``logp``, ``logq``, ``pred2``, ``logq2``) for ``validation_loss``."""
     seq, feats, logp = target_pass(target, tokens, labels)
-    pred, logq1, logq2 = draft_pass(draft, target, seq, feats, depth2=True)
+    pred, logq1, _ = draft_pass(draft, target, seq, feats)
+    pred2 = second_step(draft, target, seq, pred)
+    logq2 = log_q(target, pred2)
     _, feats_null, logp_null = target_pass(target, tokens, torch.full_like(labels, target.null_class))
     _, logq_null, _ = draft_pass(draft, target, seq, feats_null)
     return {"depth1": overlap(logp[:, 1:], logq1), "depth2": overlap(logp[:, 2:], logq2),
             "null": overlap(logp_null[:, 1:], logq_null),
             "kl": F.kl_div(logq1, logp[:, 1:], log_target=True, reduction="none").sum(-1),
-            "pred": pred, "feats": feats, "logp": logp, "logq": logq1}  # fmt: skip
+            "pred": pred, "feats": feats, "logp": logp, "logq": logq1, "pred2": pred2, "logq2": logq2}  # fmt: skip
 
 
 def log_q(target, features):
@@ -155,6 +157,15 @@ def draft_loss(draft: FeatureDraft, target, tokens, labels, feature_weight: floa
     if depth2_weight:
         pred2 = second_step(draft, target, seq, pred)
         loss = loss + depth2_weight * loss_of(pred2, log_q(target, pred2), feats[:, 1:], logp[:, 1:], feature_weight)
+    return loss
+
+
+def validation_loss(o: dict, feature_weight: float = 1.0, depth2_weight: float = 0.0) -> torch.Tensor:
+    """``draft_loss`` (the training objective, second drafted token included where ``depth2_weight`` weighs it) from
+    ``held_out_overlaps``' outputs ``o``, its depth-1 KL reused."""
+    loss = o["kl"].mean() + feature_weight * F.smooth_l1_loss(o["pred"].float(), o["feats"][:, 1:].float())
+    if depth2_weight:
+        loss = loss + depth2_weight * loss_of(o["pred2"], o["logq2"], o["feats"][:, 1:], o["logp"][:, 1:], feature_weight)
     return loss
 
 

@@ -24,7 +24,7 @@ from visgen.sampling.feature_draft import (
     check_token_target,
     draft_loss,
     held_out_overlaps,
-    loss_of,
+    validation_loss,
 )
 
 
@@ -84,7 +84,7 @@ class FeatureDraftTask(nn.Module):
             target = self.target_on(tokens.device)
             o = held_out_overlaps(model, target, tokens, labels)
             n = len(labels)
-            values = [loss_of(o["pred"], o["logq"], o["feats"], o["logp"], self.feature_weight),
+            values = [validation_loss(o, self.feature_weight, self.depth2_weight),
                       *(o[k].mean() for k in ("depth1", "depth2", "null"))]  # fmt: skip
             sums += torch.stack([*(v.double() * n for v in values), sums.new_tensor(float(n))])
         sums = accelerator.reduce(sums, "sum").tolist()
