@@ -165,7 +165,8 @@ def validation_loss(o: dict, feature_weight: float = 1.0, depth2_weight: float =
     ``held_out_overlaps``' outputs ``o``, its depth-1 KL reused."""
     loss = o["kl"].mean() + feature_weight * F.smooth_l1_loss(o["pred"].float(), o["feats"][:, 1:].float())
     if depth2_weight:
-        loss = loss + depth2_weight * loss_of(o["pred2"], o["logq2"], o["feats"][:, 1:], o["logp"][:, 1:], feature_weight)
+        feats, logp = o["feats"][:, 1:], o["logp"][:, 1:]
+        loss = loss + depth2_weight * loss_of(o["pred2"], o["logq2"], feats, logp, feature_weight)
     return loss
 
 
