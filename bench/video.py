@@ -9,7 +9,10 @@ steps), random weights, class-conditional, guidance 2, bf16.
   whole loop in one CUDA graph on a GPU; ``eager`` without the graph, to separate the two gains);
 - ``recompute``: no cache kept between frames: frame t is drawn by a fresh pass over frames 0 .. t - 1 (given) and
   t (``Sampler.sample_prefix``, eager), T (T + 1) / 2 frame passes a clip against T; the clips are the cached
-  sampler's.
+  sampler's;
+- ``window``: clips of twice the training length (``Sampler.sample_video``): the first T frames cached, then every
+  further frame after a prefill of the T - 1 frames before it (the backbone alone reads them; eager), as
+  ``eval/fvd.py --frames 2T`` draws them (``sample_window_b{batch}_frames{2T}_clips_per_s``).
 
     python bench/video.py [--name bench-video] [--sample-batches 8 64] [--train-batches 64]   # a GPU
     python bench/video.py --tiny                                                               # a CPU check
@@ -71,14 +74,17 @@ def clip_batches(sampler: Sampler, labels: torch.Tensor, mode: str):
     b = len(labels)
     if mode == "recompute":
         return lambda r: recompute(sampler, labels, torch.arange(b) + r * b)
+    if mode == "window":
+        frames = 2 * sampler.model.config.frames
+        return lambda r: sampler.sample_video(labels, frames, sample_ids=torch.arange(b) + r * b)
     return lambda r: sampler.sample_images(labels, sample_ids=torch.arange(b) + r * b)
 
 
 def main():
     p = parser(__doc__)
     p.set_defaults(sample_batches=[8, 64], train_batches=[64])
-    p.add_argument("--modes", nargs="+", default=["cached", "eager", "recompute"],
-                   choices=["cached", "eager", "recompute"])  # fmt: skip
+    p.add_argument("--modes", nargs="+", default=["cached", "eager", "recompute", "window"],
+                   choices=["cached", "eager", "recompute", "window"])  # fmt: skip
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=20)
     args = p.parse_args()
@@ -90,8 +96,9 @@ def main():
         for mode in args.modes:
             cfg = SamplingConfig(cfg_scale=2.0, batch_size=b, cuda_graph=mode == "cached")
             first, per = timed(clip_batches(Sampler(gen, cfg), labels, mode), args.repeats)
-            rec.add(f"sample_{mode}_b{b}_clips_per_s", b / per, ".2f")
-            rec.add(f"sample_{mode}_b{b}_first_batch_s", first, ".1f", "s")
+            name = f"sample_window_b{b}_frames{2 * gen.config.frames}" if mode == "window" else f"sample_{mode}_b{b}"
+            rec.add(f"{name}_clips_per_s", b / per, ".2f")
+            rec.add(f"{name}_first_batch_s", first, ".1f", "s")
         if "cached" in args.modes and "recompute" in args.modes:
             rec.add(f"cache_speedup_b{b}", rec.metrics[f"sample_cached_b{b}_clips_per_s"]
                     / rec.metrics[f"sample_recompute_b{b}_clips_per_s"], ".2f", "x")  # fmt: skip

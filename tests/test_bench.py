@@ -144,6 +144,7 @@ def test_video_bench_measures_the_cache_against_recomputing(tmp_path):
                   "1", "--repeats", "1", name="v")  # fmt: skip
     for mode in ("cached", "eager", "recompute"):
         assert m[f"sample_{mode}_b2_clips_per_s"] > 0
+    assert m["sample_window_b2_frames8_clips_per_s"] > 0  # twice the tiny model's 4 frames, the window sliding
     assert m["cache_speedup_b2"] > 0 and m["train_b2_tokens_per_s"] > 0
 
 

@@ -230,6 +230,20 @@ def test_context_frames_are_kept_and_condition_what_follows():
     torch.testing.assert_close(tokens[:, :2], gen.encode(clips)[:, :2])  # the context, as encoded
     free = sampler.sample_tokens(labels)
     assert not torch.allclose(tokens[:, 2], free[:, 2])  # and the next frame follows from it
+    # the head draws only the free frame: the given ones are read by the backbone alone (their draws, overruled,
+    # would change nothing after them: noise is keyed by the unit)
+    draws, head_sample = [], sampler._head_sample
+    sampler._head_sample = lambda h, *a, **k: draws.append(h.shape) or head_sample(h, *a, **k)
+    torch.testing.assert_close(sampler.sample_tokens(labels, given=given), tokens)
+    assert len(draws) == 1
+    sampler._head_sample, st = head_sample, sampler._states[2]  # against drawing every unit and overruling two
+    sampler._start(st, labels, torch.arange(2))
+    units, state = [], None
+    for k in range(3):
+        inputs, state = gen.schedule.step_input(state, units) if k else (None, None)
+        drawn = sampler._step(st, k, inputs)
+        units.append(given[k].to(drawn.dtype) if k < 2 else drawn)
+    torch.testing.assert_close(tokens[:, 2], gen.schedule.from_sequence(torch.cat(units, 1))[:, 2])
     with pytest.raises(ConfigError, match="context units"):
         sampler.given_units(clips, 3)
 
@@ -324,6 +338,9 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     with pytest.raises(KeyError, match="no prediction figures"):
         prediction_metrics(tmp_path / "plain.json")
     assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames
+    (tmp_path / "d.json").unlink()  # a GIF that cannot be written fails the command, after the figures are saved
+    assert dynamics_main([*args, "--context-frames", "2", "--gif", str(tmp_path / "no" / "side.gif")]) == 2
+    assert json.loads((tmp_path / "d.json").read_text())["metrics"]["prediction_clips"] == 3
 
 
 def test_motion_baselines_script(fmnist, tmp_path):

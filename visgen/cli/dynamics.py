@@ -60,7 +60,7 @@ def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.
                       device=args.device)  # fmt: skip
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
-    true, pred = grey(true), grey(pred)
+    true, pred = grey(true).cpu(), grey(pred).cpu()
     scores = prediction_scores(pred, true, k, args.horizon, args.seed)
     scores.update(prediction_context_frames=k, prediction_horizon=args.horizon, prediction_clips=len(true))
     return scores, true, pred
@@ -74,6 +74,7 @@ def write_gif(path: Path, columns: list[torch.Tensor], rows: int = 8, fps: int =
     n, t = min(rows, *(len(c) for c in columns)), min(c.shape[1] for c in columns)
     cols = []
     for c in columns:
+        c = c.cpu()
         cols += [c[:n, :t].permute(1, 0, 2, 3).flatten(1, 2), torch.full((t, n * c.shape[2], 2), 255.0)]
     video = torch.cat(cols[:-1], -1).round().clamp(0, 255).to(torch.uint8).numpy()  # (T, n * H, W')
     frames = [Image.fromarray(f) for f in video]
@@ -115,14 +116,14 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
             scores, true, pred = predicted(args, T)
             metrics.update(scores)
             columns = [true, pred, clips]
+        print(metrics_line(metrics))
+        if args.name:  # the figures first: a GIF that fails to write loses none of them
+            write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)
         if args.gif:
             write_gif(Path(args.gif), columns)
     except (CheckpointError, ConfigError, DataError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(metrics_line(metrics))
-    if args.name:
-        write_result(Path(args.results_dir) / f"{args.name}.json", args.name, metrics)
     return 0
 
 

@@ -349,11 +349,8 @@ class Sampler:
     def _step(self, st: _BatchState, k: int, inputs, features: list | None = None):
         """Sample unit ``k`` from ``inputs`` (None for unit 0); ``features`` gets the backbone's output of the unit
         (what a feature draft reads)."""
-        m, c = self.model, self.cfg
-        if inputs is not None and st.guided:
-            inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
-        kv_len, masked = self.reads[k]
-        h = m.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
+        c = self.cfg
+        h = self._read(st, k, inputs)
         if features is not None:
             features.append(h)
         return self._head_sample(
@@ -361,22 +358,37 @@ class Sampler:
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
         )  # fmt: skip
 
+    def _read(self, st: _BatchState, k: int, inputs) -> torch.Tensor:
+        """The backbone's features of unit ``k`` from ``inputs`` (None for unit 0), its keys and values into the
+        batch's cache."""
+        if inputs is not None and st.guided:
+            inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
+        kv_len, masked = self.reads[k]
+        return self.model.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
+
     # ---- a batch -------------------------------------------------------------------------------------------------
 
     def _loop(self, st: _BatchState, stop: int | None = None, given: list[torch.Tensor] | None = None):
         """Units 0..stop-1 (default all) in turn from the batch state's labels and noise; the token grids when it ran
-        them all. ``given``: the first units as they are (context frames, a known prefix): each is still decoded,
-        so the cache holds it, but it replaces what the head draws. The whole loop is the body one CUDA graph
+        them all. ``given``: the first units as they are (context frames, a known prefix): the backbone reads each,
+        so the cache holds it, and the head draws nothing there (its noise is keyed by the unit, so the units drawn
+        after are the same as if it had drawn and been overruled). The whole loop is the body one CUDA graph
         captures."""
         m = self.model
         units: list[torch.Tensor] = []
-        state = None
+        state, n_given, dtype = None, 0 if given is None else len(given), None
         for k in range(m.schedule.num_units if stop is None else stop):
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
-            drawn = self._step(st, k, inputs)
-            units.append(given[k].to(drawn.dtype) if given is not None and k < len(given) else drawn)
+            if k < n_given:
+                self._read(st, k, inputs)
+                units.append(given[k])
+            else:
+                units.append(self._step(st, k, inputs))
+                dtype = dtype or units[-1].dtype
+        if dtype is not None:  # the given units in the dtype of the drawn ones
+            units = [u.to(dtype) for u in units]
         return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else units
 
     def _first_unit(self, st: _BatchState):
