@@ -63,6 +63,35 @@ def test_kv_cached_decoding_equals_full_recompute(adaln):
     assert torch.allclose(torch.cat(cached, 1), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["token", "var", "video"])
+def test_a_prefix_decoded_in_one_pass_equals_unit_by_unit(family):
+    """``Generator.decode_prefix`` (given units: context frames, a window, a known prefix) gives the features and
+    the cache that decoding the same units one by one gives, for one-token units, scales and frames alike."""
+    from tests.test_scale import var_generator
+    from tests.test_video import video_generator
+
+    gen = {"token": tiny_generator, "var": var_generator, "video": video_generator}[family]()
+    s, labels = gen.schedule, torch.tensor([0, 1, 3])
+    side = gen.config.image_size
+    frames = (gen.config.frames,) if family == "video" else ()
+    tokens = gen.encode(torch.rand(3, *frames, 3, side, side) * 2 - 1)
+    units = s.split_units(s.to_sequence(tokens))
+    k = max(2, s.num_units // 2)
+    inputs, state, drawn = [], None, []
+    for i in range(k):
+        x, state = s.step_input(state, drawn) if i else (None, None)
+        inputs.append(x)
+        drawn.append(units[i])
+    with torch.no_grad():
+        one, each = (gen.backbone.new_cache(3, s.seq_len, torch.float32, "cpu") for _ in range(2))
+        whole = gen.decode_prefix(inputs, labels, one)
+        parts = torch.cat([gen.decode_unit(i, x, labels, each) for i, x in enumerate(inputs)], 1)
+    end = s.unit_offsets[k - 1] + s.unit_sizes[k - 1]
+    torch.testing.assert_close(whole, parts, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(one.k[..., :end, :], each.k[..., :end, :], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(one.v[..., :end, :], each.v[..., :end, :], atol=1e-5, rtol=1e-4)
+
+
 def test_teacher_inputs_equal_sampling_inputs():
     s = RasterSchedule((4, 5))
     seq = torch.randint(0, 100, (2, 20))

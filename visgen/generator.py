@@ -271,6 +271,17 @@ class Generator(PretrainedMixin, nn.Module):
         mask = self.unit_ids[None, :kv_len] <= self.unit_ids[off : off + n, None] if masked else None
         return self._decode(x, labels_B, cache, mask, positions[k], kv_len, (cos[off : off + n], sin[off : off + n]))
 
+    def decode_prefix(self, inputs: list, labels_B: torch.Tensor, cache) -> torch.Tensor:
+        """``decode_unit`` of units 0..k-1 in one pass (a known prefix: context frames, a window): ``inputs`` their k
+        inputs as ``decode_unit`` takes them (None for unit 0); features (B, n_0 + ... + n_{k-1}, d), every unit
+        reading itself and the units before it, their keys and values into ``cache``."""
+        s, k = self.schedule, len(inputs)
+        end = s.unit_offsets[k - 1] + s.unit_sizes[k - 1]
+        x = torch.cat([self.start(labels_B, s.unit_sizes[0]) if u is None else self.input_emb(u) for u in inputs], 1)
+        positions, cos, sin = self._decode_tables(labels_B.device)
+        mask = self.unit_ids[None, :end] <= self.unit_ids[:end, None]
+        return self._decode(x, labels_B, cache, mask, torch.cat(positions[:k]), end, (cos[:end], sin[:end]))
+
     def decode_unit_at(self, pos_n: torch.Tensor, inputs, labels_B: torch.Tensor, cache, kv_len: int,
                        masked: bool = True) -> torch.Tensor:  # fmt: skip
         """``decode_unit`` for a unit after the first named by its positions on the device (``pos_n`` (n,)), not

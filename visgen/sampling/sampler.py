@@ -370,20 +370,23 @@ class Sampler:
 
     def _loop(self, st: _BatchState, stop: int | None = None, given: list[torch.Tensor] | None = None):
         """Units 0..stop-1 (default all) in turn from the batch state's labels and noise; the token grids when it ran
-        them all. ``given``: the first units as they are (context frames, a known prefix): the backbone reads each,
-        so the cache holds it, and the head draws nothing there (its noise is keyed by the unit, so the units drawn
-        after are the same as if it had drawn and been overruled). The whole loop is the body one CUDA graph
-        captures."""
+        them all. ``given``: the first units as they are (context frames, a known prefix): the backbone reads them
+        all in one pass (``Generator.decode_prefix``), so the cache holds them, and the head draws nothing there (its
+        noise is keyed by the unit, so the units drawn after are the same as if it had drawn and been overruled).
+        The whole loop is the body one CUDA graph captures."""
         m = self.model
         units: list[torch.Tensor] = []
-        state, n_given, dtype = None, 0 if given is None else len(given), None
-        for k in range(m.schedule.num_units if stop is None else stop):
+        n = m.schedule.num_units if stop is None else stop
+        state, n_given, dtype, prefix = None, 0 if given is None else min(len(given), n), None, []
+        for k in range(n):
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
                 inputs = inputs.to(self.dtype)  # continuous inputs (VAR's f_hat, FlowAR latents) in the model's dtype
             if k < n_given:
-                self._read(st, k, inputs)
+                prefix.append(torch.cat([inputs, inputs]) if inputs is not None and st.guided else inputs)
                 units.append(given[k])
+                if k == n_given - 1:
+                    m.decode_prefix(prefix, st.labels, st.cache)
             else:
                 units.append(self._step(st, k, inputs))
                 dtype = dtype or units[-1].dtype
