@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How results/moving-fmnist-video.json (+ .gif) is to be made (the video family on one GPU, three device calls):
-#   STEP=tokenizer: Moving Fashion-MNIST written from $FMNIST (10k / 1k clips), then the frame tokenizer
+#   (every step first writes Moving Fashion-MNIST from $FMNIST (10k / 1k clips, seeded) to $DATA where it is missing)
+#   STEP=tokenizer: the frame tokenizer
 #                   (tokenizers/moving-fmnist-kl.yaml) for TOK_MIN minutes;
 #   STEP=generator: the FAR-style generator (generators/moving-fmnist-far.yaml) for GEN_MIN minutes (8: with its
 #                   start, compile and save, 9 can pass a 10-minute device call);
@@ -9,32 +10,43 @@
 #                   and dynamics); NUM test clips predicted from their first 4 frames (eval/dynamics.py:
 #                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
 #                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
+#                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json);
 #                   bench/video.py (results/bench-video.json).
 # EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
 # run: FMNIST=tests/data/fashion-mnist MAKE="--train 64 --test 32" DATA=/tmp/mf TOK_MIN=0 GEN_MIN=0 NUM=8
 # EXTRA="train.steps=2 train.batch_size=4 train.num_workers=0 train.val_images=8 train.log_every=1" BENCH="--tiny"
 # RESULTS=/tmp/r).
 # Usage: FMNIST=$VISGEN_DATA/fashion-mnist OUT=/tmp/out STEP=tokenizer bash eval/gpu/video.sh; then generator, eval
+# (the device returns at most 8 files of 16 MiB: give the generator step the call's own $OUT, where the model's parts
+# land as they are; the eval step writes more files, so give it a folder to pack into one archive)
 set -euo pipefail
 export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-9} GEN_MIN=${GEN_MIN:-8} NUM=${NUM:-1000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
 export VISGEN_RESULTS=$RESULTS  # the benches' results too
 DATA=${DATA:-data/moving-fmnist}
+RUN=runs/moving-fmnist-far
+# every step: the data (seeded: the same clips whichever step writes them, where a fresh machine lacks them)
+[ -f $DATA/test.npz ] || python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA ${MAKE:-} > $OUT/make-data.log 2>&1
 if [ "$STEP" = tokenizer ]; then
-  python eval/make_moving_digits.py --fmnist $FMNIST --out $DATA ${MAKE:-} > $OUT/make-data.log 2>&1
   python train.py tokenizer --recipe tokenizers/moving-fmnist-kl.yaml data.path=$DATA val.path=$DATA \
     train.time_limit_minutes=$TOK_MIN $EXTRA > $OUT/train-kl.log 2>&1
+  tar czf $OUT/tokenizer-final.tgz -C runs moving-fmnist-kl/final  # the trained model back, whatever comes later
 fi
 if [ "$STEP" = generator ]; then
   python train.py generator --recipe generators/moving-fmnist-far.yaml data.path=$DATA val.path=$DATA \
     train.time_limit_minutes=$GEN_MIN $EXTRA > $OUT/train-far.log 2>&1
   cp runs/moving-fmnist-far/metrics.jsonl $OUT/metrics-far.jsonl
+  # the model back as sampling loads it (the EMA weights; not the raw ones), in parts under 16 MiB
+  tar czf - -C runs --exclude=moving-fmnist-far/final/model.safetensors moving-fmnist-far/final \
+    | split -b 15m - $OUT/generator-final.tgz.
 fi
 if [ "$STEP" = eval ]; then
-  RUN=runs/moving-fmnist-far
+  # whatever the step got to comes back, even where a later command fails
+  trap 'cp -f $RUN/*.json $RUN/*.gif $OUT/ 2>/dev/null; cp -f $RESULTS/moving-fmnist-video.* $OUT/ 2>/dev/null; true' EXIT
   CMD="FMNIST=... bash eval/gpu/video.sh with STEP=tokenizer, generator, eval (TOK_MIN=$TOK_MIN GEN_MIN=$GEN_MIN NUM=$NUM)"
   python sample.py --checkpoint $RUN/final --num-images 64 --npz --grid-max 16 --out $RUN/samples > $OUT/sample.log 2>&1
   S=$(ls -d $RUN/samples/*/ | head -1)
+  cp $S/grid.png $OUT/grid.png
   # 16 frames (the training length) against the training clips, copies against the test clips' floor, dynamics
   python eval/fvd.py --input $RUN/final --ref $DATA --num-samples $NUM --dynamics --report $RUN/fvd-16.json \
     > $OUT/fvd-16.log 2>&1
@@ -51,6 +63,10 @@ if [ "$STEP" = eval ]; then
   python eval/generator_result.py --run $RUN --samples $S --video-report $RUN/fvd-16.json $RUN/fvd-32.json \
     --prediction-report $RUN/prediction.json --gif $RUN/side-by-side.gif --name moving-fmnist-video \
     --results-dir $RESULTS --command "$CMD" > /dev/null
-  cp $S/grid.png $OUT/grid.png
+  # the motion scores at other guidance scales (the result's are at 2): what moves them, for the note
+  for G in ${CFG_SWEEP:-1.0 1.5 3.0}; do
+    python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --cfg-scale $G --name dynamics-cfg$G \
+      --results-dir $RUN > $OUT/dynamics-cfg$G.log 2>&1
+  done
   python bench/video.py --name bench-video ${BENCH:-} > $OUT/bench-video.log 2>&1
 fi
