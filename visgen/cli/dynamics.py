@@ -74,7 +74,6 @@ def write_gif(path: Path, columns: list[torch.Tensor], rows: int = 8, fps: int =
     n, t = min(rows, *(len(c) for c in columns)), min(c.shape[1] for c in columns)
     cols = []
     for c in columns:
-        c = c.cpu()
         cols += [c[:n, :t].permute(1, 0, 2, 3).flatten(1, 2), torch.full((t, n * c.shape[2], 2), 255.0)]
     video = torch.cat(cols[:-1], -1).round().clamp(0, 255).to(torch.uint8).numpy()  # (T, n * H, W')
     frames = [Image.fromarray(f) for f in video]

@@ -349,22 +349,17 @@ class Sampler:
     def _step(self, st: _BatchState, k: int, inputs, features: list | None = None):
         """Sample unit ``k`` from ``inputs`` (None for unit 0); ``features`` gets the backbone's output of the unit
         (what a feature draft reads)."""
-        c = self.cfg
-        h = self._read(st, k, inputs)
+        m, c = self.model, self.cfg
+        if inputs is not None and st.guided:
+            inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
+        kv_len, masked = self.reads[k]
+        h = m.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
         if features is not None:
             features.append(h)
         return self._head_sample(
             h, self._scales[k], st.noise, self._steps[k], guided=st.guided,
             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
         )  # fmt: skip
-
-    def _read(self, st: _BatchState, k: int, inputs) -> torch.Tensor:
-        """The backbone's features of unit ``k`` from ``inputs`` (None for unit 0), its keys and values into the
-        batch's cache."""
-        if inputs is not None and st.guided:
-            inputs = torch.cat([inputs, inputs])  # both halves read the same sampled tokens
-        kv_len, masked = self.reads[k]
-        return self.model.decode_unit(k, inputs, st.labels, st.cache, kv_len, masked)
 
     # ---- a batch -------------------------------------------------------------------------------------------------
 
@@ -377,7 +372,7 @@ class Sampler:
         m = self.model
         units: list[torch.Tensor] = []
         n = m.schedule.num_units if stop is None else stop
-        state, n_given, dtype, prefix = None, 0 if given is None else min(len(given), n), None, []
+        state, n_given, prefix = None, 0 if given is None else min(len(given), n), []
         for k in range(n):
             inputs, state = m.schedule.step_input(state, units) if k else (None, None)
             if inputs is not None and inputs.is_floating_point():
@@ -389,9 +384,8 @@ class Sampler:
                     m.decode_prefix(prefix, st.labels, st.cache)
             else:
                 units.append(self._step(st, k, inputs))
-                dtype = dtype or units[-1].dtype
-        if dtype is not None:  # the given units in the dtype of the drawn ones
-            units = [u.to(dtype) for u in units]
+        if 0 < n_given < len(units):  # the given units in the dtype of the drawn ones
+            units[:n_given] = [u.to(units[-1].dtype) for u in units[:n_given]]
         return m.schedule.from_sequence(torch.cat(units, dim=1)) if stop is None else units
 
     def _first_unit(self, st: _BatchState):
