@@ -3,8 +3,9 @@
 #   (every step first writes Moving Fashion-MNIST from $FMNIST (10k / 1k clips, seeded) to $DATA where it is missing)
 #   STEP=tokenizer: the frame tokenizer
 #                   (tokenizers/moving-fmnist-kl.yaml) for TOK_MIN minutes;
-#   STEP=generator: the FAR-style generator (generators/moving-fmnist-far.yaml) for GEN_MIN minutes (8: with its
-#                   start, compile and save, 9 can pass a 10-minute device call);
+#   STEP=generator: the FAR-style generator (generators/moving-fmnist-far.yaml) for GEN_MIN minutes, its cosine
+#                   schedule over those minutes (train.budget_minutes: the run ends annealed; 8: with its start,
+#                   compile and save, 9 can pass a 10-minute device call);
 #   STEP=eval:      a GIF and grid; NUM clips scored by eval/fvd.py at 16 frames (fd_fmnistcls_frames, fvd_mfmnistvid,
 #                   copies, dynamics against real and shuffled test clips) and at 32 (the window slides: per-frame FD
 #                   and dynamics); NUM test clips predicted from their first 4 frames (eval/dynamics.py:
@@ -34,7 +35,7 @@ if [ "$STEP" = tokenizer ]; then
 fi
 if [ "$STEP" = generator ]; then
   python train.py generator --recipe generators/moving-fmnist-far.yaml data.path=$DATA val.path=$DATA \
-    train.time_limit_minutes=$GEN_MIN $EXTRA > $OUT/train-far.log 2>&1
+    train.time_limit_minutes=$GEN_MIN train.budget_minutes=$GEN_MIN $EXTRA > $OUT/train-far.log 2>&1
   cp runs/moving-fmnist-far/metrics.jsonl $OUT/metrics-far.jsonl
   # the model back as sampling loads it (the EMA weights; not the raw ones), in parts under 16 MiB
   tar czf - -C runs --exclude=moving-fmnist-far/final/model.safetensors moving-fmnist-far/final \
