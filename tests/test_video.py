@@ -136,6 +136,38 @@ def test_context_noise_is_training_only():
     torch.testing.assert_close(noisy[:, :4], clean[:, :4])  # the first frame reads the class, not a context
 
 
+def test_the_first_frames_positions_are_told_apart(tmp_path):
+    """Every position of unit 0 reads the class alone and attention cannot tell them apart (RoPE turns queries and
+    keys, the values are all one): without its own embedding a position's features equal every other's, and a
+    first frame is drawn as a set of tokens with no place. A checkpoint from before the embedding loads, reading
+    unit 0 as it did (zeros)."""
+    from safetensors.torch import load_file, save_file
+
+    gen = video_generator()
+    seq, labels = torch.randn(2, gen.schedule.seq_len, 3), torch.tensor([0, 3])
+    with torch.no_grad():
+        h = gen.features(seq, labels)[:, :4]  # the first frame's 4 positions
+        assert not torch.allclose(h[:, 0], h[:, 1])
+        gen.start_pos.zero_()
+        h = gen.features(seq, labels)[:, :4]
+    torch.testing.assert_close(h[:, 1:], h[:, :1].expand(-1, 3, -1))  # without it, every position alike
+    gen.save_pretrained(tmp_path / "old")
+    weights = tmp_path / "old" / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if k != "start_pos"}, weights)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config.pop("sha256", None)  # the file was rewritten: as an older visgen wrote it, without checksums
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = Generator.from_pretrained(tmp_path / "old")
+    assert torch.equal(old.start_pos, torch.zeros_like(old.start_pos))
+    from tests.test_tokenizers import TINY_VQ
+    from visgen.tokenizers import VQTokenizer
+
+    raster = lambda n: Generator(GeneratorConfig(tokenizer="-", image_size=16, num_classes=4, unit_size=n,
+                                                 backbone={"preset": "tiny"}),
+                                 tokenizer=VQTokenizer(TINY_VQ))  # fmt: skip
+    assert raster(1).start_pos is None and raster(4).start_pos.shape[0] == 4
+
+
 def test_bad_settings_are_clear_errors():
     tok = KLTokenizer(TINY_KL)
     with pytest.raises(ConfigError, match="model.frames"):
@@ -293,7 +325,7 @@ def test_frames_drawn_without_a_cache_across_frames_equal_the_cached_sampler():
 def test_motion_scores_fail_frozen_shuffled_and_slow_clips(fmnist):
     """The acceleration term alone rewards a clip that does not move; the speed term catches it, and a clip whose item
     moves at half the data's speed; shuffled clips fail the acceleration term. Real clips pass both."""
-    from visgen.metrics.dynamics import motion_scores, speed_distance, speeds
+    from visgen.metrics.dynamics import frozen, motion_scores, prediction_motion, speed_distance, speeds
 
     items, labels = fmnist_items(fmnist)
     make = lambda seed, **kw: torch.from_numpy(moving_fashion_mnist(items, labels, 24, frames=16, size=64, seed=seed,
@@ -305,6 +337,10 @@ def test_motion_scores_fail_frozen_shuffled_and_slow_clips(fmnist):
     assert m["speed_distance_real"] < 0.4 and m["speed_distance"] < 0.4 and m["dynamics_error"] < 1.0  # real pass
     slow = speed_distance(make(4, speed=(1.0, 2.0)), speeds(ref))
     assert slow > 1.0 and slow > 4 * m["speed_distance_real"]
+    # the motion of predicted frames alone: a true continuation passes, one that holds the last given frame fails
+    p = prediction_motion(real, real, 4, ref)
+    assert p["prediction_speed_distance"] == p["prediction_speed_distance_real"] < 0.4
+    assert prediction_motion(frozen(real, 3), real, 4, ref)["prediction_speed_distance"] > 2.0
 
 
 def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path):
@@ -327,6 +363,7 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     m = json.loads((tmp_path / "d.json").read_text())["metrics"]
     assert m["prediction_error_px_real"] == 0 and m["prediction_error_px"] >= 0 and "speed_distance_frozen" in m
     assert m["prediction_context_frames"] == 2 and m["prediction_horizon"] == 4 and m["prediction_clips"] == 3
+    assert {"prediction_dynamics_error", "prediction_speed_distance_real"} <= set(m)  # 32-pixel frames: NaN
     from PIL import Image
 
     with Image.open(tmp_path / "side.gif") as gif:  # real, predicted, generated: 3 columns of 3 clips, 6 frames

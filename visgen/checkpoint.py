@@ -146,8 +146,9 @@ class PretrainedMixin:
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
             raise CheckpointError(f"weights in {path} do not fit this {self.model_type} config: {e}") from e
-        # tied weights are saved once; anything else missing means the file belongs to another config
-        missing = [k for k in missing if not self._is_tied(k)]
+        # tied weights are saved once, parameters newer than the file are set to what the model did before them;
+        # anything else missing means the file belongs to another config
+        missing = [k for k in missing if not self._is_tied(k) and not self._fill_missing(k)]
         if missing or unexpected:
             raise CheckpointError(
                 f"weights in {path} do not fit this {self.model_type} config "
@@ -155,6 +156,11 @@ class PretrainedMixin:
             )
 
     def _is_tied(self, key: str) -> bool:
+        return False
+
+    def _fill_missing(self, key: str) -> bool:
+        """For a parameter ``key`` added after a checkpoint was written: set it to what the model did before it
+        existed and say True; False for any other key (the file is another model's)."""
         return False
 
 

@@ -1,7 +1,9 @@
 """The AR generator: tokenizer reference + schedule + backbone + head, one class for every family.
 
 Sequence layout (DESIGN.md): position i predicts token i of the schedule's order. Unit 0 reads the class
-embedding (the prefix token, repeated over unit 0's positions); unit k >= 1 reads ``schedule.next_input`` of the
+embedding (the prefix token, repeated over unit 0's positions), plus a learned embedding of each position where unit 0
+has several (a video's first frame, a raster unit of several tokens): attention alone cannot tell them apart, since
+RoPE turns queries and keys but every position's value is the same; unit k >= 1 reads ``schedule.next_input`` of the
 units before it. With ``backbone.adaln`` the class also modulates every block.
 """
 
@@ -133,6 +135,8 @@ class Generator(PretrainedMixin, nn.Module):
         self.backbone = Transformer(self.backbone_cfg)
         self.class_emb = nn.Embedding(config.num_classes + 1, d)
         nn.init.normal_(self.class_emb.weight, std=0.02)
+        n0 = self.schedule.unit_sizes[0]  # unit 0's positions told apart (see the module docstring)
+        self.start_pos = nn.Parameter(0.02 * torch.randn(n0, d)) if n0 > 1 else None
         if self.schedule.input_kind == "tokens":
             self.input_emb = nn.Embedding(tokenizer.vocab_size, d)
             nn.init.normal_(self.input_emb.weight, std=0.02)
@@ -207,8 +211,17 @@ class Generator(PretrainedMixin, nn.Module):
     # ---- the sequence ------------------------------------------------------------------------------------------
 
     def start(self, labels_B: torch.Tensor, n: int) -> torch.Tensor:
-        """Unit 0's input: the class embedding at each of its ``n`` positions."""
-        return self.class_emb(labels_B)[:, None].expand(-1, n, -1)
+        """Unit 0's input: the class embedding at each of its ``n`` positions (plus each position's own embedding
+        where unit 0 has several)."""
+        x = self.class_emb(labels_B)[:, None].expand(-1, n, -1)
+        return x if self.start_pos is None else x + self.start_pos[:n].to(x.dtype)
+
+    def _fill_missing(self, key: str) -> bool:
+        if key != "start_pos":
+            return False
+        with torch.no_grad():  # a checkpoint from before unit 0's positions had embeddings: they read as it did then
+            self.start_pos.zero_()
+        return True
 
     def cond(self, labels_B: torch.Tensor) -> torch.Tensor | None:
         return self.class_emb(labels_B) if self.backbone_cfg.adaln else None

@@ -11,7 +11,10 @@ The real clips of ``--ref`` are split in two halves: the first gives the referen
 the baselines. Reports ``dynamics_error`` (pixels / frame^2) and ``speed_distance`` (pixels / frame), each also as
 ``_real``, ``_shuffled`` and ``_frozen``; with ``--context-frames K`` (a checkpoint), the model also predicts the
 second half's clips from their first K frames and ``prediction_error_px`` (with ``_real``, ``_shuffled``,
-``_frozen``) says how far its tracked item strays from the true one over the next ``--horizon`` frames.
+``_frozen``) says how far its tracked item strays from the true one over the next ``--horizon`` frames, and
+``prediction_dynamics_error`` / ``prediction_speed_distance`` (with ``_real``: the true continuations) score the
+motion of the predicted frames alone (from the last given frame on): with ``--context-frames 1`` they tell the motion
+a model makes from a real first frame apart from the first frames it draws itself.
 ``--gif FILE``: the clips side by side, a row each: real held-out clips and the ``--input`` clips, or with
 ``--context-frames`` the real clips, the model's predictions of them and its own clips.
 """
@@ -28,7 +31,7 @@ from visgen.checkpoint import CheckpointError
 from visgen.cli.fvd import data_clips, generated
 from visgen.config import ConfigError
 from visgen.data import DataError
-from visgen.metrics.dynamics import motion_scores, prediction_scores
+from visgen.metrics.dynamics import motion_scores, prediction_motion, prediction_scores
 from visgen.metrics.recon import to_uint8
 from visgen.results import metrics_line, write_result
 
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
         columns = [real, clips]
         if args.context_frames:
             scores, true, pred = predicted(args, T)
-            metrics.update(scores)
+            metrics.update(scores, **prediction_motion(pred, true, args.context_frames, ref))
             columns = [true, pred, clips]
         print(metrics_line(metrics))
         if args.name:  # the figures first: a GIF that fails to write loses none of them

@@ -150,3 +150,14 @@ def prediction_scores(predicted: torch.Tensor, true: torch.Tensor, context: int,
     cases = (("", predicted), ("_real", true), ("_shuffled", torch.cat([true[:, :context], tail], 1)),
              ("_frozen", frozen(true, context - 1)))  # fmt: skip
     return {f"prediction_error_px{s}": prediction_error_px(c, true, context, horizon) for s, c in cases}
+
+
+def prediction_motion(predicted: torch.Tensor, true: torch.Tensor, context: int, ref: torch.Tensor) -> dict[str, float]:
+    """``dynamics_error`` and ``speed_distance`` (against the speeds of ``ref``) of the frames clips ``predicted``
+    from the first ``context`` frames of ``true`` drew themselves (from the last given frame on), as
+    ``prediction_<score>``, beside the same of the true continuations (``prediction_<score>_real``). From one given
+    frame these tell the motion a model makes apart from the first frames it draws."""
+    out = {}
+    for suffix, c in (("", predicted), ("_real", true)):
+        out.update({f"prediction_{k}{suffix}": v for k, v in motion_scores(c[:, context - 1 :], None, ref).items()})
+    return out
