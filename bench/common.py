@@ -12,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch._dynamo.utils import compilation_time_metrics, counters
 
 from visgen.results import write_result
 from visgen.sampling import Sampler, SamplingConfig
+from visgen.train.graph_step import GraphedLoss
 
 
 def sync():
@@ -231,10 +233,54 @@ def profile_sampling(gen, cfg: SamplingConfig, draft=None, table: str | None = N
     return {"kernels": len(ran) / steps, "device_ms": ms / steps}
 
 
-def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False) -> dict:
+def profile_steps(step, table: Path, title: str, steps: int = 10) -> dict:
+    """Kernels, device ms and wall ms per step over ``steps`` calls of ``step``, and the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall = time.perf_counter() - t0
+    return profile_summary(prof, wall, steps, table, title)
+
+
+def profile_summary(prof, wall: float, steps: int, table: Path, title: str) -> dict:
+    cuda = torch.cuda.is_available()
+    events = prof.events()
+    if cuda:
+        # the profiler's step markers span the step on the device too: not kernels
+        ran = [e for e in events if e.device_type.name == "CUDA" and not e.name.startswith("ProfilerStep")]
+        ms = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in ran) / 1e3
+    else:
+        ran = [e for e in events if e.name.startswith("aten::")
+               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
+        ms = sum(e.self_cpu_time_total for e in ran) / 1e3
+    syncs = sum(
+        e.count
+        for e in prof.key_averages()
+        if e.key
+        in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
+    )
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w") as f:
+        f.write(f"== {title}: {steps} steps\n{prof.key_averages().table(sort_by=sort, row_limit=30)}\n")
+        f.write(f"\n== by host time\n{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=30)}\n")
+    return {"kernels_per_step": len(ran) / steps, "device_ms_per_step": ms / steps,
+            "wall_ms_per_step": 1e3 * wall / steps, "host_syncs_per_step": syncs / steps}  # fmt: skip
+
+
+def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False, checkpointing: bool = False,
+                   graph: bool = False, profile: Path | None = None, title: str = "training") -> dict:  # fmt: skip
     """Training tokens/s and model TFLOP/s (6 x parameters x tokens/s) of ``gen.loss`` on ``tokens`` (bf16
     autocast, fused AdamW); {"oom": True} when the batch does not fit. Trains a copy: ``gen`` keeps its weights
-    and stays uncompiled."""
+    and stays uncompiled. ``compile``: the blocks compiled regionally (``train.compile=true``); ``graph``: the whole
+    loss compiled and replayed as CUDA graphs (``train.compile=graph``); ``profile``: a file for the profiler's tables
+    of ten steps after the timing, whose kernels, device ms and wall ms per step join the figures."""
     device = tokens.device
     free_cached_memory()  # what sampling before left cached would fragment it
     model = copy.deepcopy(gen).to(device).train()
@@ -244,10 +290,11 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     labels = torch.randint(0, model.config.num_classes, (len(tokens),), device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    loss_fn = GraphedLoss(model) if graph else model.loss
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            loss = model.loss(tokens, labels)
+            loss = loss_fn(tokens, labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -265,16 +312,17 @@ def bench_training(gen, tokens: torch.Tensor, steps: int, compile: bool = False,
         for _ in range(steps):
             step()
         sync()
+        tokens_per_s = steps * len(tokens) * model.schedule.seq_len / (time.perf_counter() - t0)  # C values a token
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+        params = sum(p.numel() for p in model.parameters())
+        out = {"tokens_per_s": tokens_per_s, "model_tflops": 6 * params * tokens_per_s / 1e12, "peak_gib": peak,
+               "warmup_s": warmup}  # fmt: skip
+        if profile is not None:  # after the timing: the profiler slows what runs under it
+            out.update(profile_steps(step, profile, title))
     except torch.OutOfMemoryError:
         return {"oom": True}
     finally:
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    tokens_per_s = (
-        steps * len(tokens) * model.schedule.seq_len / (time.perf_counter() - t0)
-    )  # continuous: C values a token
-    params = sum(p.numel() for p in model.parameters())
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    return {"tokens_per_s": tokens_per_s, "model_tflops": 6 * params * tokens_per_s / 1e12, "peak_gib": peak,
-            "warmup_s": warmup}  # fmt: skip
+    return out

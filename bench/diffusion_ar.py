@@ -104,7 +104,7 @@ def main():
     for k in args.unit_sizes:
         model = gen if k == 1 else build(args.tiny, k)
         if k != 1:
-            model.load_state_dict(gen.state_dict())
+            model.load_state_dict(gen.state_dict(), strict=False)  # all but unit 0's position embeddings (unit 1: none)
         for mode, hs in ((mode, hs) for mode in args.modes for hs in args.head_steps):
             tag = ("" if mode == "eager" else f"{mode}_") + (f"hs{hs}_" if hs else "")
             for bs in args.sample_batches:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import Record, free_cached_memory, parser, sync
+from common import Record, free_cached_memory, parser, profile_steps, profile_summary, sync
 
 from visgen.generator import Generator, GeneratorConfig
 from visgen.train.generator_task import GeneratorTask, TokenDataset
@@ -123,47 +123,6 @@ def host_profile(run, steps: int, table: Path, title: str):
     pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(60)
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(f"== {title}: {steps} steps, {1e3 * wall / steps:.2f} ms a step under cProfile\n{text.getvalue()}")
-
-
-def profile_steps(step, table: Path, title: str, steps: int = 10) -> dict:
-    """Kernels, device ms and wall ms per step over ``steps`` calls of ``step``, and the profiler's table."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = torch.cuda.is_available()
-    sync()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        wall = time.perf_counter() - t0
-    return profile_summary(prof, wall, steps, table, title)
-
-
-def profile_summary(prof, wall: float, steps: int, table: Path, title: str) -> dict:
-    cuda = torch.cuda.is_available()
-    events = prof.events()
-    if cuda:
-        # the profiler's step markers span the step on the device too: not kernels
-        ran = [e for e in events if e.device_type.name == "CUDA" and not e.name.startswith("ProfilerStep")]
-        ms = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in ran) / 1e3
-    else:
-        ran = [e for e in events if e.name.startswith("aten::")
-               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]  # fmt: skip
-        ms = sum(e.self_cpu_time_total for e in ran) / 1e3
-    syncs = sum(
-        e.count
-        for e in prof.key_averages()
-        if e.key
-        in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense")
-    )
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with open(table, "w") as f:
-        f.write(f"== {title}: {steps} steps\n{prof.key_averages().table(sort_by=sort, row_limit=30)}\n")
-        f.write(f"\n== by host time\n{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=30)}\n")
-    return {"kernels_per_step": len(ran) / steps, "device_ms_per_step": ms / steps,
-            "wall_ms_per_step": 1e3 * wall / steps, "host_syncs_per_step": syncs / steps}  # fmt: skip
 
 
 def trainer_run(gen: Generator, batch: int, seconds: float, mode: str, device, profile: Path | None = None):

@@ -15,12 +15,14 @@ steps), random weights, class-conditional, guidance 2, bf16.
   ``eval/fvd.py --frames 2T`` draws them (``sample_window_b{batch}_frames{2T}_clips_per_s``).
 
     python bench/video.py [--name bench-video] [--sample-batches 8 64] [--train-batches 64]   # a GPU
+    python bench/video.py --modes --train-modes eager compiled graph --profile $OUT           # training alone
     python bench/video.py --tiny                                                               # a CPU check
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from common import bench_training, parser, setup, sync
@@ -83,10 +85,14 @@ def clip_batches(sampler: Sampler, labels: torch.Tensor, mode: str):
 def main():
     p = parser(__doc__)
     p.set_defaults(sample_batches=[8, 64], train_batches=[64])
-    p.add_argument("--modes", nargs="+", default=["cached", "eager", "recompute", "window"],
-                   choices=["cached", "eager", "recompute", "window"])  # fmt: skip
+    p.add_argument("--modes", nargs="*", default=["cached", "eager", "recompute", "window"],
+                   choices=["cached", "eager", "recompute", "window"], help="none: no sampling figures")  # fmt: skip
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--train-modes", nargs="+", default=["eager"], choices=["eager", "compiled", "graph"],
+                   help="training as bench_training runs it: eager, the blocks compiled (train.compile=true) or the "
+                   "whole loss replayed as CUDA graphs (train.compile=graph)")  # fmt: skip
+    p.add_argument("--profile", type=Path, help="a folder for the profiler's tables of ten training steps per row")
     args = p.parse_args()
     gen, rec = setup(args, build)
     rec.add("frames", gen.config.frames, "d")
@@ -105,13 +111,20 @@ def main():
     for b in args.train_batches:
         s = gen.config.image_size // gen.tokenizer.downsample
         latents = torch.randn(b, gen.config.frames, gen.tokenizer.config.latent_channels, s, s, device=device)
-        r = bench_training(gen, latents, args.train_steps)
-        if r.get("oom"):
-            rec.add(f"train_b{b}", "out of memory")
-            continue
-        rec.add(f"train_b{b}_tokens_per_s", r["tokens_per_s"], ",.0f")
-        rec.add(f"train_b{b}_model_tflops", r["model_tflops"], ".1f")
-        rec.add(f"train_b{b}_peak_gib", r["peak_gib"], ".1f")
+        for mode in args.train_modes:
+            name = f"train_b{b}" if mode == "eager" else f"train_{mode}_b{b}"  # eager: the name it always had
+            table = args.profile / f"profile-{name}.txt" if args.profile else None
+            r = bench_training(gen, latents, args.train_steps, compile=mode == "compiled", graph=mode == "graph",
+                               profile=table, title=f"{name}: one training step")  # fmt: skip
+            if r.get("oom"):
+                rec.add(name, "out of memory")
+                continue
+            rec.add(f"{name}_tokens_per_s", r["tokens_per_s"], ",.0f")
+            rec.add(f"{name}_model_tflops", r["model_tflops"], ".1f")
+            rec.add(f"{name}_peak_gib", r["peak_gib"], ".1f")
+            for key in ("kernels_per_step", "device_ms_per_step", "wall_ms_per_step"):
+                if key in r:
+                    rec.add(f"{name}_{key}", r[key], ".1f")
 
 
 if __name__ == "__main__":

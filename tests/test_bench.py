@@ -141,11 +141,14 @@ def test_pixel_bench_measures_both_units(tmp_path):
 
 def test_video_bench_measures_the_cache_against_recomputing(tmp_path):
     m = run_bench(tmp_path, "bench/video.py", "--tiny", "--sample-batches", "2", "--train-batches", "2", "--train-steps",
-                  "1", "--repeats", "1", name="v")  # fmt: skip
+                  "1", "--repeats", "1", "--profile", str(tmp_path / "prof"), name="v")  # fmt: skip
     for mode in ("cached", "eager", "recompute"):
         assert m[f"sample_{mode}_b2_clips_per_s"] > 0
     assert m["sample_window_b2_frames8_clips_per_s"] > 0  # twice the tiny model's 4 frames, the window sliding
     assert m["cache_speedup_b2"] > 0 and m["train_b2_tokens_per_s"] > 0
+    # --profile: where a training step's time goes (the table), and its launches per step among the figures
+    assert m["train_b2_kernels_per_step"] > 0 and m["train_b2_wall_ms_per_step"] > 0
+    assert "aten::" in (tmp_path / "prof" / "profile-train_b2.txt").read_text()
 
 
 def test_multigpu_bench_scales_one_to_two_processes(tmp_path):
