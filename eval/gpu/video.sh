@@ -12,7 +12,8 @@
 #                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
 #                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
 #                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json);
-#                   bench/video.py (results/bench-video.json).
+#                   bench/video.py (results/bench-video.json: sampling, and training eager, compiled and as CUDA
+#                   graphs, with the profiler's tables in $OUT/profile).
 # EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
 # run: FMNIST=tests/data/fashion-mnist MAKE="--train 64 --test 32" DATA=/tmp/mf TOK_MIN=0 GEN_MIN=0 NUM=8
 # EXTRA="train.steps=2 train.batch_size=4 train.num_workers=0 train.val_images=8 train.log_every=1" BENCH="--tiny"
@@ -69,5 +70,7 @@ if [ "$STEP" = eval ]; then
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --cfg-scale $G --name dynamics-cfg$G \
       --results-dir $RUN > $OUT/dynamics-cfg$G.log 2>&1
   done
-  python bench/video.py --name bench-video ${BENCH:-} > $OUT/bench-video.log 2>&1
+  # the benchmark last: sampling modes, and training in the trainer's three modes with the profiler's tables
+  python bench/video.py --name bench-video --train-modes eager compiled graph --profile $OUT/profile ${BENCH:-} \
+    > $OUT/bench-video.log 2>&1
 fi
