@@ -20,7 +20,8 @@
 # RESULTS=/tmp/r).
 # Usage: FMNIST=$VISGEN_DATA/fashion-mnist OUT=/tmp/out STEP=tokenizer bash eval/gpu/video.sh; then generator, eval
 # (the device returns at most 8 files of 16 MiB: give the generator step the call's own $OUT, where the model's parts
-# land as they are; the eval step writes more files, so give it a folder to pack into one archive)
+# land as they are; the eval step writes more files, so give it a folder to pack into one archive). A tokenizer
+# trained before (runs/moving-fmnist-kl/final, 4 MB) can travel with the call instead of STEP=tokenizer.
 set -euo pipefail
 export TQDM_MININTERVAL=30
 TOK_MIN=${TOK_MIN:-9} GEN_MIN=${GEN_MIN:-8} NUM=${NUM:-1000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
