@@ -375,6 +375,22 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     with pytest.raises(KeyError, match="no prediction figures"):
         prediction_metrics(tmp_path / "plain.json")
     assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames
+    # eval/fvd.py --dynamics on a checkpoint: the held-out clips through its tokenizer and back give the floor its
+    # frames allow (_recon); round_trip is the tokenizer frame by frame, clips (N, T, H, W, C) kept in their layout
+    from visgen.cli.fvd import data_clips, round_trip
+    from visgen.cli.fvd import main as fvd_main
+
+    assert fvd_main(["--input", str(tmp_path / "gen"), "--ref", str(moving), "--num-samples", "3", "--batch-size", "3",
+                     "--frame-extractor", "none", "--video-extractor", "none", "--dynamics", "--name", "f",
+                     "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    f = json.loads((tmp_path / "f.json").read_text())["metrics"]
+    assert {"speed_distance_recon", "dynamics_error_recon", "speed_distance_real"} <= set(f)
+    real = data_clips(str(moving), "test", 6, 32, 3, 2)  # as many channels as the model's clips, as fvd.py reads them
+    back = round_trip(tmp_path / "gen", real, "cpu", 2)
+    assert back.shape == real.shape and back.dtype == torch.uint8
+    x = real[1, 4].permute(2, 0, 1)[None].float() / 127.5 - 1  # clip 1, frame 4 alone, as an image
+    one = ((gen.tokenizer.decode(gen.tokenizer.encode(x)).clamp(-1, 1) + 1) * 127.5).round()
+    assert (one[0].permute(1, 2, 0) - back[1, 4].float()).abs().max() <= 1
     (tmp_path / "d.json").unlink()  # a GIF that cannot be written fails the command, after the figures are saved
     assert dynamics_main([*args, "--context-frames", "2", "--gif", str(tmp_path / "no" / "side.gif")]) == 2
     assert json.loads((tmp_path / "d.json").read_text())["metrics"]["prediction_clips"] == 3

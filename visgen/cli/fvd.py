@@ -13,7 +13,8 @@ Reports, against ``--ref``'s ``--ref-split`` (the training clips, by default):
   the video features and in pixels, against the held-out clips' floor (``copy_rate`` and the rest, as for images);
 - with ``--dynamics``: the motion scores of ``visgen.metrics.dynamics`` (``dynamics_error``, ``speed_distance``) of
   the samples beside the held-out clips' (``_real``, the floor) and those clips shuffled in time and frozen
-  (``_shuffled``, ``_frozen``: baselines that must fail); Moving Fashion-MNIST only.
+  (``_shuffled``, ``_frozen``: baselines that must fail), and for a checkpoint the same held-out clips through its
+  tokenizer and back (``_recon``: what motion the model's frames can carry at best); Moving Fashion-MNIST only.
 
 A checkpoint is sampled here: class-balanced labels, sample i seeded by (seed, i); ``--frames`` longer than
 training slides the window (``Sampler.sample_video``). Reference statistics are cached (``--cache-dir``), keyed by
@@ -59,6 +60,17 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     rate = args.num_samples / (time.perf_counter() - t0)
     info = {"cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size, "clips_per_s": rate}
     return to_uint8(clips).permute(0, 1, 3, 4, 2).cpu(), info
+
+
+def round_trip(path: Path, clips: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
+    """uint8 clips (N, T, H, W, C) through the tokenizer of the video generator at ``path`` and back."""
+    gen = load_model(path).to(device).eval()
+    out = []
+    with torch.no_grad():
+        for x in clips.split(batch_size):  # (B, T, H, W, C) uint8 -> (B, T, C, H, W) in [-1, 1]
+            x = x.to(device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+            out.append(to_uint8(gen.decode_tokens(gen.encode(x))).permute(0, 1, 3, 4, 2).cpu())
+    return torch.cat(out)
 
 
 def data_clips(path: str, split: str, frames: int, size: int | None, channels: int, limit: int | None) -> torch.Tensor:
@@ -182,6 +194,10 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     if args.dynamics:  # baselines and speeds from as many real clips as there are samples
         real = holdout[:N].float().mean(-1) if holdout is not None else None
         metrics.update(motion_scores(clips.float().mean(-1), real, ref[:N].float().mean(-1), args.seed))
+        if real is not None and "cfg_scale" in info:  # a checkpoint: the floor through its tokenizer
+            recon = round_trip(Path(args.input), holdout[:N], device, args.batch_size).float().mean(-1)
+            recon_scores = motion_scores(recon, None, ref[:N].float().mean(-1))
+            metrics.update({f"{k}_recon": v for k, v in recon_scores.items()})
     if "clips_per_s" in info:
         metrics["clips_per_s"] = info["clips_per_s"]
     print(metrics_line(metrics))
