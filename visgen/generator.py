@@ -214,7 +214,7 @@ class Generator(PretrainedMixin, nn.Module):
         """Unit 0's input: the class embedding at each of its ``n`` positions (plus each position's own embedding
         where unit 0 has several)."""
         x = self.class_emb(labels_B)[:, None].expand(-1, n, -1)
-        return x if self.start_pos is None else x + self.start_pos[:n].to(x.dtype)
+        return x if self.start_pos is None else x + self.start_pos[:n]
 
     def _fill_missing(self, key: str) -> bool:
         if key != "start_pos":

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     if args.dynamics:  # baselines and speeds from as many real clips as there are samples
         real = holdout[:N].float().mean(-1) if holdout is not None else None
         metrics.update(motion_scores(clips.float().mean(-1), real, ref[:N].float().mean(-1), args.seed))
-        if real is not None and "cfg_scale" in info:  # a checkpoint: the floor through its tokenizer
+        if real is not None and (Path(args.input) / "config.json").is_file():  # a checkpoint: through its tokenizer
             recon = round_trip(Path(args.input), holdout[:N], device, args.batch_size).float().mean(-1)
             recon_scores = motion_scores(recon, None, ref[:N].float().mean(-1))
             metrics.update({f"{k}_recon": v for k, v in recon_scores.items()})
