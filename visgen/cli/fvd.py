@@ -64,7 +64,7 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
 
 def round_trip(path: Path, clips: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
     """uint8 clips (N, T, H, W, C) through the tokenizer of the video generator at ``path`` and back."""
-    gen = load_model(path).to(device).eval()
+    gen = load_model(path, ema=(path / "ema.safetensors").is_file()).to(device).eval()  # as sampled_clips loads it
     out = []
     with torch.no_grad():
         for x in clips.split(batch_size):  # (B, T, H, W, C) uint8 -> (B, T, C, H, W) in [-1, 1]
