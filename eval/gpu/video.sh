@@ -11,7 +11,8 @@
 #                   and dynamics); NUM test clips predicted from their first 4 frames (eval/dynamics.py:
 #                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
 #                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
-#                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json);
+#                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json; none by default)
+#                   and at the flow head's Euler steps HEAD_SWEEP (dynamics-hsH.json; default 50 100);
 #                   bench/video.py (results/bench-video.json: sampling, and training eager, compiled and as CUDA
 #                   graphs, with the profiler's tables in $OUT/profile).
 # EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
@@ -66,10 +67,16 @@ if [ "$STEP" = eval ]; then
   python eval/generator_result.py --run $RUN --samples $S --video-report $RUN/fvd-16.json $RUN/fvd-32.json \
     --prediction-report $RUN/prediction.json --gif $RUN/side-by-side.gif --name moving-fmnist-video \
     --results-dir $RESULTS --command "$CMD" > /dev/null
-  # the motion scores at other guidance scales (the result's are at 2): what moves them, for the note
-  for G in ${CFG_SWEEP:-1.0 1.5 3.0}; do
+  # the motion scores at other guidance scales (the result's are at 2; the last run's sweep moved nothing, so none by
+  # default) and with more of the flow head's Euler steps (the recipe's 25; on the CPU, 100 steps brought the
+  # speeds of frames drawn from a real first frame nearer the data's): what moves them, for the note
+  for G in ${CFG_SWEEP:-}; do
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --cfg-scale $G --name dynamics-cfg$G \
       --results-dir $RUN > $OUT/dynamics-cfg$G.log 2>&1
+  done
+  for H in ${HEAD_SWEEP-50 100}; do
+    python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --head-steps $H --name dynamics-hs$H \
+      --results-dir $RUN > $OUT/dynamics-hs$H.log 2>&1
   done
   # the benchmark last: sampling modes, and training in the trainer's three modes with the profiler's tables
   python bench/video.py --name bench-video --train-modes eager compiled graph --profile $OUT/profile ${BENCH:-} \

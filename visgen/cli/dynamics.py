@@ -59,8 +59,9 @@ def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.
     items = items[len(items) // 2 :]  # the half the floor comes from
     true = torch.stack([it["image"] for it in items])
     labels = torch.tensor([max(int(it["label"]), 0) for it in items]) % max(gen.config.num_classes, 1)
-    sampler = Sampler(gen, SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size),
-                      device=args.device)  # fmt: skip
+    cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                         head_steps=args.head_steps)  # fmt: skip
+    sampler = Sampler(gen, cfg, device=args.device)
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
     true, pred = grey(true).cpu(), grey(pred).cpu()
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--frames", type=int, default=0, help="clip length (a checkpoint: default the model's)")
     p.add_argument("--size", type=int, default=64, help="frame side of video data given as --input")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
+                   "steps (0: the recipe's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--name", help="write results/NAME.json")
@@ -105,14 +108,15 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
                    "them, and with --context-frames the model's predictions of the real ones")  # fmt: skip
     args = p.parse_args(argv)
     try:  # what eval/fvd.py reads, the same way: uint8 clips (N, T, H, W, C), here averaged to grey
-        clips = generated(args, args.device)[0].float().mean(-1)
+        clips, info = generated(args, args.device)
+        clips = clips.float().mean(-1)
         T, side = clips.shape[1], clips.shape[-1]
         real = data_clips(args.ref, args.ref_split, T, side, 1, 2 * args.num_samples).float()[..., 0]
         if len(real) < 2:
             raise DataError(f"{args.ref} ({args.ref_split}): at least 2 clips are needed, found {len(real)}")
         ref, real = real[: len(real) // 2], real[len(real) // 2 :]
         metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
-                   "frames": T}  # fmt: skip
+                   "frames": T, **{k: info[k] for k in ("head_steps", "clips_per_s") if k in info}}  # fmt: skip
         columns = [real, clips]
         if args.context_frames:
             scores, true, pred = predicted(args, T)

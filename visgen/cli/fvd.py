@@ -49,7 +49,8 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     gen = load_model(path, ema=(path / "ema.safetensors").is_file())
     if not getattr(getattr(gen, "config", None), "frames", 0):
         raise ConfigError(f"{path} is not a video generator (model.frames > 0)")
-    cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size)
+    cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                         head_steps=args.head_steps)  # fmt: skip
     sampler = Sampler(gen, cfg, device=device)
     labels, ids = torch.arange(args.num_samples) % max(gen.config.num_classes, 1), torch.arange(args.num_samples)
     t0 = time.perf_counter()
@@ -58,7 +59,8 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     else:
         clips = sampler.sample_images(labels, ids, progress=True)
     rate = args.num_samples / (time.perf_counter() - t0)
-    info = {"cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size, "clips_per_s": rate}
+    info = {"cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size, "clips_per_s": rate,
+            "head_steps": args.head_steps or getattr(gen.head, "steps", 0)}  # fmt: skip
     return to_uint8(clips).permute(0, 1, 3, 4, 2).cpu(), info
 
 
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     p.add_argument("--i3d-weights", help="the TorchScript I3D file (i3d_torchscript.pt)")
     p.add_argument("--dynamics", action="store_true", help="the Moving Fashion-MNIST dynamics score")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
+                   "steps (0: the recipe's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "visgen" / "fvd-stats"))
