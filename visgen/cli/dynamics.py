@@ -31,6 +31,7 @@ from visgen.checkpoint import CheckpointError
 from visgen.cli.fvd import data_clips, generated
 from visgen.config import ConfigError
 from visgen.data import DataError
+from visgen.heads.flow import SOLVERS
 from visgen.metrics.dynamics import motion_scores, prediction_motion, prediction_scores
 from visgen.metrics.recon import to_uint8
 from visgen.results import metrics_line, write_result
@@ -60,7 +61,7 @@ def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.
     true = torch.stack([it["image"] for it in items])
     labels = torch.tensor([max(int(it["label"]), 0) for it in items]) % max(gen.config.num_classes, 1)
     cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                         head_steps=args.head_steps)  # fmt: skip
+                         head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
     sampler = Sampler(gen, cfg, device=args.device)
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
                    "steps (0: the recipe's)")  # fmt: skip
+    p.add_argument("--head-solver", default="", choices=["", *SOLVERS], help="a checkpoint: a flow head's solver, "
+                   "euler or heun (default: the recipe's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--name", help="write results/NAME.json")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
             raise DataError(f"{args.ref} ({args.ref_split}): at least 2 clips are needed, found {len(real)}")
         ref, real = real[: len(real) // 2], real[len(real) // 2 :]
         metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
-                   "frames": T, **{k: info[k] for k in ("head_steps", "clips_per_s") if k in info}}  # fmt: skip
+                   "frames": T, **{k: info[k] for k in ("head_steps", "head_solver", "clips_per_s") if k in info}}  # fmt: skip
         columns = [real, clips]
         if args.context_frames:
             scores, true, pred = predicted(args, T)

@@ -35,6 +35,7 @@ import torch
 from visgen.checkpoint import CheckpointError, load_model
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
+from visgen.heads.flow import SOLVERS
 from visgen.metrics.dynamics import motion_scores
 from visgen.metrics.fidelity import Extractor, frechet_distance, reference_features, statistics
 from visgen.metrics.memorisation import memorisation_report
@@ -50,7 +51,7 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     if not getattr(getattr(gen, "config", None), "frames", 0):
         raise ConfigError(f"{path} is not a video generator (model.frames > 0)")
     cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                         head_steps=args.head_steps)  # fmt: skip
+                         head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
     sampler = Sampler(gen, cfg, device=device)
     labels, ids = torch.arange(args.num_samples) % max(gen.config.num_classes, 1), torch.arange(args.num_samples)
     t0 = time.perf_counter()
@@ -60,7 +61,8 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
         clips = sampler.sample_images(labels, ids, progress=True)
     rate = args.num_samples / (time.perf_counter() - t0)
     info = {"cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size, "clips_per_s": rate,
-            "head_steps": args.head_steps or getattr(gen.head, "steps", 0)}  # fmt: skip
+            "head_steps": args.head_steps or getattr(gen.head, "steps", 0),
+            "head_solver": args.head_solver or getattr(gen.head, "solver", "")}  # fmt: skip
     return to_uint8(clips).permute(0, 1, 3, 4, 2).cpu(), info
 
 
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
                    "steps (0: the recipe's)")  # fmt: skip
+    p.add_argument("--head-solver", default="", choices=["", *SOLVERS], help="a checkpoint: a flow head's solver, "
+                   "euler or heun (default: the recipe's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "visgen" / "fvd-stats"))

@@ -23,6 +23,7 @@ from visgen.checkpoint import EMA_NAME, WEIGHTS_NAME, CheckpointError, file_sha2
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.generator import Generator
+from visgen.heads.flow import SOLVERS
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
@@ -93,6 +94,8 @@ def folder_name(ckpt: Path, cfg: SamplingConfig, n: int, ema: bool, labels: str 
         parts.insert(5, f"{cfg.cfg_interval[0]:g}-{cfg.cfg_interval[1]:g}")
     if cfg.head_steps:
         parts.append(f"hs{cfg.head_steps}")
+    if cfg.head_solver:
+        parts.append(cfg.head_solver)
     if cfg.speculative != "none":  # exact methods draw other images than the plain loop under one seed
         parts.append(f"spec-{cfg.speculative}-g{cfg.gamma}-pre{cfg.prefill:g}")
         if cfg.speculative == "cspd":
@@ -135,6 +138,8 @@ def add_sampler_arguments(p: argparse.ArgumentParser):
                    help="GPU: auto (one unit replayed where it applies, else the whole loop), unit, loop, or off")
     p.add_argument("--head-steps", type=int, default=0,
                    help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
+    p.add_argument("--head-solver", default="", choices=["", *SOLVERS],
+                   help="how a flow head takes its steps: euler or heun (two passes a step; default: the recipe's)")
     p.add_argument("--speculative", default="none", choices=["none", *METHODS],
                    help="speculative decoding: a draft model, a draft on the target's features (EAGLE-style), "
                    "speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
@@ -146,7 +151,8 @@ def add_sampler_arguments(p: argparse.ArgumentParser):
 
 
 def sampler_settings(args) -> dict:
-    return dict(cuda_graph=CUDA_GRAPHS[args.cuda_graph], head_steps=args.head_steps, speculative=args.speculative,
+    return dict(cuda_graph=CUDA_GRAPHS[args.cuda_graph], head_steps=args.head_steps, head_solver=args.head_solver,
+                speculative=args.speculative,
                 draft=args.draft, gamma=args.gamma, prefill=args.prefill, cspd_rule=args.cspd_rule)  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from visgen.config import ConfigError, check, finite
+from visgen.heads.flow import SOLVERS
 from visgen.sampling.noise import CounterNoise
 from visgen.sampling.speculative import CSPD_RULES, METHODS, SpeculativeDecoder
 
@@ -84,7 +85,9 @@ class SamplingConfig:
     sync_every: speculative rounds between the host's checks for finished rows (each check is one host sync).
     head_steps: denoising steps of a diffusion or flow head per token (0: the recipe's, ``head_options.steps``).
         Each step is one pass of the head, most of a continuous token's sampling time: fewer are faster and draw
-        other images (a diffusion head respaces its schedule to them, a flow head takes longer Euler steps).
+        other images (a diffusion head respaces its schedule to them, a flow head takes longer steps).
+    head_solver: how a flow head takes each step: ``euler``, ``heun`` (two passes a step, second order), or "" (the
+        recipe's, ``head_options.solver``). At equal passes Heun draws nearer the model's own distribution.
     """
 
     cfg_scale: float = 1.0
@@ -108,6 +111,7 @@ class SamplingConfig:
     sync_every: int = 4
     jacobi_init: str = "above"
     head_steps: int = 0
+    head_solver: str = ""
 
     def __post_init__(self):
         # every entry point (sample.py, eval/fid.py, Python) gets these checks: NaN guidance draws garbage silently
@@ -134,6 +138,8 @@ class SamplingConfig:
         check(self.cspd_rule in CSPD_RULES, "cspd_rule", " or ".join(CSPD_RULES), self.cspd_rule)
         check(isinstance(self.head_steps, int) and self.head_steps >= 0, "head_steps", "an integer >= 0 (0: the "
               "recipe's)", self.head_steps)  # fmt: skip
+        check(self.head_solver in ("", *SOLVERS), "head_solver", "'' (the recipe's), " + " or ".join(SOLVERS),
+              self.head_solver)  # fmt: skip
         check(self.jacobi_init in ("above", "uniform"), "jacobi_init", "above or uniform", self.jacobi_init)
         check(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "an integer >= 1",
               self.sync_every)  # fmt: skip
@@ -297,13 +303,19 @@ class Sampler:
         prefix_kernel = self.decode_kernel != "sdpa"
         self.rows_kernel = kernel == "triton"  # speculative windows too: only where asked for by name
         self.reads = cache_reads(model.schedule.unit_sizes, model.schedule.seq_len, prefix_kernel=prefix_kernel)
-        if (self.cfg.compile or prefix_kernel or self.cfg.head_steps) and model is generator:
+        head_setting = self.cfg.head_steps or self.cfg.head_solver
+        if (self.cfg.compile or prefix_kernel or head_setting) and model is generator:
             model = self.model = copy.deepcopy(generator).eval()  # compiling wraps modules: never the caller's
         if self.cfg.head_steps:
             if not hasattr(model.head, "set_sampling_steps"):
                 raise ConfigError(f"head_steps: the {model.config.head} head draws a token in one step; it is for "
                                   "diffusion and flow heads")  # fmt: skip
             model.head.set_sampling_steps(self.cfg.head_steps)
+        if self.cfg.head_solver:
+            if not hasattr(model.head, "set_solver"):
+                raise ConfigError(f"head_solver: the {model.config.head} head has no solver to choose; it is for flow "
+                                  "heads (flow, flow_mlp)")  # fmt: skip
+            model.head.set_solver(self.cfg.head_solver)
         if model is not generator:
             model.requires_grad_(False)  # our copy: with no tensor asking for gradients, compiled blocks trace alike
         if prefix_kernel:
