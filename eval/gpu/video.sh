@@ -12,7 +12,8 @@
 #                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
 #                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
 #                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json; none by default)
-#                   and at the flow head's Euler steps HEAD_SWEEP (dynamics-hsH.json; default 50 100);
+#                   and at the flow head's solvers and steps HEAD_SWEEP (dynamics-SOLVERSTEPS.json; default euler:25
+#                   heun:25);
 #                   bench/video.py (results/bench-video.json: sampling, and training eager, compiled and as CUDA
 #                   graphs, with the profiler's tables in $OUT/profile).
 # EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
@@ -68,15 +69,15 @@ if [ "$STEP" = eval ]; then
     --prediction-report $RUN/prediction.json --gif $RUN/side-by-side.gif --name moving-fmnist-video \
     --results-dir $RESULTS --command "$CMD" > /dev/null
   # the motion scores at other guidance scales (the result's are at 2; the last run's sweep moved nothing, so none by
-  # default) and with more of the flow head's Euler steps (the recipe's 25; on the CPU, 100 steps brought the
-  # speeds of frames drawn from a real first frame nearer the data's): what moves them, for the note
+  # default) and with other solvers and steps of the flow head (SOLVER:STEPS; the recipe's: Heun at 13): what moves
+  # them, for the note
   for G in ${CFG_SWEEP:-}; do
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --cfg-scale $G --name dynamics-cfg$G \
       --results-dir $RUN > $OUT/dynamics-cfg$G.log 2>&1
   done
-  for H in ${HEAD_SWEEP-50 100}; do
-    python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --head-steps $H --name dynamics-hs$H \
-      --results-dir $RUN > $OUT/dynamics-hs$H.log 2>&1
+  for HS in ${HEAD_SWEEP-euler:25 heun:25}; do
+    python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --head-solver ${HS%:*} \
+      --head-steps ${HS#*:} --name dynamics-${HS%:*}${HS#*:} --results-dir $RUN > $OUT/dynamics-${HS%:*}${HS#*:}.log 2>&1
   done
   # the benchmark last: sampling modes, and training in the trainer's three modes with the profiler's tables
   python bench/video.py --name bench-video --train-modes eager compiled graph --profile $OUT/profile ${BENCH:-} \
