@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
             raise DataError(f"{args.ref} ({args.ref_split}): at least 2 clips are needed, found {len(real)}")
         ref, real = real[: len(real) // 2], real[len(real) // 2 :]
         metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
-                   "frames": T, **{k: info[k] for k in ("head_steps", "head_solver", "clips_per_s") if k in info}}  # fmt: skip
+                   "frames": T}  # fmt: skip
+        metrics.update({k: info[k] for k in ("head_steps", "head_solver", "clips_per_s") if k in info})
         columns = [real, clips]
         if args.context_frames:
             scores, true, pred = predicted(args, T)

@@ -318,7 +318,8 @@ def add_to_card(ckpt: Path, metrics: dict, extractor: Extractor, args, n: int):
     """The checkpoint's model card gets these results (a read-only folder keeps its card, with a note)."""
     drawn = "".join(f", {name} {value:g}" for name, value, plain in (("temperature", args.temperature, 1.0),
                     ("top-k", args.top_k, 0), ("top-p", args.top_p, 1.0), ("head steps", args.head_steps, 0))
-                    if value != plain) + (f", {args.head_solver} solver" if args.head_solver else "")  # fmt: skip
+                    if value != plain)  # fmt: skip
+    drawn += f", {args.head_solver} solver" if args.head_solver else ""
     key = f"{extractor.name}, cfg {args.cfg_scale:g} {args.cfg_schedule}{drawn}, seed {args.seed}, {n} samples vs {args.ref}"
     keep = {k: float(v) for k, v in metrics.items() if not k.endswith("_std") and not k.startswith("copy_threshold")}
     try:

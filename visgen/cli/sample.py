@@ -152,8 +152,8 @@ def add_sampler_arguments(p: argparse.ArgumentParser):
 
 def sampler_settings(args) -> dict:
     return dict(cuda_graph=CUDA_GRAPHS[args.cuda_graph], head_steps=args.head_steps, head_solver=args.head_solver,
-                speculative=args.speculative,
-                draft=args.draft, gamma=args.gamma, prefill=args.prefill, cspd_rule=args.cspd_rule)  # fmt: skip
+                speculative=args.speculative, draft=args.draft, gamma=args.gamma, prefill=args.prefill,
+                cspd_rule=args.cspd_rule)  # fmt: skip
 
 
 def default_threads() -> int:

@@ -1,6 +1,7 @@
 """Per-token flow-matching head: MAR's denoiser MLP (``visgen.heads.mlp``) trained as a velocity model on the linear
 path x_t = (1 - t) x + t e with target e - x (as the FlowAR head, but token by token), and sampled from noise (t = 1)
-to data (t = 0) by Euler or Heun steps (``FlowSteps``). The same trunk as ``DiffusionHead``, so the two compare on one backbone."""
+to data (t = 0) by Euler or Heun steps (``FlowSteps``). The same trunk as ``DiffusionHead``, so the two compare on
+one backbone."""
 
 from __future__ import annotations
 

@@ -87,7 +87,8 @@ class SamplingConfig:
         Each step is one pass of the head, most of a continuous token's sampling time: fewer are faster and draw
         other images (a diffusion head respaces its schedule to them, a flow head takes longer steps).
     head_solver: how a flow head takes each step: ``euler``, ``heun`` (two passes a step, second order), or "" (the
-        recipe's, ``head_options.solver``). At equal passes Heun draws nearer the model's own distribution.
+        recipe's, ``head_options.solver``). On the video recipe's model, Heun's 13 steps drew motion nearer the
+        data's than Euler's 25 (``results/moving-fmnist-video-head-steps-cpu.json``).
     """
 
     cfg_scale: float = 1.0
