@@ -12,8 +12,8 @@
 #                   prediction_error_px over the next 4, beside its floor and baselines); results/moving-fmnist-video.json
 #                   + .gif (real test clips, the model's predictions of them and its own clips side by side);
 #                   the motion scores at the guidance scales CFG_SWEEP (runs/.../dynamics-cfgG.json; none by default)
-#                   and at the flow head's solvers and steps HEAD_SWEEP (dynamics-SOLVERSTEPS.json; default euler:25
-#                   heun:25);
+#                   and at the flow head's solvers and steps HEAD_SWEEP (dynamics-SOLVERSTEPS.json, own clips and
+#                   test clips continued from their first frame; default heun:13 euler:25 heun:25);
 #                   bench/video.py (results/bench-video.json: sampling, and training eager, compiled and as CUDA
 #                   graphs, with the profiler's tables in $OUT/profile).
 # EXTRA: overrides for both trainings; RESULTS: where results go; MAKE: flags for eval/make_moving_digits.py (a CPU dry
@@ -69,15 +69,17 @@ if [ "$STEP" = eval ]; then
     --prediction-report $RUN/prediction.json --gif $RUN/side-by-side.gif --name moving-fmnist-video \
     --results-dir $RESULTS --command "$CMD" > /dev/null
   # the motion scores at other guidance scales (the result's are at 2; the last run's sweep moved nothing, so none by
-  # default) and with other solvers and steps of the flow head (SOLVER:STEPS; the recipe's: Heun at 13): what moves
-  # them, for the note
+  # default) and with other solvers and steps of the flow head (SOLVER:STEPS; the recipe's: Heun at 13), of the
+  # model's own clips and of test clips it continues from their first frame (prediction_speed_distance: the motion
+  # apart from the first frames it draws): what moves them, for the note
   for G in ${CFG_SWEEP:-}; do
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --cfg-scale $G --name dynamics-cfg$G \
       --results-dir $RUN > $OUT/dynamics-cfg$G.log 2>&1
   done
-  for HS in ${HEAD_SWEEP-euler:25 heun:25}; do
+  for HS in ${HEAD_SWEEP-heun:13 euler:25 heun:25}; do
+    N=dynamics-${HS%:*}${HS#*:}
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --head-solver ${HS%:*} \
-      --head-steps ${HS#*:} --name dynamics-${HS%:*}${HS#*:} --results-dir $RUN > $OUT/dynamics-${HS%:*}${HS#*:}.log 2>&1
+      --head-steps ${HS#*:} --context-frames 1 --name $N --results-dir $RUN > $OUT/$N.log 2>&1
   done
   # the benchmark last: sampling modes, and training in the trainer's three modes with the profiler's tables
   python bench/video.py --name bench-video --train-modes eager compiled graph --profile $OUT/profile ${BENCH:-} \
