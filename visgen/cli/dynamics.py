@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from visgen.checkpoint import CheckpointError
-from visgen.cli.fvd import data_clips, generated
+from visgen.cli.fvd import data_clips, generated, sampling_config
+from visgen.cli.sample import add_head_arguments
 from visgen.config import ConfigError
 from visgen.data import DataError
-from visgen.heads.flow import SOLVERS
 from visgen.metrics.dynamics import motion_scores, prediction_motion, prediction_scores
 from visgen.metrics.recon import to_uint8
 from visgen.results import metrics_line, write_result
@@ -43,7 +43,7 @@ def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.
     (N, T, H, W) 0..255."""
     from visgen.checkpoint import load_model
     from visgen.data import DataConfig, build_dataset
-    from visgen.sampling import Sampler, SamplingConfig
+    from visgen.sampling import Sampler
 
     path = Path(args.input)
     if not (path / "config.json").is_file():
@@ -60,9 +60,7 @@ def predicted(args, frames: int) -> tuple[dict[str, float], torch.Tensor, torch.
     items = items[len(items) // 2 :]  # the half the floor comes from
     true = torch.stack([it["image"] for it in items])
     labels = torch.tensor([max(int(it["label"]), 0) for it in items]) % max(gen.config.num_classes, 1)
-    cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                         head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
-    sampler = Sampler(gen, cfg, device=args.device)
+    sampler = Sampler(gen, sampling_config(args), device=args.device)
     pred = sampler.sample_images(labels, context=true[:, :k], context_units=k)
     grey = lambda x: to_uint8(x).float().mean(2)  # (N, T, C, H, W) in [-1, 1] -> grey 0..255
     true, pred = grey(true).cpu(), grey(pred).cpu()
@@ -95,10 +93,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--frames", type=int, default=0, help="clip length (a checkpoint: default the model's)")
     p.add_argument("--size", type=int, default=64, help="frame side of video data given as --input")
     p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
-                   "steps (0: the recipe's)")  # fmt: skip
-    p.add_argument("--head-solver", default="", choices=["", *SOLVERS], help="a checkpoint: a flow head's solver, "
-                   "euler or heun (default: the recipe's)")  # fmt: skip
+    add_head_arguments(p)  # a checkpoint's
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--name", help="write results/NAME.json")

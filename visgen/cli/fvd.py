@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from visgen.checkpoint import CheckpointError, load_model
+from visgen.cli.sample import add_head_arguments
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
-from visgen.heads.flow import SOLVERS
 from visgen.metrics.dynamics import motion_scores
 from visgen.metrics.fidelity import Extractor, frechet_distance, reference_features, statistics
 from visgen.metrics.memorisation import memorisation_report
@@ -45,14 +45,18 @@ from visgen.results import check_writable, hardware, metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
 
 
+def sampling_config(args) -> SamplingConfig:
+    """How eval/fvd.py and eval/dynamics.py sample a checkpoint: their guidance, seed, batch and head flags."""
+    return SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+                          head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
+
+
 def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     """uint8 clips (N, T, H, W, C) drawn from a video generator's checkpoint, and the sampling settings."""
     gen = load_model(path, ema=(path / "ema.safetensors").is_file())
     if not getattr(getattr(gen, "config", None), "frames", 0):
         raise ConfigError(f"{path} is not a video generator (model.frames > 0)")
-    cfg = SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                         head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
-    sampler = Sampler(gen, cfg, device=device)
+    sampler = Sampler(gen, sampling_config(args), device=device)
     labels, ids = torch.arange(args.num_samples) % max(gen.config.num_classes, 1), torch.arange(args.num_samples)
     t0 = time.perf_counter()
     if args.frames and args.frames != gen.config.frames:
@@ -137,10 +141,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     p.add_argument("--i3d-weights", help="the TorchScript I3D file (i3d_torchscript.pt)")
     p.add_argument("--dynamics", action="store_true", help="the Moving Fashion-MNIST dynamics score")
     p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--head-steps", type=int, default=0, help="a checkpoint: the flow or diffusion head's denoising "
-                   "steps (0: the recipe's)")  # fmt: skip
-    p.add_argument("--head-solver", default="", choices=["", *SOLVERS], help="a checkpoint: a flow head's solver, "
-                   "euler or heun (default: the recipe's)")  # fmt: skip
+    add_head_arguments(p)  # a checkpoint's
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "visgen" / "fvd-stats"))

@@ -131,15 +131,21 @@ def load_context(args, generator) -> torch.Tensor:
 CUDA_GRAPHS = {"auto": True, "unit": "unit", "loop": "loop", "off": False}  # --cuda-graph -> SamplingConfig's
 
 
+def add_head_arguments(p: argparse.ArgumentParser):
+    """A continuous head's sampling steps and a flow head's solver (``SamplingConfig.head_steps``, ``head_solver``):
+    sample.py, eval/fid.py, eval/fvd.py and eval/dynamics.py take them alike."""
+    p.add_argument("--head-steps", type=int, default=0,
+                   help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
+    p.add_argument("--head-solver", default="", choices=["", *SOLVERS],
+                   help="how a flow head takes its steps: euler or heun (two passes a step; default: the recipe's)")
+
+
 def add_sampler_arguments(p: argparse.ArgumentParser):
     """The flags of ``SamplingConfig`` that sample.py and eval/fid.py share beyond guidance and filtering: CUDA
     graphs, a continuous head's steps and speculative decoding."""
     p.add_argument("--cuda-graph", default="auto", choices=list(CUDA_GRAPHS),
                    help="GPU: auto (one unit replayed where it applies, else the whole loop), unit, loop, or off")
-    p.add_argument("--head-steps", type=int, default=0,
-                   help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
-    p.add_argument("--head-solver", default="", choices=["", *SOLVERS],
-                   help="how a flow head takes its steps: euler or heun (two passes a step; default: the recipe's)")
+    add_head_arguments(p)
     p.add_argument("--speculative", default="none", choices=["none", *METHODS],
                    help="speculative decoding: a draft model, a draft on the target's features (EAGLE-style), "
                    "speculative Jacobi decoding, or CSpD (diffusion head)")  # fmt: skip
