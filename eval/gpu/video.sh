@@ -26,6 +26,8 @@
 # trained before (runs/moving-fmnist-kl/final, 4 MB) can travel with the call instead of STEP=tokenizer.
 set -euo pipefail
 export TQDM_MININTERVAL=30
+# every command with the time it started, to $OUT/steps.log: where a call's minutes went
+exec 9>>$OUT/steps.log; BASH_XTRACEFD=9; PS4='+ $(date +%T) '; set -x
 TOK_MIN=${TOK_MIN:-9} GEN_MIN=${GEN_MIN:-8} NUM=${NUM:-1000} EXTRA=${EXTRA:-} RESULTS=${RESULTS:-results}
 export VISGEN_RESULTS=$RESULTS  # the benches' results too
 DATA=${DATA:-data/moving-fmnist}
@@ -81,7 +83,9 @@ if [ "$STEP" = eval ]; then
     python eval/dynamics.py --input $RUN/final --ref $DATA --num-samples $NUM --head-solver ${HS%:*} \
       --head-steps ${HS#*:} --context-frames 1 --name $N --results-dir $RUN > $OUT/$N.log 2>&1
   done
-  # the benchmark last: sampling modes, and training in the trainer's three modes with the profiler's tables
-  python bench/video.py --name bench-video --train-modes eager compiled graph --profile $OUT/profile ${BENCH:-} \
+  # the benchmark last (BENCH_VIDEO=0: none): sampling modes, and training in the trainer's three modes with the
+  # profiler's tables
+  [ "${BENCH_VIDEO:-1}" = 0 ] || python bench/video.py --name bench-video --train-modes eager compiled graph \
+    --profile $OUT/profile ${BENCH:-} \
     > $OUT/bench-video.log 2>&1
 fi
