@@ -10,7 +10,7 @@
 #              then bench/diffusion_ar.py --unit-sizes 1 2 4 (results/bench-diffusion-ar-units.json; BENCH: its flags).
 #   STEP=head_steps: what fewer denoising steps cost: the STEP=main model (trained first, GEN_MIN minutes, if
 #              runs/cifar10-diffusion-ar/final is missing) scored at guidance 2 with the head's 100 steps, 50 and 25
-#              (--head-steps), NUM_FD samples each -> results/cifar10-diffusion-ar-head-steps.json (eval/sweep.py;
+#              (--head-steps), and DDIM's 50 and 25 (--head-solver ddim), NUM_FD samples each -> results/cifar10-diffusion-ar-head-steps.json (eval/sweep.py;
 #              each setting's generation images/s in its report).
 # EXTRA: overrides for every run, RESULTS: where results go (a CPU dry run: DATA=tests/data/cifar10
 # EXTRA="train.steps=3 train.batch_size=16 train.time_limit_minutes=0 train.log_every=1 model.head_options.steps=4"
@@ -76,5 +76,7 @@ if [ "$STEP" = head_steps ]; then
   ASSET=runs/cifar10-diffusion-ar/final NAME=cifar10-diffusion-ar-head-steps NUM_FD=$NUM_FD RESULTS=$RESULTS \
     SETTINGS="--cfg-scale 2
 --cfg-scale 2 --head-steps 50
---cfg-scale 2 --head-steps 25" bash eval/gpu/sampling_sweep.sh > $OUT/head-steps.log 2>&1
+--cfg-scale 2 --head-steps 25
+--cfg-scale 2 --head-steps 50 --head-solver ddim
+--cfg-scale 2 --head-steps 25 --head-solver ddim" bash eval/gpu/sampling_sweep.sh > $OUT/head-steps.log 2>&1
 fi

@@ -23,11 +23,10 @@ from visgen.checkpoint import EMA_NAME, WEIGHTS_NAME, CheckpointError, file_sha2
 from visgen.config import ConfigError
 from visgen.data import DataConfig, DataError, build_dataset
 from visgen.generator import Generator
-from visgen.heads.flow import SOLVERS
 from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
-from visgen.sampling.sampler import COMPILE_MODES, resolve_device, use_compile_cache
+from visgen.sampling.sampler import COMPILE_MODES, HEAD_SOLVERS, resolve_device, use_compile_cache
 from visgen.sampling.speculative import METHODS
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
@@ -136,8 +135,9 @@ def add_head_arguments(p: argparse.ArgumentParser):
     sample.py, eval/fid.py, eval/fvd.py and eval/dynamics.py take them alike."""
     p.add_argument("--head-steps", type=int, default=0,
                    help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
-    p.add_argument("--head-solver", default="", choices=["", *SOLVERS],
-                   help="how a flow head takes its steps: euler or heun (two passes a step; default: the recipe's)")
+    p.add_argument("--head-solver", default="", choices=["", *HEAD_SOLVERS],
+                   help="how a continuous head takes its steps: a flow head euler or heun (two passes a step), a "
+                   "diffusion head ddpm or ddim (deterministic; not with cspd); default: the recipe's")
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser):

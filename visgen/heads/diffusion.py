@@ -5,9 +5,11 @@ Training: the improved-DDPM cosine schedule of 1000 steps (Nichol & Dhariwal 202
 learned variance (the hybrid loss: MSE on epsilon plus the variational bound through the variance only), each
 token's latent noised ``batch_mul`` times per step (MAR's diffusion batch multiplier, 4). Sampling: DDPM ancestral
 steps on the schedule respaced to ``steps`` (100), the sampling noise scaled by a temperature (MAR's), guidance on
-epsilon with the conditional and unconditional rows sharing their noise. Every random draw comes from the sampler's
-counter noise keyed by (sample, unit, denoising step), so two heads can follow one aligned trajectory and
-``log_density`` gives each step's Gaussian log-density for continuous speculative decoding (CSpD).
+epsilon with the conditional and unconditional rows sharing their noise; or DDIM's deterministic steps (Song et al.
+2021, eta = 0: the predicted clean latent carried to the next kept step along the predicted noise), the temperature
+scaling the starting noise, as the flow heads do. Every random draw comes from the sampler's counter noise keyed by
+(sample, unit, denoising step), so two heads can follow one aligned trajectory and ``log_density`` gives each DDPM
+step's Gaussian log-density for continuous speculative decoding (CSpD).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 from visgen.config import ConfigError
 from visgen.heads.mlp import MLPDenoiser
 from visgen.sampling.noise import CounterNoise
+
+SOLVERS = ("ddpm", "ddim")
 
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
@@ -48,6 +52,7 @@ class _Schedule(nn.Module):
         consts = {
             "timestep": torch.tensor(use, dtype=torch.float64),  # what the network sees: the original step index
             "sqrt_ab": ab.sqrt(), "sqrt_1m_ab": (1 - ab).sqrt(),
+            "sqrt_ab_prev": ab_prev.sqrt(), "sqrt_1m_ab_prev": (1 - ab_prev).sqrt(),
             "sqrt_recip_ab": (1 / ab).sqrt(), "sqrt_recipm1_ab": (1 / ab - 1).sqrt(),
             "coef_x0": betas * ab_prev.sqrt() / (1 - ab), "coef_xt": (1 - ab_prev) * (1 - betas).sqrt() / (1 - ab),
             # log of the posterior variance, its first (zero) entry replaced by the second, as improved DDPM
@@ -95,13 +100,15 @@ class DiffusionHead(nn.Module):
     sampling, the clean latent predicted at each step is clipped to +-x0_clip (0: never, as MAR). DDPM clips it to
     the image range; latents scaled to unit variance need it at the first step, where alpha_bar is 2.4e-9 and an
     epsilon error e moves the predicted latent by e / 4.9e-5: without it a head trained for minutes (epsilon off by
-    0.03 there) draws latents in the hundreds (a test shows both).
+    0.03 there) draws latents in the hundreds (a test shows both). solver: ``ddpm`` (ancestral steps, MAR's) or
+    ``ddim`` (deterministic steps; on a Gaussian whose noise prediction is exact, 10 of them land nearer than 100
+    of DDPM's, a test shows; CSpD needs ``ddpm``, whose steps have densities).
     """
 
     discrete = False
 
     def __init__(self, d_model: int, channels: int, width: int = 1024, depth: int = 6, train_steps: int = 1000,
-                 steps: int = 100, batch_mul: int = 4, x0_clip: float = 5.0):  # fmt: skip
+                 steps: int = 100, batch_mul: int = 4, x0_clip: float = 5.0, solver: str = "ddpm"):  # fmt: skip
         super().__init__()
         if not 1 <= steps <= train_steps:
             raise ConfigError(f"head_options.steps must be between 1 and train_steps ({train_steps}), got {steps}")
@@ -109,6 +116,7 @@ class DiffusionHead(nn.Module):
             raise ConfigError("head_options width, depth and batch_mul must be at least 1")
         if not x0_clip >= 0:
             raise ConfigError(f"head_options.x0_clip must be >= 0 (0: off), got {x0_clip}")
+        self.set_solver(solver, "head_options.solver")
         self.channels, self.batch_mul, self.steps, self.x0_clip = channels, batch_mul, steps, float(x0_clip)
         self.net = MLPDenoiser(channels, d_model, width, depth, out_channels=2 * channels)  # epsilon, variance
         betas = cosine_betas(train_steps)
@@ -124,6 +132,12 @@ class DiffusionHead(nn.Module):
         device = self.train_schedule.timestep.device
         self.steps = steps
         self.sample_schedule = _Schedule(cosine_betas(train_steps), respaced(train_steps, steps)).to(device)
+
+    def set_solver(self, solver: str, what: str = "head solver"):
+        """Sample with ``solver`` (``ddpm`` or ``ddim``) instead of the recipe's."""
+        if solver not in SOLVERS:
+            raise ConfigError(f"{what} must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        self.solver = solver
 
     # ---- training --------------------------------------------------------------------------------------------------
 
@@ -177,14 +191,25 @@ class DiffusionHead(nn.Module):
 
     def _step(self, k, x: torch.Tensor, shared, cfg_scale, guided: bool):
         """(mean, log variance) of the sampling step at kept timestep k (an int or a 1-element tensor) for states ``x``
-        (N, C), fp32; ``shared``: ``_prepare`` of the unit's features."""
+        (N, C), fp32; ``shared``: ``_prepare`` of the unit's features. DDIM: (the next state, None)."""
         sch, C = self.sample_schedule, self.channels
         out = self.net.step(torch.cat([x, x]) if guided else x, shared, k)
         eps, v = out[:, :C], out[:, C:]
         if guided:  # guidance on epsilon; the variance is the conditional half's (MAR's forward_with_cfg)
             (eps_c, eps_u), v = eps.chunk(2), v.chunk(2)[0]
             eps = eps_u + torch.as_tensor(cfg_scale, device=eps.device, dtype=eps.dtype) * (eps_c - eps_u)
+        if self.solver == "ddim":
+            return self._ddim(sch, x, k, eps), None
         return self._gaussian(sch, x, k, eps, v, self.x0_clip)
+
+    def _ddim(self, sch: _Schedule, x_t, k, eps):
+        """DDIM's step (eta = 0) from kept timestep k to the one before: the predicted clean latent (clipped as
+        DDPM's) and the noise that the clipped latent implies, put together at the earlier step's noise level."""
+        x0 = sch.sqrt_recip_ab[k] * x_t - sch.sqrt_recipm1_ab[k] * eps
+        if self.x0_clip:
+            x0 = x0.clamp(-self.x0_clip, self.x0_clip)
+            eps = (x_t - sch.sqrt_ab[k] * x0) / sch.sqrt_1m_ab[k]
+        return sch.sqrt_ab_prev[k] * x0 + sch.sqrt_1m_ab_prev[k] * eps
 
     def _denoise(self, h, cfg_scale, noise: CounterNoise, step, guided: bool, temperature: float, keep: str):
         """The sampling loop; ``keep``: ``sample`` (the latents), ``path`` (``trajectory``) or ``final`` (the last
@@ -192,11 +217,17 @@ class DiffusionHead(nn.Module):
         B, n, D = h.shape
         B = B // 2 if guided else B
         S, C = len(self.sample_schedule), self.channels
+        ddim = self.solver == "ddim"
+        if ddim and keep != "sample":
+            raise ConfigError("continuous speculative decoding (cspd) needs the diffusion head's ddpm solver: DDIM's "
+                              "steps are deterministic and give a token no density")  # fmt: skip
         shared = self._prepare(h)
         shape = lambda t: t.view(B, n, C)
         x = noise.normal(step, (n, C), stream=0).reshape(B * n, C)
+        if ddim:  # no noise along the way: the temperature scales where the path starts (as the flow heads')
+            x = x * temperature
         # every step's noise drawn at once (one counter-noise call a unit), step i of the path at [:, i]
-        e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 else None
+        e_all = noise.normal(step, (S, n, C), stream=1) if S > 1 and not ddim else None
         xs, means, log_vars = [x], [], []
         step_fn = getattr(self, "_compiled_step", None)
         # compiled: the step index as a 1-element tensor (a view of one arange: no copies), so every step is one
@@ -206,7 +237,9 @@ class DiffusionHead(nn.Module):
         step_fn = step_fn or self._step
         for i, k in enumerate(reversed(range(S))):
             mean, log_var = step_fn(index[k], x, shared, cfg_scale, guided)
-            if k > 0:  # the last step adds no noise (DDPM)
+            if ddim:
+                x = mean
+            elif k > 0:  # the last step adds no noise (DDPM)
                 x = mean + torch.exp(0.5 * log_var) * e_all[:, i].reshape(B * n, C) * temperature
             elif keep == "final":
                 return shape(mean), shape(log_var)

@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from visgen.config import ConfigError, check, finite
-from visgen.heads.flow import SOLVERS
+from visgen.heads.diffusion import SOLVERS as DIFFUSION_SOLVERS
+from visgen.heads.flow import SOLVERS as FLOW_SOLVERS
 from visgen.sampling.noise import CounterNoise
 from visgen.sampling.speculative import CSPD_RULES, METHODS, SpeculativeDecoder
 
@@ -86,8 +87,9 @@ class SamplingConfig:
     head_steps: denoising steps of a diffusion or flow head per token (0: the recipe's, ``head_options.steps``).
         Each step is one pass of the head, most of a continuous token's sampling time: fewer are faster and draw
         other images (a diffusion head respaces its schedule to them, a flow head takes longer steps).
-    head_solver: how a flow head takes each step: ``euler``, ``heun`` (two passes a step, second order), or "" (the
-        recipe's, ``head_options.solver``). On the video recipe's model, Heun's 13 steps drew motion nearer the
+    head_solver: how a continuous head takes each step, or "" (the recipe's, ``head_options.solver``): a flow head
+        ``euler`` or ``heun`` (two passes a step, second order), a diffusion head ``ddpm`` (ancestral) or ``ddim``
+        (deterministic; not with ``cspd``). On the video recipe's model, Heun's 13 steps drew motion nearer the
         data's than Euler's 25 (``results/moving-fmnist-video-head-steps-cpu.json``).
     """
 
@@ -139,7 +141,7 @@ class SamplingConfig:
         check(self.cspd_rule in CSPD_RULES, "cspd_rule", " or ".join(CSPD_RULES), self.cspd_rule)
         check(isinstance(self.head_steps, int) and self.head_steps >= 0, "head_steps", "an integer >= 0 (0: the "
               "recipe's)", self.head_steps)  # fmt: skip
-        check(self.head_solver in ("", *SOLVERS), "head_solver", "'' (the recipe's), " + " or ".join(SOLVERS),
+        check(self.head_solver in ("", *HEAD_SOLVERS), "head_solver", "'' (the recipe's), " + ", ".join(HEAD_SOLVERS),
               self.head_solver)  # fmt: skip
         check(self.jacobi_init in ("above", "uniform"), "jacobi_init", "above or uniform", self.jacobi_init)
         check(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "an integer >= 1",
@@ -148,6 +150,7 @@ class SamplingConfig:
 
 CFG_SCHEDULES = ("constant", "linear", "interval")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+HEAD_SOLVERS = (*FLOW_SOLVERS, *DIFFUSION_SOLVERS)  # a flow head's, then a diffusion head's
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -315,7 +318,7 @@ class Sampler:
         if self.cfg.head_solver:
             if not hasattr(model.head, "set_solver"):
                 raise ConfigError(f"head_solver: the {model.config.head} head has no solver to choose; it is for flow "
-                                  "heads (flow, flow_mlp)")  # fmt: skip
+                                  "and diffusion heads")  # fmt: skip
             model.head.set_solver(self.cfg.head_solver)
         if model is not generator:
             model.requires_grad_(False)  # our copy: with no tensor asking for gradients, compiled blocks trace alike

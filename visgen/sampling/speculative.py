@@ -166,6 +166,9 @@ def check_models(target, draft, method: str, cfg) -> None:
             )
         if not cfg.temperature > 0:
             raise ConfigError("speculative='cspd' needs temperature > 0 (a token's density is a Gaussian)")
+        if target.head.solver != "ddpm":
+            raise ConfigError(f"speculative='cspd' needs the diffusion head's ddpm solver, not {target.head.solver!r} "
+                              "(DDIM's steps are deterministic and give a token no density)")  # fmt: skip
     if method == "jacobi":
         return
     if draft is None:
@@ -244,6 +247,8 @@ class SpeculativeDecoder:
             self.draft.requires_grad_(False)
             if cfg.head_steps and hasattr(self.draft.head, "set_sampling_steps"):
                 self.draft.head.set_sampling_steps(cfg.head_steps)  # a CSpD pair follows one path: same steps
+            if self.method == "cspd":
+                self.draft.head.set_solver("ddpm")  # and DDPM's (the target's, checked): steps with densities
             self.draft_body = self.draft.body if self.method == "feature" else self.draft.backbone
             if sampler.decode_kernel != "sdpa":  # its steps through the target's kernels too (a copy: ours)
                 self.draft_body.set_decode_kernel(sampler.decode_kernel, rows=sampler.rows_kernel)
