@@ -95,8 +95,10 @@ def test_ddim_steps_draw_no_noise_but_the_start(toy_diffusion):
             same = torch.allclose(cold, ddim.sample(h, 1.0, HalfStart(), step), atol=1e-6)
             assert same == (solver == "ddim")
     ddim.set_solver("ddim")
-    with pytest.raises(ConfigError, match="needs the diffusion head's ddpm solver"):
-        ddim.final_gaussian(z.expand(4, 1, 8), 1.0, noise, torch.tensor(0))
+    for densities in (lambda: ddim.final_gaussian(h, 1.0, noise, step), lambda: ddim.trajectory(h, 1.0, noise, step),
+                      lambda: ddim.step_gaussians(h, torch.zeros(11, 4, 1, 2), 1.0)):  # fmt: skip
+        with pytest.raises(ConfigError, match="needs the diffusion head's ddpm solver"):
+            densities()
     with pytest.raises(ConfigError, match="head_options.solver must be one of ddpm, ddim, got 'euler'"):
         DiffusionHead(8, 2, solver="euler")
 
