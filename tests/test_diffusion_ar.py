@@ -11,7 +11,7 @@ from tests.test_tokenizers import TINY_KL, TINY_VQ
 from visgen.checkpoint import load_model
 from visgen.config import ConfigError
 from visgen.generator import Generator, GeneratorConfig
-from visgen.heads import DiffusionHead, FlowMLPHead
+from visgen.heads import DiffusionHead, FlowHead, FlowMLPHead
 from visgen.heads.diffusion import cosine_betas
 from visgen.sampling import CounterNoise, Sampler, SamplingConfig
 from visgen.schedules import RasterSchedule, Schedule
@@ -260,6 +260,27 @@ def test_head_steps_override_the_recipes_on_the_samplers_copy(head):
             Sampler(gen, SamplingConfig(head_steps=5000))
     with pytest.raises(ConfigError, match="the categorical head draws a token in one step"):
         Sampler(load_model("asset:cifar10-token-ar"), SamplingConfig(head_steps=8), device="cpu")
+
+
+@pytest.mark.parametrize("cls", [FlowMLPHead, FlowHead])
+def test_a_flow_heads_temperature_scales_where_its_path_starts(cls):
+    """Both flow heads at temperature 0.5 give what they give at 1 from a start drawn half as wide; 1 is the
+    default."""
+    torch.manual_seed(0)
+    head = cls(8, 3, width=16, depth=1, steps=3)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    h, step, noise = torch.randn(2, 4, 8), torch.tensor(1), CounterNoise(3, torch.arange(2))
+
+    class HalfStart:
+        def normal(self, step, shape, stream=0):
+            return 0.5 * noise.normal(step, shape, stream)
+
+    with torch.no_grad():
+        cold = head.sample(h, 1.0, noise, step, temperature=0.5)
+        assert torch.allclose(cold, head.sample(h, 1.0, HalfStart(), step), atol=1e-6)
+        assert not torch.allclose(cold, head.sample(h, 1.0, noise, step), atol=1e-3)
+        assert torch.equal(head.sample(h, 1.0, noise, step), head.sample(h, 1.0, noise, step, temperature=1.0))
 
 
 def test_heun_is_second_order_on_a_flow_whose_end_is_known():

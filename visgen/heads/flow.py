@@ -129,9 +129,11 @@ class FlowHead(FlowSteps, nn.Module):
         parts = zip(target_BLC.split(unit_sizes, 1), h_BLD.split(unit_sizes, 1), unit_sizes)
         return sum(self.unit_loss(x, h) * (n / total) for x, h, n in parts)
 
-    def sample(self, h: torch.Tensor, cfg_scale, noise: CounterNoise, step, guided: bool = False, **_) -> torch.Tensor:
-        """The (guided) velocity integrated from t = 1 to t = 0 by the head's solver; noise keyed by (sample, unit).
-        ``h`` (B, n, D), or (2B, n, D) when ``guided``: conditional rows, then unconditional."""
+    def sample(self, h: torch.Tensor, cfg_scale, noise: CounterNoise, step, guided: bool = False,
+               temperature: float = 1.0, **_) -> torch.Tensor:  # fmt: skip
+        """The (guided) velocity integrated from t = 1 to t = 0 by the head's solver, from noise keyed by (sample,
+        unit) and scaled by ``temperature`` (as the per-token flow head's). ``h`` (B, n, D), or (2B, n, D) when
+        ``guided``: conditional rows, then unconditional."""
         B, n, _ = h.shape
         B = B // 2 if guided else B
         h_cond = h[:B]
@@ -145,4 +147,4 @@ class FlowHead(FlowSteps, nn.Module):
                 return vu + cfg_scale.to(v.dtype) * (v - vu)
             return self.velocity(x, torch.full((B,), t_val, device=x.device), h_cond)
 
-        return self.integrate(noise.normal(step, (n, self.channels), stream=0).to(h.dtype), velocity)
+        return self.integrate((noise.normal(step, (n, self.channels), stream=0) * temperature).to(h.dtype), velocity)

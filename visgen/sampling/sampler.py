@@ -30,7 +30,8 @@ class SamplingConfig:
     cfg_schedule: ``constant``; ``linear`` ramps s from 1 at the first unit to cfg_scale at the last
         (VAR, Tian et al. 2024); ``interval`` applies cfg_scale only to units whose fraction k / K lies in
         ``cfg_interval`` (Kynkaanniemi et al. 2024) and 1 elsewhere.
-    temperature, top_k, top_p: categorical sampling (temperature 0 is greedy; top_k 0 and top_p 1 keep all).
+    temperature, top_k, top_p: categorical sampling (temperature 0 is greedy; top_k 0 and top_p 1 keep all); a
+        continuous head's temperature scales its noise (DDPM's steps' noise; where DDIM's or a flow head's path starts).
     seed: with the sample index, fixes each sample's randomness.
     batch_size: samples per forward pass (doubled internally when guiding).
     cuda_graph: capture the loop over units in CUDA graphs at a batch size's first batch and replay them for every
