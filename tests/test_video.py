@@ -364,6 +364,7 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     assert m["prediction_error_px_real"] == 0 and m["prediction_error_px"] >= 0 and "speed_distance_frozen" in m
     assert m["prediction_context_frames"] == 2 and m["prediction_horizon"] == 4 and m["prediction_clips"] == 3
     assert m["head_steps"] == 2 and m["head_solver"] == "euler"  # the recipe's, named beside the figures
+    assert m["temperature"] == 1.0
     assert {"prediction_dynamics_error", "prediction_speed_distance_real"} <= set(m)  # 32-pixel frames: NaN
     from PIL import Image
 
@@ -372,10 +373,11 @@ def test_prediction_error_and_the_dynamics_command_with_context(moving, tmp_path
     from eval.generator_result import prediction_metrics  # what a result file takes of it
 
     assert prediction_metrics(tmp_path / "d.json") == {k: v for k, v in m.items() if k.startswith("prediction_")}
-    # no --context-frames: no prediction figures to take; --head-steps: the head's steps for this run
-    assert dynamics_main([*args, "--name", "plain", "--head-steps", "3", "--head-solver", "heun"]) == 0
+    # no --context-frames: no prediction figures to take; --head-steps, --temperature: for this run
+    argv = [*args, "--name", "plain", "--head-steps", "3", "--head-solver", "heun", "--temperature", "0.9"]
+    assert dynamics_main(argv) == 0
     plain = json.loads((tmp_path / "plain.json").read_text())["metrics"]
-    assert plain["head_steps"] == 3 and plain["head_solver"] == "heun"
+    assert plain["head_steps"] == 3 and plain["head_solver"] == "heun" and plain["temperature"] == 0.9
     with pytest.raises(KeyError, match="no prediction figures"):
         prediction_metrics(tmp_path / "plain.json")
     assert dynamics_main([*args, "--context-frames", "5"]) == 2  # 5 + a horizon of 4 is past 6 frames

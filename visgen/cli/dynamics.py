@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from visgen.checkpoint import CheckpointError
-from visgen.cli.fvd import data_clips, generated, sampling_config
+from visgen.cli.fvd import add_temperature_argument, data_clips, generated, sampling_config
 from visgen.cli.sample import add_head_arguments
 from visgen.config import ConfigError
 from visgen.data import DataError
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
     p.add_argument("--frames", type=int, default=0, help="clip length (a checkpoint: default the model's)")
     p.add_argument("--size", type=int, default=64, help="frame side of video data given as --input")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    add_temperature_argument(p)
     add_head_arguments(p)  # a checkpoint's
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/dynamics.py") -> int:
         ref, real = real[: len(real) // 2], real[len(real) // 2 :]
         metrics = {**motion_scores(clips, real, ref, args.seed), "clips": len(clips), "real_clips": len(real),
                    "frames": T}  # fmt: skip
-        metrics.update({k: info[k] for k in ("head_steps", "head_solver", "clips_per_s") if k in info})
+        metrics.update({k: info[k] for k in ("head_steps", "head_solver", "temperature", "clips_per_s") if k in info})
         columns = [real, clips]
         if args.context_frames:
             scores, true, pred = predicted(args, T)

@@ -45,10 +45,17 @@ from visgen.results import check_writable, hardware, metrics_line, write_result
 from visgen.sampling import Sampler, SamplingConfig
 
 
+def add_temperature_argument(p):
+    """--temperature for eval/fvd.py and eval/dynamics.py (a flow head's: the start of its path scaled)."""
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (a flow head's: how wide "
+                   "the start of its path is drawn; on the video recipe's model it moves the drawn speeds)")  # fmt: skip
+
+
 def sampling_config(args) -> SamplingConfig:
-    """How eval/fvd.py and eval/dynamics.py sample a checkpoint: their guidance, seed, batch and head flags."""
-    return SamplingConfig(cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-                          head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
+    """How eval/fvd.py and eval/dynamics.py sample a checkpoint: their guidance, temperature, seed, batch and head
+    flags."""
+    return SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, seed=args.seed,
+                          batch_size=args.batch_size, head_steps=args.head_steps, head_solver=args.head_solver)  # fmt: skip
 
 
 def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
@@ -64,7 +71,8 @@ def sampled_clips(path: Path, args, device: str) -> tuple[torch.Tensor, dict]:
     else:
         clips = sampler.sample_images(labels, ids, progress=True)
     rate = args.num_samples / (time.perf_counter() - t0)
-    info = {"cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size, "clips_per_s": rate,
+    info = {"cfg_scale": args.cfg_scale, "temperature": args.temperature, "seed": args.seed,
+            "batch_size": args.batch_size, "clips_per_s": rate,
             "head_steps": args.head_steps or getattr(gen.head, "steps", 0),
             "head_solver": args.head_solver or getattr(gen.head, "solver", "")}  # fmt: skip
     return to_uint8(clips).permute(0, 1, 3, 4, 2).cpu(), info
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None, prog: str = "eval/fvd.py") -> int:
     p.add_argument("--i3d-weights", help="the TorchScript I3D file (i3d_torchscript.pt)")
     p.add_argument("--dynamics", action="store_true", help="the Moving Fashion-MNIST dynamics score")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    add_temperature_argument(p)
     add_head_arguments(p)  # a checkpoint's
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
