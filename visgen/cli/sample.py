@@ -131,8 +131,8 @@ CUDA_GRAPHS = {"auto": True, "unit": "unit", "loop": "loop", "off": False}  # --
 
 
 def add_head_arguments(p: argparse.ArgumentParser):
-    """A continuous head's sampling steps and a flow head's solver (``SamplingConfig.head_steps``, ``head_solver``):
-    sample.py, eval/fid.py, eval/fvd.py and eval/dynamics.py take them alike."""
+    """A continuous head's sampling steps and solver (``SamplingConfig.head_steps``, ``head_solver``): sample.py,
+    eval/fid.py, eval/fvd.py and eval/dynamics.py take them alike."""
     p.add_argument("--head-steps", type=int, default=0,
                    help="denoising steps of a diffusion or flow head per token (0: the recipe's; fewer: faster)")
     p.add_argument("--head-solver", default="", choices=["", *HEAD_SOLVERS],
