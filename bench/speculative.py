@@ -4,8 +4,8 @@ acceptance statistics, and FD with and without.
 Discrete: ``--target`` (a GPT-B-sized token model) with ``--draft`` (a small one over the same VQ tokenizer) for
 ``draft``, with ``--feature-draft`` (a ``FeatureDraft`` trained on the target by ``train.py feature-draft``) for
 ``feature``, and the target alone for ``jacobi``. Continuous: ``--cspd-target`` / ``--cspd-draft`` (two diffusion-head
-models over the same KL tokenizer) for ``cspd`` under the exact rule and the reference's relaxation
-(``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain
+models over the same KL tokenizer) for ``cspd`` under the path rule (exact, the default), the paper's final-step
+rule (``cspd_final``, exact) and the reference's relaxation (``cspd_reference``). Figures: ``speedup_{method}_b{batch}`` (images/s, decoding included, over the plain
 sampler's in this run), ``images_per_s_{method}_b{batch}``, ``acceptance_{method}``, ``tokens_per_pass_{method}``,
 ``target_passes_per_image_{method}`` (pooled over the timed batches), ``rounds_per_batch_{method}_b{batch}`` (the
 rounds a batch runs: its slowest row's) beside ``rounds_per_row_{method}_b{batch}`` (the mean row's),
@@ -194,7 +194,8 @@ def main():
         ct, cd = paths.get("cspd_target", args.cspd_target), paths.get("cspd_draft", args.cspd_draft)
         if ct and cd:
             common = dict(speculative="cspd", gamma=args.cspd_gamma, prefill=args.cspd_prefill)
-            methods = {"cspd": {**common, "cspd_rule": "exact"}, "cspd_reference": {**common, "cspd_rule": "reference"}}
+            methods = {"cspd": {**common, "cspd_rule": "path"}, "cspd_final": {**common, "cspd_rule": "final"},
+                       "cspd_reference": {**common, "cspd_rule": "reference"}}  # fmt: skip
             bench_family(args, rec, ct, cd, methods, args.cspd_fd_samples, args.seeds)
 
 

@@ -1,6 +1,7 @@
 """Speculative decoding: exactness against enumerated target distributions, greedy equality, batch-size
 invariance, rollback, CSpD's rule on a Gaussian mixture, and clear errors."""
 
+import copy
 import itertools
 import json
 import math
@@ -12,12 +13,12 @@ from scipy.stats import chi2
 from tests.test_diffusion_ar import diffusion_generator
 from tests.test_engine import tiny_generator
 from tests.test_scale import var_generator
-from tests.test_tokenizers import TINY_VQ
+from tests.test_tokenizers import TINY_KL, TINY_VQ
 from visgen.config import ConfigError
 from visgen.generator import Generator, GeneratorConfig
 from visgen.sampling import Sampler, SamplingConfig, speculative
 from visgen.sampling.feature_draft import FeatureDraft
-from visgen.tokenizers import VQTokenizer
+from visgen.tokenizers import KLTokenizer, VQTokenizer
 from visgen.tokenizers.vq import VQConfig
 
 
@@ -233,8 +234,56 @@ def mixture_round(rule: str, n: int = 40000):
     return tokens[:, 0, 0], z, a.float().mean().item(), fallbacks.sum().item()
 
 
-def test_cspd_exact_rule_matches_the_targets_mixture():
-    x, z, acceptance, fallbacks = mixture_round("exact")
+@pytest.fixture(scope="module")
+def cspd_pair():
+    """A diffusion-head target over a 2 x 2 grid of 3-channel latents (4 denoising steps) and a draft near it (its
+    weights perturbed), so that both branches of the path rule run: kept paths and redrawn steps."""
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(tokenizer="-", image_size=4, num_classes=2, schedule="raster", head="diffusion",
+                          head_options={"width": 16, "depth": 1, "steps": 4}, backbone="tiny")  # fmt: skip
+    target = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
+    for p in target.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    draft = copy.deepcopy(target)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return target, draft
+
+
+def cspd_tokens(target, draft, seed: int, n: int = 8000, rule: str = "path"):
+    cfg = SamplingConfig(cfg_scale=2.0, batch_size=n, seed=seed, speculative="cspd", gamma=3, cspd_rule=rule)
+    s = Sampler(target, cfg, draft=draft)
+    return s.sample_tokens(torch.ones(n, dtype=torch.long)).flatten(1), s.speculative.stats
+
+
+def same_moments(x: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Means within 4.5 standard errors, standard deviations within 5 %, correlations within 0.1 (all 12 dims)."""
+    se = ref.std(0) * math.sqrt(2 / len(ref))
+    return bool(((x.mean(0) - ref.mean(0)).abs() < 4.5 * se).all() and ((x.std(0) / ref.std(0) - 1).abs() < 0.05).all()
+                and (torch.corrcoef(x.T) - torch.corrcoef(ref.T)).abs().max() < 0.1)  # fmt: skip
+
+
+def test_cspd_path_rule_draws_the_targets_paths(cspd_pair, monkeypatch):
+    """The path rule keeps exactly the target's distribution whatever the draft: its tokens match those drawn with
+    the target as its own draft (every step kept: the target's own paths), means, spreads and correlations between
+    positions (the tokens after the prefix are drafted). A rule that verifies only the last step fails the same
+    check."""
+    target, draft = cspd_pair
+    ref, stats = cspd_tokens(target, target, seed=1)
+    assert stats["acceptance"] == 1.0
+    x, stats = cspd_tokens(target, draft, seed=2)
+    assert 0.1 < stats["acceptance"] < 0.9 and stats["residual_fallbacks"] < 0.01 * len(x)  # both branches ran
+    assert same_moments(x, ref)
+    check = speculative.verify_path_steps
+    monkeypatch.setattr(speculative, "verify_path_steps", lambda log_ratio, u: check(log_ratio[..., -1:], u[..., -1:]))
+    wrong, stats = cspd_tokens(target, draft, seed=2)
+    assert stats["acceptance"] > 0.5 and not same_moments(wrong, ref)
+
+
+def test_cspd_final_rule_matches_the_targets_mixture():
+    x, z, acceptance, fallbacks = mixture_round("final")
     assert 0.3 < acceptance < 0.9 and fallbacks == 0  # both branches (accepted drafts, residual draws) exercised
     assert abs((x > 0).float().mean().item() - 0.7) < 0.01  # mode weight
     for mode, mean in ((0, -2.0), (1, 2.0)):
@@ -370,6 +419,54 @@ def test_distilling_a_draft_raises_its_acceptance():
         q = draft.eval().head.logits(draft.features(seq, lab)).softmax(-1)
     accept = (q * torch.clamp(p / q, max=1)).sum(-1)  # E_{x~q} min(1, p(x) / q(x))
     torch.testing.assert_close(accept, torch.minimum(p, q).sum(-1), atol=1e-5, rtol=0)
+
+
+def test_distilling_a_diffusion_draft_raises_its_path_acceptance():
+    """A diffusion-head draft distilled on the KL of its denoising steps from the target's, along the target's
+    sampling paths: the held-out KL falls, and the path rule then keeps far more of its drafted tokens. 50 steps:
+    with few, the last step (from a noisy state to a near-deterministic token) rejects whatever the draft."""
+    from visgen.train.generator_task import GeneratorTask
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(tokenizer="-", image_size=4, num_classes=2, schedule="raster", head="diffusion",
+                          head_options={"width": 16, "depth": 1, "steps": 50}, backbone="tiny")  # fmt: skip
+    target = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
+    for p in target.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    torch.manual_seed(1)
+    draft = Generator(GeneratorConfig(**{**vars(cfg), "class_dropout": 0.5}), tokenizer=target.tokenizer)
+    task = GeneratorTask(draft, target, distill_weight=1.0)
+    g = torch.Generator().manual_seed(0)
+    tokens, labels = torch.randn(64, 3, 2, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
+
+    class Acc:  # what validate needs of an Accelerator on one process
+        device = torch.device("cpu")
+        reduce = staticmethod(lambda t, reduction: t)
+
+    held_out = [{"tokens": tokens[48:], "label": labels[48:]}]
+    before = task.validate(draft.eval(), held_out, Acc)
+    accepted_before = cspd_tokens(target, draft, seed=3, n=500)[1]["acceptance"]
+    opt = torch.optim.AdamW(draft.parameters(), lr=1e-2)
+    draft.train()
+    for step in range(50):
+        i = torch.arange(16) + 16 * (step % 3)
+        loss, _ = task({"tokens": tokens[i], "label": labels[i]}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = task.validate(draft.eval(), held_out, Acc)
+    accepted_after = cspd_tokens(target, draft, seed=3, n=500)[1]["acceptance"]
+    assert set(after) == {"loss", "kl"} and after["kl"] < 0.25 * before["kl"]
+    assert accepted_before < 0.05 and accepted_after > 0.3, (before, after, accepted_before, accepted_after)
+
+
+def test_a_diffusion_teacher_must_sample_in_the_students_steps(cspd_pair):
+    from visgen.train.generator_task import GeneratorTask
+
+    target, _ = cspd_pair
+    cfg = GeneratorConfig(**{**vars(target.config), "head_options": {"width": 16, "depth": 1, "steps": 8}})
+    with pytest.raises(ConfigError, match="samples in 8 steps, the teacher's in 4"):
+        GeneratorTask(Generator(cfg, tokenizer=target.tokenizer), target)
 
 
 def test_a_draft_distils_from_the_bundled_model_through_the_recipe(tmp_path):
@@ -515,3 +612,4 @@ def test_feature_draft_loss_trains_the_second_drafted_token_at_its_weight():
         assert val["loss"] == pytest.approx(draft_loss(draft, target, tokens, labels, depth2_weight=weight).item())
     with pytest.raises(ConfigError, match="depth2_weight"):
         FeatureDraftRecipe(depth2_weight=-1)
+

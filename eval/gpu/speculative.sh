@@ -7,6 +7,9 @@
 #   STEP=distill: a draft of the bundled model's size (8 x 256) distilled from the token target (distill.weight 0.5,
 #               DRAFT_MIN minutes): its validation reports the held-out acceptance; STEP=discrete then uses it
 #               (DRAFT=visgen/assets/cifar10-token-ar for the undistilled draft);
+#   STEP=cspd_distill: the CSpD draft's size distilled from the diffusion target (the KL of its denoising steps from
+#               the target's along the target's sampling paths, distill.weight CSPD_DISTILL_WEIGHT, DIFF_MIN minutes):
+#               STEP=cspd with CSPD_DRAFT=runs/spec-diff-draft-distilled/final benches it;
 #   STEP=feature: a FeatureDraft of the token target (one block on its features, generators/cifar10-feature-draft.yaml
 #               through the trainer for FEATURE_MIN minutes; its validation logs the held-out acceptance);
 #               STEP=discrete adds the method 'feature' when runs/spec-feature-draft/final exists;
@@ -25,6 +28,7 @@ BENCH=${BENCH---compile}
 TOK_MIN=${TOK_MIN:-6.5} DIFF_MIN=${DIFF_MIN:-6} EXTRA=${EXTRA:-} NAME=${NAME:-bench-speculative}
 export VISGEN_RESULTS=${RESULTS:-results}  # where the benches write (RESULTS=/tmp/r in a dry run)
 DRAFT_MIN=${DRAFT_MIN:-5} DRAFT=${DRAFT:-runs/spec-token-draft/final}
+CSPD_DRAFT=${CSPD_DRAFT:-runs/spec-diff-draft/final}
 D="data.path=$DATA/train val.path=$DATA/test"
 HEAD25="model.head_options.steps=25"
 
@@ -65,8 +69,15 @@ if [ "$STEP" = discrete ]; then
     --ref $DATA/train --images 16 --name $NAME-discrete --profile-batches 8 --profile-table $OUT/profile-discrete.txt \
     $BENCH > $OUT/bench-discrete.log 2>&1
 fi
+if [ "$STEP" = cspd_distill ]; then
+  python train.py generator --recipe generators/cifar10-diffusion-ar.yaml $D train.out_dir=runs/spec-diff-draft-distilled \
+    "model.backbone={preset: cifar, n_layer: 4, n_head: 4, d_model: 128}" \
+    "model.head_options={width: 256, depth: 2, steps: 25}" distill.teacher=runs/spec-diff-target/final \
+    distill.weight=${CSPD_DISTILL_WEIGHT:-0.5} train.time_limit_minutes=$DIFF_MIN $EXTRA > $OUT/train-diff-draft-distilled.log 2>&1
+  cp runs/spec-diff-draft-distilled/metrics.jsonl $OUT/metrics-spec-diff-draft-distilled.jsonl || true
+fi
 if [ "$STEP" = cspd ]; then
-  python bench/speculative.py --cspd-target runs/spec-diff-target/final --cspd-draft runs/spec-diff-draft/final \
+  python bench/speculative.py --cspd-target runs/spec-diff-target/final --cspd-draft $CSPD_DRAFT \
     --ref $DATA/train --images 16 --name $NAME-cspd --profile-batches 8 --profile-table $OUT/profile-cspd.txt \
     $BENCH > $OUT/bench-cspd.log 2>&1
 fi

@@ -27,7 +27,7 @@ from visgen.metrics import to_uint8
 from visgen.results import check_writable
 from visgen.sampling import Sampler, SamplingConfig
 from visgen.sampling.sampler import COMPILE_MODES, HEAD_SOLVERS, resolve_device, use_compile_cache
-from visgen.sampling.speculative import METHODS
+from visgen.sampling.speculative import CSPD_RULES, METHODS
 
 DEFAULT_CHECKPOINT = "asset:cifar10-token-ar"
 
@@ -152,8 +152,9 @@ def add_sampler_arguments(p: argparse.ArgumentParser):
     p.add_argument("--draft", default="", help="the draft's checkpoint folder (draft, feature, cspd)")
     p.add_argument("--gamma", type=int, default=4, help="tokens drafted per verifying pass")
     p.add_argument("--prefill", type=float, default=0.0, help="fraction of tokens drawn by the target alone first")
-    p.add_argument("--cspd-rule", default="exact", choices=["exact", "reference"],
-                   help="exact: the paper's rule; reference: the reference code's relaxation (not exact)")  # fmt: skip
+    p.add_argument("--cspd-rule", default="path", choices=list(CSPD_RULES),
+                   help="path: every denoising step verified (exact); final: the paper's rule, the last step's "
+                   "Gaussians (exact); reference: the reference code's relaxation (not exact)")  # fmt: skip
 
 
 def sampler_settings(args) -> dict:

@@ -178,6 +178,35 @@ class DiffusionHead(nn.Module):
         vb = torch.where(t == 0, nll.mean(-1), kl.mean(-1)) / math.log(2)  # bits, as improved DDPM
         return (mse + vb).mean()
 
+    def distill_loss(self, teacher: DiffusionHead, h_BLD: torch.Tensor, teacher_h_BLD: torch.Tensor,
+                     tokens: int = 0) -> torch.Tensor:  # fmt: skip
+        """KL(teacher's step || this head's step) summed over channels and over the S steps of the teacher's own
+        sampling paths, per token: what continuous speculative decoding's path rule pays when this head drafts for
+        ``teacher`` (it keeps a step with probability 1 - the two steps' total variation, which the KL bounds).
+        ``tokens`` of the batch's (0: all), drawn at random, each get a path of the teacher's from noise (no
+        gradients; the clean latent clipped as when sampling), and both heads' Gaussians at every state of it; the
+        teacher's features ``teacher_h`` come without gradients."""
+        C, S = self.channels, len(self.sample_schedule)
+        z, z_t = h_BLD.reshape(-1, h_BLD.shape[-1]), teacher_h_BLD.reshape(-1, teacher_h_BLD.shape[-1])
+        if 0 < tokens < len(z):
+            pick = torch.randperm(len(z), device=z.device)[:tokens]
+            z, z_t = z[pick], z_t[pick]
+        with torch.no_grad():
+            shared = teacher._prepare(z_t)
+            x = torch.randn(len(z), C, device=z.device)
+            xs, means, log_vars = [], [], []
+            for k in reversed(range(S)):
+                xs.append(x)
+                mean, log_var = teacher._step(k, x, shared, 1.0, False)
+                means.append(mean)
+                log_vars.append(log_var)
+                x = mean + torch.exp(0.5 * log_var) * torch.randn_like(x) if k else mean
+            mp, lvp = torch.cat(means), torch.cat(log_vars)
+        k = torch.arange(S - 1, -1, -1, device=z.device).repeat_interleave(len(z))
+        mq, lvq = self._step(k, torch.cat(xs), self._prepare(z.repeat(S, 1)), 1.0, False)
+        kl = 0.5 * (lvq - lvp + torch.exp(lvp - lvq) - 1 + (mp - mq).pow(2) * torch.exp(-lvq))
+        return kl.sum(-1).view(S, -1).sum(0).mean()
+
     # ---- sampling --------------------------------------------------------------------------------------------------
 
     def compile_step(self, **options):
@@ -191,10 +220,11 @@ class DiffusionHead(nn.Module):
         return self.net.prepare(h, self.sample_schedule.timestep)
 
     def _step(self, k, x: torch.Tensor, shared, cfg_scale, guided: bool):
-        """(mean, log variance) of the sampling step at kept timestep k (an int or a 1-element tensor) for states ``x``
-        (N, C), fp32; ``shared``: ``_prepare`` of the unit's features. DDIM: (the next state, None)."""
+        """(mean, log variance) of the sampling step at kept timestep k (an int, a 1-element tensor, or one per row)
+        for states ``x`` (N, C), fp32; ``shared``: ``_prepare`` of the unit's features. DDIM: (the next state, None)."""
         sch, C = self.sample_schedule, self.channels
-        out = self.net.step(torch.cat([x, x]) if guided else x, shared, k)
+        rows_k = torch.is_tensor(k) and k.numel() > 1  # a kept step per row (``step_gaussians``)
+        out = self.net.step(torch.cat([x, x]) if guided else x, shared, torch.cat([k, k]) if guided and rows_k else k)
         eps, v = out[:, :C], out[:, C:]
         if guided:  # guidance on epsilon; the variance is the conditional half's (MAR's forward_with_cfg)
             (eps_c, eps_u), v = eps.chunk(2), v.chunk(2)[0]
@@ -282,15 +312,40 @@ class DiffusionHead(nn.Module):
         return self._denoise(h, cfg_scale, noise, step, guided, temperature, keep="final")
 
     def step_gaussians(self, h: torch.Tensor, xs: torch.Tensor, cfg_scale, guided: bool = False):
-        """This head's (mean, log_var) (S, B, n, C) for each step of a given path ``xs`` (another head's, say)."""
+        """This head's (mean, log_var) (S, B, n, C) for each step of a given path ``xs`` (S + 1, B, n, C; another
+        head's, say), every step at once: the path is known, so its S steps are one pass over S * B * n rows."""
         self._check_densities()
-        C, shared = self.channels, self._prepare(h)
-        means, log_vars = [], []
-        for i, k in enumerate(reversed(range(len(self.sample_schedule)))):
-            mean, log_var = self._step(k, xs[i].reshape(-1, C).float(), shared, cfg_scale, guided)
-            means.append(mean.view(xs.shape[1:]))
-            log_vars.append(log_var.view(xs.shape[1:]))
-        return torch.stack(means), torch.stack(log_vars)
+        S, C = len(self.sample_schedule), self.channels
+        rows = xs[0].numel() // C
+        halves = h.reshape(2 if guided else 1, rows, h.shape[-1])  # guided: the conditional rows, then the null ones
+        h_all = halves[:, None].expand(-1, S, -1, -1).reshape(-1, h.shape[-1])
+        k = torch.arange(S - 1, -1, -1, device=xs.device).repeat_interleave(rows)  # path step i is kept step S-1-i
+        if torch.is_tensor(cfg_scale) and cfg_scale.dim():  # a scale per row, (rows, 1): the same at every step
+            cfg_scale = cfg_scale.reshape(1, rows, -1).expand(S, -1, -1).reshape(S * rows, -1)
+        mean, log_var = self._step(k, xs[:S].reshape(-1, C).float(), self._prepare(h_all), cfg_scale, guided)
+        return mean.view(S, *xs.shape[1:]), log_var.view(S, *xs.shape[1:])
+
+    def resume(self, h: torch.Tensor, x: torch.Tensor, start: torch.Tensor, cfg_scale, noise: CounterNoise, step,
+               last: torch.Tensor, guided: bool = False, temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """Paths of one token a row finished by this head: ``x`` (N, C) is row r's state before path step
+        ``start[r]`` (S: nothing left to do); rows that start at 0 begin where ``sample`` begins under ``noise`` at
+        ``step`` (x ignored there), and every step draws ``sample``'s noise, but the last, which ``sample`` leaves
+        noiseless, draws ``last`` (N, C) standard normals: the token has a density (continuous speculative
+        decoding's path rule: a rejected step redrawn, the rest of the path the target's own). One loop over the S
+        steps, each row moving from its own start on. ``h`` (N, D), or (2N, D) when ``guided``."""
+        self._check_densities()
+        S, C, N = len(self.sample_schedule), self.channels, len(x)
+        x = torch.where((start == 0)[:, None], noise.normal(step, (1, C), stream=0).reshape(N, C), x.float())
+        e_all = noise.normal(step, (S, 1, C), stream=1) if S > 1 else None  # as ``_denoise`` draws them
+        shared = self._prepare(h)
+        step_fn = getattr(self, "_compiled_step", None)
+        index = range(S) if step_fn is None else torch.arange(S, device=x.device).view(S, 1)
+        step_fn = step_fn or self._step
+        for i, k in enumerate(reversed(range(S))):
+            mean, log_var = step_fn(index[k], x, shared, cfg_scale, guided)
+            e = e_all[:, i, 0] if k > 0 else last
+            x = torch.where((start <= i)[:, None], mean + torch.exp(0.5 * log_var) * e * temperature, x)
+        return x
 
     @staticmethod
     def log_density(xs: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, temperature: float = 1.0):

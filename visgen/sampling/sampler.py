@@ -81,9 +81,11 @@ class SamplingConfig:
     jacobi_init: where ``jacobi`` drafts a position the verifying pass has not reached yet: ``above`` (the committed
         token one row up, a deterministic draft, exact as any proposal is; raster order only, else uniform) or
         ``uniform`` (a random token, as Teng et al. 2025 start).
-    cspd_rule: ``exact`` (the paper's rule: stop at the first rejection, the ratio of the two Gaussians) or
-        ``reference`` (the reference code's relaxation: standard deviations x 42 inside the ratio, tokens after a
-        rejection kept; not exact).
+    cspd_rule: ``path`` (exact: every denoising step of a drafted token's path verified, both heads' Gaussians
+        at the draft's states; a rejected step redrawn and the path finished by the target), ``final`` (exact: the
+        paper's rule, the last step's Gaussians of the two heads' own paths under the same noise) or ``reference``
+        (the reference code's relaxation of ``final``: standard deviations x 42 inside the ratio, tokens after a
+        rejection kept; not exact). Every rule draws the last step's noise too (a token needs a density).
     sync_every: speculative rounds between the host's checks for finished rows (each check is one host sync).
     head_steps: denoising steps of a diffusion or flow head per token (0: the recipe's, ``head_options.steps``).
         Each step is one pass of the head, most of a continuous token's sampling time: fewer are faster and draw
@@ -111,7 +113,7 @@ class SamplingConfig:
     draft: str = ""
     gamma: int = 4
     prefill: float = 0.0
-    cspd_rule: str = "exact"
+    cspd_rule: str = "path"
     sync_every: int = 4
     jacobi_init: str = "above"
     head_steps: int = 0

@@ -48,7 +48,7 @@ from visgen.sampling.noise import CounterNoise
 from visgen.schedules import RasterSchedule
 
 METHODS = ("draft", "feature", "jacobi", "cspd")
-CSPD_RULES = ("exact", "reference")
+CSPD_RULES = ("path", "final", "reference")
 REFERENCE_TEMPERATURE = 42.0  # the reference code's temperature inside the CSpD ratio
 PROPOSALS = 128  # acceptance-rejection proposals per residual draw (cspd)
 
@@ -105,16 +105,16 @@ def gaussian_residual(mp, lvp, mq, lvq, e, v) -> tuple[torch.Tensor, torch.Tenso
     return pick, kept.any(-1)
 
 
-def cspd_log_ratio(x, mp, lvp, mq, lvq, rule: str = "exact") -> torch.Tensor:
+def cspd_log_ratio(x, mp, lvp, mq, lvq, rule: str = "final") -> torch.Tensor:
     """log p(x) / q(x) of drafted tokens x under the two Gaussians; ``reference``: both standard deviations scaled
     by 42 inside the exponent (the reference code's relaxation; the normalisers as in the exact ratio)."""
-    if rule == "exact":
+    if rule == "final":
         return gaussian_log_density(x, mp, lvp) - gaussian_log_density(x, mq, lvq)
     t2 = 2 * math.log(REFERENCE_TEMPERATURE)  # the scaled normalisers' ratio is the exact ratio's
     return gaussian_log_density(x, mp, lvp + t2) - gaussian_log_density(x, mq, lvq + t2)
 
 
-def verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule: str = "exact"):
+def verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule: str = "final"):
     """Continuous verification. x (B, G, C) drafted tokens; (mp, lvp) (B, G + 1, C) the target's Gaussians at the
     drafted positions and one more; (mq, lvq) (B, G, C) the draft's; u (B, G) uniforms; e (B, G, R, C) and v
     (B, G, R) for the residual draws; bonus (B, C) the target's own draw at position G. Returns (accepted (B,),
@@ -134,6 +134,15 @@ def verify_gaussians(x, mp, lvp, mq, lvq, u, e, v, bonus, rule: str = "exact"):
     tokens = torch.cat([x, x[:, :1]], 1).scatter(1, a[:, None, None].expand(-1, 1, x.shape[-1]), resampled[:, None])
     fallbacks = ((a < G) & ~found.gather(1, a.clamp(max=G - 1)[:, None])[:, 0]).long()
     return a, a, tokens, a + 1, fallbacks
+
+
+def verify_path_steps(log_ratio, u) -> tuple[torch.Tensor, torch.Tensor]:
+    """The path rule's decisions. log_ratio (B, G, S): log p / q of each denoising step of each drafted token's
+    path, both heads' Gaussians at the same state (the draft's); u (B, G, S) uniforms. A step is kept with
+    probability min(1, p / q), and a token when every step of its path is. Returns (accepted (B,): the run of kept
+    tokens, first (B, G): each token's first rejected step, 0 where none is)."""
+    ok = u.log() < log_ratio
+    return leading_accepts(ok.all(-1)), (~ok).long().argmax(-1)
 
 
 # ---- checks --------------------------------------------------------------------------------------------------------
@@ -166,6 +175,10 @@ def check_models(target, draft, method: str, cfg) -> None:
             )
         if not cfg.temperature > 0:
             raise ConfigError("speculative='cspd' needs temperature > 0 (a token's density is a Gaussian)")
+        if draft is not None and len(draft.head.train_schedule) != len(target.head.train_schedule):
+            raise ConfigError(f"the draft's diffusion head was trained over {len(draft.head.train_schedule)} noise "
+                              f"levels, the target's over {len(target.head.train_schedule)}: a CSpD pair needs one "
+                              "noise schedule")  # fmt: skip
         if target.head.solver != "ddpm":
             raise ConfigError(f"speculative='cspd' needs the diffusion head's ddpm solver, not {target.head.solver!r} "
                               "(DDIM's steps are deterministic and give a token no density)")  # fmt: skip
@@ -245,10 +258,11 @@ class SpeculativeDecoder:
         if draft is not None and self.method != "jacobi":
             self.draft = copy.deepcopy(draft).to(device=sampler.device, dtype=sampler.dtype).eval()
             self.draft.requires_grad_(False)
-            if cfg.head_steps and hasattr(self.draft.head, "set_sampling_steps"):
-                self.draft.head.set_sampling_steps(cfg.head_steps)  # a CSpD pair follows one path: same steps
-            if self.method == "cspd":
-                self.draft.head.set_solver("ddpm")  # and DDPM's (the target's, checked): steps with densities
+            if self.method == "cspd":  # a CSpD pair follows one path: the target's steps, DDPM's (with densities)
+                self.draft.head.set_sampling_steps(m.head.steps)
+                self.draft.head.set_solver("ddpm")
+            elif cfg.head_steps and hasattr(self.draft.head, "set_sampling_steps"):
+                self.draft.head.set_sampling_steps(cfg.head_steps)
             self.draft_body = self.draft.body if self.method == "feature" else self.draft.backbone
             if sampler.decode_kernel != "sdpa":  # its steps through the target's kernels too (a copy: ours)
                 self.draft_body.set_decode_kernel(sampler.decode_kernel, rows=sampler.rows_kernel)
@@ -316,6 +330,18 @@ class SpeculativeDecoder:
         mean, log_var = model.head.final_gaussian(h, scale, noise, at.reshape(-1), st.guided, c.temperature)
         return mean.view(B, n, -1), log_var.view(B, n, -1) + 2 * math.log(c.temperature)
 
+    def _path(self, model, h, st, at):
+        """As ``_final`` for one token a row (``at`` (B, 1)), with the whole denoising path: (states (S + 1, B, C),
+        whose last is the token, drawn with the last step's noise too; means (S, B, C); log variances (S, B, C), the
+        temperature in them)."""
+        c = self.sampler.cfg
+        h = torch.cat([t[:, -1] for t in h.chunk(2)]) if st.guided else h[:, -1]
+        path = model.head.trajectory(h[:, None], self.scale_table[at], st.noise, at[:, 0], st.guided, c.temperature)
+        mean, log_var = path["mean"][:, :, 0], path["log_var"][:, :, 0] + 2 * math.log(c.temperature)
+        e0 = st.noise.normal(at[:, 0], (self.channels,), stream=_FINAL)
+        token = mean[-1] + torch.exp(0.5 * log_var[-1]) * e0
+        return torch.cat([path["xs"][:-1, :, 0], token[None]]), mean, log_var
+
     def _commit(self, st, tokens, commit, accepted, offered, fallbacks):
         G1 = self.gamma + 1
         pos, L = st.pos, self.L
@@ -353,6 +379,11 @@ class SpeculativeDecoder:
                                  c.top_p)[:, 0]  # fmt: skip
                 x = (q.log() + gumbel[:, i]).argmax(-1)
                 dists.append(q)
+                inputs = x[:, None]
+            elif c.cspd_rule == "path":
+                xs, mq, lvq = self._path(d, h, st, (pos + i)[:, None])
+                x = xs[-1]
+                dists.append((xs, mq, lvq))
                 inputs = x[:, None]
             else:
                 mq, lvq = self._final(d, h, st, (pos + i)[:, None])
@@ -422,6 +453,8 @@ class SpeculativeDecoder:
             )
             self._commit(st, tokens, a + 1, a, G, torch.zeros_like(a))
             return
+        if c.cspd_rule == "path":
+            return self._path_verify(st, pos, drafts, dists, h)
         mp, lvp = self._final(self.target, h, st, at)
         mq, lvq = torch.stack([m for m, _ in dists], 1), torch.stack([lv for _, lv in dists], 1)
         e = st.noise.normal(pos, (G, PROPOSALS, self.channels), stream=_PROPOSAL)
@@ -432,6 +465,40 @@ class SpeculativeDecoder:
             drafts, mp, lvp, mq, lvq, u, e, v, bonus, self.sampler.cfg.cspd_rule
         )
         self._commit(st, tokens, commit, decided, G, fallbacks)
+
+    def _path_verify(self, st, pos, drafts, dists, h):
+        """The path rule: the target's Gaussian at every denoising step of each drafted token's path (the draft's
+        states, all steps in one pass), each step kept with probability min(1, p / q); at the first rejected step of
+        the first rejected token, the state is redrawn from max(0, p - q) and the target finishes that path itself
+        (on full acceptance it draws the extra token's whole path). A path drawn so is exactly the target's: each
+        step is the target's step from the state before (speculative sampling, one step at a time). With the target
+        as its own draft every step is kept and the tokens are the plain sampler's but for the last step's noise."""
+        G, C, c, head = self.gamma, self.channels, self.sampler.cfg, self.target.head
+        xs, mq, lvq = (torch.stack(t, 2) for t in zip(*dists))  # (S + 1, B, G, C), (S, B, G, C) twice
+        S, B = mq.shape[0], len(pos)
+        rows = lambda t: torch.cat([u.reshape(-1, u.shape[-1]) for u in t.chunk(2)]) if st.guided else t.reshape(
+            -1, t.shape[-1])  # fmt: skip
+        scale = self.scale_table[pos[:, None] + torch.arange(G, device=pos.device)].reshape(-1, 1)
+        mp, lvp = head.step_gaussians(rows(h[:, :G]), xs, scale, st.guided)
+        lvp = lvp + 2 * math.log(c.temperature)
+        log_ratio = gaussian_log_density(xs[1:], mp, lvp) - gaussian_log_density(xs[1:], mq, lvq)
+        a, first = verify_path_steps(log_ratio.permute(1, 2, 0), st.noise.uniform(pos, (G, S), stream=_ACCEPT))
+        rejected = a < G
+        step = first.gather(1, a.clamp(max=G - 1)[:, None])[:, 0]  # the rejected token's first rejected step
+        idx = (a.clamp(max=G - 1) * S + step)[:, None, None].expand(-1, 1, C)
+        pick = lambda t: t.permute(1, 2, 0, 3).reshape(B, G * S, C).gather(1, idx)[:, 0]  # (B, C) at (a, step)
+        e = st.noise.normal(pos, (PROPOSALS, C), stream=_PROPOSAL)
+        v = st.noise.uniform(pos, (PROPOSALS,), stream=_RESIDUAL)
+        y, found = gaussian_residual(pick(mp), pick(lvp), pick(mq), pick(lvq), e, v)
+        # the path at position pos + a goes on with the noise a plain step there draws (the draft's path drew it
+        # too, but only its steps before the rejected one decided anything), its last step with the draft's e0
+        at = pos + a
+        h_a = h.gather(1, self._dup(st, a)[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0]
+        last = st.noise.normal(at, (C,), stream=_FINAL)
+        token = head.resume(h_a, y, torch.where(rejected, step + 1, 0), self.scale_table[at][:, None], st.noise, at,
+                            last, st.guided, c.temperature)  # fmt: skip
+        tokens = torch.cat([drafts, drafts[:, :1]], 1).scatter(1, a[:, None, None].expand(-1, 1, C), token[:, None])
+        self._commit(st, tokens, a + 1, a, G, (rejected & ~found).long())
 
     def _window_prior(self, st, at):
         """(B, G, V) the draft distribution of window positions ``at`` (B, G) that no pass has reached: one-hot at

@@ -23,16 +23,24 @@ class DistillConfig:
     """The recipe's ``distill`` section: train this generator to match a teacher's next-token distributions
     (a draft for speculative decoding, whose acceptance rate is the overlap of the two).
 
-    teacher: a trained generator's folder (categorical head, the same tokenizer, schedule and classes); empty: off.
-    weight: the loss is (1 - weight) x cross-entropy on the data + weight x KL(teacher || this model), per token.
+    teacher: a trained generator's folder (the same tokenizer, schedule and classes; a categorical head, or a
+        diffusion head sampling in as many steps as this one's); empty: off.
+    weight: the loss is (1 - weight) x cross-entropy on the data + weight x KL(teacher || this model), per token
+        (a diffusion head: its own loss on the data, and the KL of its denoising steps from the teacher's along the
+        teacher's sampling paths, ``DiffusionHead.distill_loss``: what CSpD's path rule pays).
+    path_tokens: a diffusion head: the tokens of a batch (drawn at random; 0: all) whose teacher paths are drawn
+        and distilled, each path costing the teacher's S sampling steps and both heads' Gaussians at S states.
     """
 
     teacher: str = ""
     weight: float = 1.0
+    path_tokens: int = 512
 
     def __post_init__(self):
         if not 0 <= self.weight <= 1:
             raise ConfigError(f"distill.weight must be in [0, 1], got {self.weight}")
+        if not (isinstance(self.path_tokens, int) and self.path_tokens >= 0):
+            raise ConfigError(f"distill.path_tokens must be an integer >= 0 (0: all), got {self.path_tokens!r}")
 
 
 @dataclass
@@ -168,9 +176,10 @@ class GeneratorTask(nn.Module):
     two next-token distributions: the rate at which speculative decoding with this model as the draft accepts a
     drafted token (temperature 1, no guidance or top-k)."""
 
-    def __init__(self, model: Generator, teacher: Generator | None = None, distill_weight: float = 1.0):
+    def __init__(self, model: Generator, teacher: Generator | None = None, distill_weight: float = 1.0,
+                 path_tokens: int = 512):  # fmt: skip
         super().__init__()
-        self.model, self.distill_weight = model, distill_weight
+        self.model, self.distill_weight, self.path_tokens = model, distill_weight, path_tokens
         if teacher is not None:
             _check_teacher(model, teacher)
             teacher.eval().requires_grad_(False)
@@ -188,8 +197,18 @@ class GeneratorTask(nn.Module):
             return t.head.logits(t.features(seq, labels)).float()
 
     def _distill(self, model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-token means over the batch: cross-entropy, KL(teacher || model), and the distributions' overlap."""
+        """Per-token means over the batch: cross-entropy, KL(teacher || model), and the distributions' overlap.
+        A diffusion head: its own loss on the data (``ce``) and the KL of its denoising steps from the teacher's,
+        summed over a path (``DiffusionHead.distill_loss``)."""
         seq, labels = model.schedule.to_sequence(tokens), model.drop_labels(labels)
+        if not model.head.discrete:
+            h, t = model.features(seq, labels), self.teacher
+            if t.class_emb.weight.device != seq.device:
+                t.to(seq.device)
+            with torch.no_grad():
+                h_t = t.features(seq, labels)
+            return {"ce": model.head.loss(seq, h, model.schedule.unit_sizes),
+                    "kl": model.head.distill_loss(t.head, h, h_t, self.path_tokens)}  # fmt: skip
         logp = model.head.logits(model.features(seq, labels)).log_softmax(-1)
         ce = F.nll_loss(logp.flatten(0, 1), seq.flatten())  # the head's loss, from the one projection
         logp_t = self._teacher_logits(seq, labels).log_softmax(-1)
@@ -214,7 +233,7 @@ class GeneratorTask(nn.Module):
 
     @torch.no_grad()
     def validate(self, model: Generator, batches, accelerator) -> dict[str, float]:
-        names = ["loss", "kl", "acceptance"] if self.teacher is not None else ["loss"]
+        names = ["loss"] if self.teacher is None else ["loss", "kl", "acceptance"][: 3 if model.head.discrete else 2]
         sums = torch.zeros(len(names) + 1, device=accelerator.device, dtype=torch.float64)
         for batch in batches:
             n = len(batch["label"])
@@ -223,7 +242,7 @@ class GeneratorTask(nn.Module):
                 values = [model.loss(tokens, labels)]
             else:  # the held-out loss is the data's cross-entropy, as without a teacher
                 d = self._distill(model, tokens, labels)
-                values = [d["ce"], d["kl"], d["acceptance"]]
+                values = [d["ce"], d["kl"], d.get("acceptance")][: len(names)]
             sums += torch.stack([*(v.double() * n for v in values), torch.tensor(float(n), device=sums.device,
                                                                                  dtype=torch.float64)])  # fmt: skip
         sums = accelerator.reduce(sums, "sum")
@@ -269,17 +288,23 @@ def build_generator_task(recipe: dict, train_set: ImageDataset, val_set: ImageDa
                                         tok_cfg.crop_scale)  # fmt: skip
         if val_set is not None:
             val_set = TokenDataset.encode(val_set, model.tokenizer, tok_cfg.batch_size, seed)
-    return GeneratorTask(model, teacher, distill.weight), train_set, val_set
+    return GeneratorTask(model, teacher, distill.weight, distill.path_tokens), train_set, val_set
 
 
 def _check_teacher(model: Generator, teacher) -> None:
     """A teacher must predict the same tokens: the student is its draft, so it passes a draft's checks for
-    speculative decoding (categorical heads, the same tokenizer, schedule, sequence and classes)."""
+    speculative decoding (categorical heads, or diffusion heads as CSpD's; the same tokenizer, schedule, sequence
+    and classes)."""
+    from visgen.sampling import SamplingConfig
     from visgen.sampling.speculative import check_models
 
     if not isinstance(teacher, Generator):
         raise ConfigError(f"distill.teacher must be a generator checkpoint; got a {type(teacher).__name__}")
     try:
-        check_models(teacher, model, "draft", None)
+        check_models(teacher, model, "draft" if teacher.head.discrete else "cspd", SamplingConfig())
+        if not teacher.head.discrete and teacher.head.steps != model.head.steps:
+            raise ConfigError(f"the student's head samples in {model.head.steps} steps, the teacher's in "
+                              f"{teacher.head.steps}: distillation matches them step by step (set "
+                              "model.head_options.steps to the teacher's)")  # fmt: skip
     except ConfigError as e:
         raise ConfigError(f"distill.teacher cannot teach this model: {e}") from None
