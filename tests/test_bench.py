@@ -126,7 +126,7 @@ def test_memorisation_bench_times_both_searches(tmp_path):
 def test_speculative_bench_measures_each_method(tmp_path):
     m = run_bench(tmp_path, "bench/speculative.py", "--tiny", "--sample-batches", "2", "--images", "2", "--gamma", "2",
                   "--cspd-gamma", "2", "--round-images", "2", name="s")  # fmt: skip
-    for method in ("draft", "feature", "jacobi", "cspd", "cspd_reference"):
+    for method in ("draft", "feature", "jacobi", "cspd", "cspd_final", "cspd_reference"):
         assert m[f"speedup_{method}_b2"] > 0 and 0 <= m[f"acceptance_{method}"] <= 1
         assert m[f"rounds_per_batch_{method}_b2"] >= m[f"rounds_per_row_{method}_b2"] > 0
         assert m[f"round_cost_plain_steps_{method}_b2"] > 0

@@ -234,16 +234,22 @@ def mixture_round(rule: str, n: int = 40000):
     return tokens[:, 0, 0], z, a.float().mean().item(), fallbacks.sum().item()
 
 
-@pytest.fixture(scope="module")
-def cspd_pair():
-    """A diffusion-head target over a 2 x 2 grid of 3-channel latents (4 denoising steps) and a draft near it (its
-    weights perturbed), so that both branches of the path rule run: kept paths and redrawn steps."""
+def toy_diffusion_target(steps: int) -> Generator:
+    """A diffusion-head target over a 2 x 2 grid of 3-channel latents, its head non-trivial (random weights)."""
     torch.manual_seed(0)
     cfg = GeneratorConfig(tokenizer="-", image_size=4, num_classes=2, schedule="raster", head="diffusion",
-                          head_options={"width": 16, "depth": 1, "steps": 4}, backbone="tiny")  # fmt: skip
+                          head_options={"width": 16, "depth": 1, "steps": steps}, backbone="tiny")  # fmt: skip
     target = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
     for p in target.head.parameters():
         torch.nn.init.normal_(p, std=0.1)
+    return target
+
+
+@pytest.fixture(scope="module")
+def cspd_pair():
+    """The toy target (4 denoising steps) and a draft near it (its weights perturbed), so that both branches of the
+    path rule run: kept paths and redrawn steps."""
+    target = toy_diffusion_target(steps=4)
     draft = copy.deepcopy(target)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -427,14 +433,9 @@ def test_distilling_a_diffusion_draft_raises_its_path_acceptance():
     with few, the last step (from a noisy state to a near-deterministic token) rejects whatever the draft."""
     from visgen.train.generator_task import GeneratorTask
 
-    torch.manual_seed(0)
-    cfg = GeneratorConfig(tokenizer="-", image_size=4, num_classes=2, schedule="raster", head="diffusion",
-                          head_options={"width": 16, "depth": 1, "steps": 50}, backbone="tiny")  # fmt: skip
-    target = Generator(cfg, tokenizer=KLTokenizer(TINY_KL).eval()).eval()
-    for p in target.head.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    target = toy_diffusion_target(steps=50)
     torch.manual_seed(1)
-    draft = Generator(GeneratorConfig(**{**vars(cfg), "class_dropout": 0.5}), tokenizer=target.tokenizer)
+    draft = Generator(GeneratorConfig(**{**vars(target.config), "class_dropout": 0.5}), tokenizer=target.tokenizer)
     task = GeneratorTask(draft, target, distill_weight=1.0)
     g = torch.Generator().manual_seed(0)
     tokens, labels = torch.randn(64, 3, 2, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
