@@ -50,7 +50,10 @@ from visgen.schedules import RasterSchedule
 METHODS = ("draft", "feature", "jacobi", "cspd")
 CSPD_RULES = ("path", "final", "reference")
 REFERENCE_TEMPERATURE = 42.0  # the reference code's temperature inside the CSpD ratio
-PROPOSALS = 128  # acceptance-rejection proposals per residual draw (cspd)
+PROPOSALS = 128  # acceptance-rejection proposals per residual draw (cspd, the final rule)
+# the path rule's: a step is rejected with probability its total variation TV, and TV (1 - TV)^R of proposals all
+# fail, at most 1 / (e R) a step, so S steps want many: arithmetic only, no network pass
+PATH_PROPOSALS = 1024
 
 # counter-noise streams (the heads' own draws use 0-2 at a token's position)
 _DRAFT, _ACCEPT, _RESIDUAL, _JACOBI, _FINAL, _PROPOSAL = 8, 9, 10, 11, 12, 13
@@ -487,8 +490,8 @@ class SpeculativeDecoder:
         step = first.gather(1, a.clamp(max=G - 1)[:, None])[:, 0]  # the rejected token's first rejected step
         idx = (a.clamp(max=G - 1) * S + step)[:, None, None].expand(-1, 1, C)
         pick = lambda t: t.permute(1, 2, 0, 3).reshape(B, G * S, C).gather(1, idx)[:, 0]  # (B, C) at (a, step)
-        e = st.noise.normal(pos, (PROPOSALS, C), stream=_PROPOSAL)
-        v = st.noise.uniform(pos, (PROPOSALS,), stream=_RESIDUAL)
+        e = st.noise.normal(pos, (PATH_PROPOSALS, C), stream=_PROPOSAL)
+        v = st.noise.uniform(pos, (PATH_PROPOSALS,), stream=_RESIDUAL)
         y, found = gaussian_residual(pick(mp), pick(lvp), pick(mq), pick(lvq), e, v)
         # the path at position pos + a goes on with the noise a plain step there draws (the draft's path drew it
         # too, but only its steps before the rejected one decided anything), its last step with the draft's e0
