@@ -479,10 +479,10 @@ class SpeculativeDecoder:
         G, C, c, head = self.gamma, self.channels, self.sampler.cfg, self.target.head
         xs, mq, lvq = (torch.stack(t, 2) for t in zip(*dists))  # (S + 1, B, G, C), (S, B, G, C) twice
         S, B = mq.shape[0], len(pos)
-        rows = lambda t: torch.cat([u.reshape(-1, u.shape[-1]) for u in t.chunk(2)]) if st.guided else t.reshape(
-            -1, t.shape[-1])  # fmt: skip
+        halves = h[:, :G].chunk(2) if st.guided else (h[:, :G],)  # guided: the conditional rows, then the null ones
+        h_rows = torch.cat([t.reshape(-1, t.shape[-1]) for t in halves])
         scale = self.scale_table[pos[:, None] + torch.arange(G, device=pos.device)].reshape(-1, 1)
-        mp, lvp = head.step_gaussians(rows(h[:, :G]), xs, scale, st.guided)
+        mp, lvp = head.step_gaussians(h_rows, xs, scale, st.guided)
         lvp = lvp + 2 * math.log(c.temperature)
         log_ratio = gaussian_log_density(xs[1:], mp, lvp) - gaussian_log_density(xs[1:], mq, lvq)
         a, first = verify_path_steps(log_ratio.permute(1, 2, 0), st.noise.uniform(pos, (G, S), stream=_ACCEPT))

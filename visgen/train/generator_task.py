@@ -189,29 +189,26 @@ class GeneratorTask(nn.Module):
     def teacher(self) -> Generator | None:
         return self._teacher[0] if self._teacher else None
 
-    def _teacher_logits(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _teacher_features(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         t = self.teacher
         if t.class_emb.weight.device != seq.device:
             t.to(seq.device)
         with torch.no_grad():
-            return t.head.logits(t.features(seq, labels)).float()
+            return t.features(seq, labels)
 
     def _distill(self, model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-token means over the batch: cross-entropy, KL(teacher || model), and the distributions' overlap.
         A diffusion head: its own loss on the data (``ce``) and the KL of its denoising steps from the teacher's,
         summed over a path (``DiffusionHead.distill_loss``)."""
         seq, labels = model.schedule.to_sequence(tokens), model.drop_labels(labels)
+        h, h_t = model.features(seq, labels), self._teacher_features(seq, labels)
         if not model.head.discrete:
-            h, t = model.features(seq, labels), self.teacher
-            if t.class_emb.weight.device != seq.device:
-                t.to(seq.device)
-            with torch.no_grad():
-                h_t = t.features(seq, labels)
             return {"ce": model.head.loss(seq, h, model.schedule.unit_sizes),
-                    "kl": model.head.distill_loss(t.head, h, h_t, self.path_tokens)}  # fmt: skip
-        logp = model.head.logits(model.features(seq, labels)).log_softmax(-1)
+                    "kl": model.head.distill_loss(self.teacher.head, h, h_t, self.path_tokens)}  # fmt: skip
+        logp = model.head.logits(h).log_softmax(-1)
         ce = F.nll_loss(logp.flatten(0, 1), seq.flatten())  # the head's loss, from the one projection
-        logp_t = self._teacher_logits(seq, labels).log_softmax(-1)
+        with torch.no_grad():
+            logp_t = self.teacher.head.logits(h_t).float().log_softmax(-1)
         kl = (logp_t.exp() * (logp_t - logp)).sum(-1).mean()
         overlap = torch.minimum(logp_t.exp(), logp.exp()).sum(-1).mean()
         return {"ce": ce, "kl": kl, "acceptance": overlap.detach()}
