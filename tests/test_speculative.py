@@ -389,6 +389,22 @@ def test_sample_and_fid_commands_speculate(tmp_path, cifar_train):
     assert s["sampling"]["speculative"] == "jacobi" and 0 <= s["speculative_stats"]["acceptance"] <= 1
 
 
+class OneProcess:  # what GeneratorTask.validate needs of an Accelerator on one process
+    device = torch.device("cpu")
+    reduce = staticmethod(lambda t, reduction: t)
+
+
+def distil(task, model, tokens, labels, steps: int, lr: float):
+    """``steps`` AdamW steps of ``task``'s loss on batches of 16 of the first 48 tokens, in turn."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        i = torch.arange(16) + 16 * (step % 3)
+        loss, _ = task({"tokens": tokens[i], "label": labels[i]}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_distilling_a_draft_raises_its_acceptance():
     """GeneratorTask with a teacher: KL(teacher || draft) falls and the overlap sum_x min(p, q), the rate at which
     speculative decoding accepts a drafted token, rises; the held-out figures come with validation."""
@@ -401,21 +417,10 @@ def test_distilling_a_draft_raises_its_acceptance():
     task = GeneratorTask(draft.train(), teacher, distill_weight=1.0)
     g = torch.Generator().manual_seed(0)
     tokens, labels = torch.randint(0, 32, (64, 8, 8), generator=g), torch.randint(0, 4, (64,), generator=g)
-
-    class Acc:  # what validate needs of an Accelerator on one process
-        device = torch.device("cpu")
-        reduce = staticmethod(lambda t, reduction: t)
-
     held_out = [{"tokens": tokens[48:], "label": labels[48:]}]
-    before = task.validate(draft, held_out, Acc)
-    opt = torch.optim.AdamW(draft.parameters(), lr=3e-3)
-    for step in range(40):
-        i = torch.arange(16) + 16 * (step % 3)
-        loss, logs = task({"tokens": tokens[i], "label": labels[i]}, step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = task.validate(draft, held_out, Acc)
+    before = task.validate(draft, held_out, OneProcess)
+    distil(task, draft, tokens, labels, steps=40, lr=3e-3)
+    after = task.validate(draft, held_out, OneProcess)
     assert set(after) == {"loss", "kl", "acceptance"} and 0 < before["acceptance"] < 1
     assert after["kl"] < 0.5 * before["kl"] and after["acceptance"] > before["acceptance"] + 0.05
     # the overlap is speculative decoding's acceptance probability for a token drawn from the draft
@@ -439,23 +444,11 @@ def test_distilling_a_diffusion_draft_raises_its_path_acceptance():
     task = GeneratorTask(draft, target, distill_weight=1.0)
     g = torch.Generator().manual_seed(0)
     tokens, labels = torch.randn(64, 3, 2, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
-
-    class Acc:  # what validate needs of an Accelerator on one process
-        device = torch.device("cpu")
-        reduce = staticmethod(lambda t, reduction: t)
-
     held_out = [{"tokens": tokens[48:], "label": labels[48:]}]
-    before = task.validate(draft.eval(), held_out, Acc)
+    before = task.validate(draft.eval(), held_out, OneProcess)
     accepted_before = cspd_tokens(target, draft, seed=3, n=500)[1]["acceptance"]
-    opt = torch.optim.AdamW(draft.parameters(), lr=1e-2)
-    draft.train()
-    for step in range(50):
-        i = torch.arange(16) + 16 * (step % 3)
-        loss, _ = task({"tokens": tokens[i], "label": labels[i]}, step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = task.validate(draft.eval(), held_out, Acc)
+    distil(task, draft.train(), tokens, labels, steps=50, lr=1e-2)
+    after = task.validate(draft.eval(), held_out, OneProcess)
     accepted_after = cspd_tokens(target, draft, seed=3, n=500)[1]["acceptance"]
     assert set(after) == {"loss", "kl"} and after["kl"] < 0.25 * before["kl"]
     assert accepted_before < 0.05 and accepted_after > 0.3, (before, after, accepted_before, accepted_after)

@@ -191,19 +191,12 @@ class DiffusionHead(nn.Module):
         if 0 < tokens < len(z):
             pick = torch.randperm(len(z), device=z.device)[:tokens]
             z, z_t = z[pick], z_t[pick]
-        with torch.no_grad():
-            shared = teacher._prepare(z_t)
-            x = torch.randn(len(z), C, device=z.device)
-            xs, means, log_vars = [], [], []
-            for k in reversed(range(S)):
-                xs.append(x)
-                mean, log_var = teacher._step(k, x, shared, 1.0, False)
-                means.append(mean)
-                log_vars.append(log_var)
-                x = mean + torch.exp(0.5 * log_var) * torch.randn_like(x) if k else mean
-            mp, lvp = torch.cat(means), torch.cat(log_vars)
+        with torch.no_grad():  # the teacher's paths, their noise seeded from torch's generator
+            seed = int(torch.randint(0, 2**31, (1,)))
+            path = teacher.trajectory(z_t[:, None], 1.0, CounterNoise(seed, torch.arange(len(z), device=z.device)), 0)
+            mp, lvp = path["mean"].reshape(S * len(z), C), path["log_var"].reshape(S * len(z), C)
         k = torch.arange(S - 1, -1, -1, device=z.device).repeat_interleave(len(z))
-        mq, lvq = self._step(k, torch.cat(xs), self._prepare(z.repeat(S, 1)), 1.0, False)
+        mq, lvq = self._step(k, path["xs"][:S].reshape(-1, C), self._prepare(z.repeat(S, 1)), 1.0, False)
         kl = 0.5 * (lvq - lvp + torch.exp(lvp - lvq) - 1 + (mp - mq).pow(2) * torch.exp(-lvq))
         return kl.sum(-1).view(S, -1).sum(0).mean()
 
